@@ -1,0 +1,40 @@
+# unhans: `make audit` audits the embedded demo; `make test` runs the tests.
+# Both create the virtual environment first if it is missing (pinned: requirements.lock).
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+DATASET ?= demo
+SET     ?=
+FMNIST  := /usr/share/datasets/fashion-mnist
+
+.PHONY: audit test test-slow lint bench fashion-mnist clean-runs
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# Fashion-MNIST ships as a Debian package; install it when missing (needs root or sudo).
+fashion-mnist:
+	@test -d $(FMNIST) || { SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+
+audit: $(VENV)/.installed $(if $(filter fashion-mnist,$(DATASET)),fashion-mnist)
+	$(BIN)/unhans audit --config $(DATASET) $(foreach s,$(SET),--set $(s))
+
+test: $(VENV)/.installed fashion-mnist
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: $(VENV)/.installed fashion-mnist
+	$(BIN)/python -m pytest -m slow -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check pipeline stages tests benchmarks
+	$(BIN)/ruff format --check pipeline stages tests benchmarks
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/attribution.py
+
+clean-runs:
+	rm -rf runs reports/*/

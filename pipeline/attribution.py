@@ -1,0 +1,93 @@
+"""LRP attribution through zennit composites chosen by name, batched, on any torch device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from zennit import composites as zc
+
+from pipeline.models import ModelSpec, penultimate_layer
+from pipeline.registry import Registry
+
+# factory(canonizers, low, high) -> composite; low/high bound the normalised input (box rule)
+CompositeFactory = Callable[[list, torch.Tensor, torch.Tensor], zc.Composite]
+COMPOSITES: Registry[CompositeFactory] = Registry("composite")
+
+COMPOSITES.register("epsilon_plus_flat")(lambda c, lo, hi: zc.EpsilonPlusFlat(canonizers=c))
+COMPOSITES.register("epsilon_plus")(lambda c, lo, hi: zc.EpsilonPlus(canonizers=c))
+COMPOSITES.register("epsilon_alpha2_beta1_flat")(lambda c, lo, hi: zc.EpsilonAlpha2Beta1Flat(canonizers=c))
+COMPOSITES.register("epsilon_alpha2_beta1")(lambda c, lo, hi: zc.EpsilonAlpha2Beta1(canonizers=c))
+COMPOSITES.register("epsilon_gamma_box")(lambda c, lo, hi: zc.EpsilonGammaBox(low=lo, high=hi, canonizers=c))
+
+
+def sum_pool(relevance: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, r, r): sum over channels, then sum-pool (conserves total relevance)."""
+    r = relevance.sum(1, keepdim=True)
+    factor = r.shape[-1] // resolution
+    if factor > 1:
+        r = F.avg_pool2d(r, factor) * (factor * factor)
+    return r[:, 0]
+
+
+class LRP:
+    """A model with a composite attached. Use as a context manager; call on batches in [0, 1].
+
+    Returns a dict: logits (B, K), target (B,), relevance (B, C, H, W) at the input, and
+    features (B, D) (the input of the last Linear layer) when `features=True`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        composite: str,
+        channels: int,
+        device: torch.device,
+        features: bool = False,
+    ) -> None:
+        self.model = model.to(device).eval()
+        self.device = device
+        mean, std = spec.norm(channels)
+        self.mean, self.std = mean.to(device), std.to(device)
+        low = ((0.0 - self.mean) / self.std).expand(1, channels, 1, 1)
+        high = ((1.0 - self.mean) / self.std).expand(1, channels, 1, 1)
+        self.composite = COMPOSITES.get(composite)(spec.canonizers(), low, high)
+        self.want_features = features
+        self._features: torch.Tensor | None = None
+        self._handles: list = []
+
+    def __enter__(self) -> LRP:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.composite.register(self.model)
+        if self.want_features:
+            layer = penultimate_layer(self.model)
+            self._handles.append(layer.register_forward_pre_hook(self._grab))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.composite.remove()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _grab(self, module: nn.Module, args: tuple) -> None:
+        self._features = args[0].detach().flatten(1)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """`labels` (B,) selects the explained logit; None explains the predicted class."""
+        x = x.to(self.device, non_blocking=True)
+        x = ((x - self.mean) / self.std).requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x)
+            target = logits.argmax(1) if labels is None else labels.to(self.device)
+            # initial relevance = the target logit itself, so relevance sums to it (conservation)
+            grad_out = torch.zeros_like(logits).scatter_(1, target[:, None], logits.detach().gather(1, target[:, None]))
+            (relevance,) = torch.autograd.grad(logits, x, grad_outputs=grad_out)
+        out = {"logits": logits.detach(), "target": target, "relevance": relevance}
+        if self.want_features and self._features is not None:
+            out["features"] = self._features
+        return out

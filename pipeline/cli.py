@@ -1,0 +1,118 @@
+"""The `unhans` command line: `unhans audit`, `unhans <stage>`, `unhans status`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.runner import Runner, load_stages
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Audit image datasets for Clever Hans shortcuts (LRP + SpRAy).",
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="config name in configs/ or a YAML path")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a config key: section.key=value")]
+RunDirOpt = Annotated[str | None, typer.Option("--run-dir", help="store root (path or fsspec URL)")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="rerun even if the stage is up to date")]
+
+
+def _runner(config: str, overrides: list[str] | None, run_dir: str | None) -> Runner:
+    cfg = load_config(config, overrides or [])
+    if run_dir:
+        cfg.run_dir = run_dir
+    return Runner(cfg)
+
+
+def _guard(fn):
+    """Run fn; a UserError becomes one line on stderr and exit code 2, with no traceback."""
+    try:
+        return fn()
+    except UserError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def audit(
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    force: ForceOpt = False,
+    until: Annotated[str | None, typer.Option(help="stop after this stage")] = None,
+) -> None:
+    """Run the whole chain; stages whose inputs and settings are unchanged are skipped."""
+
+    def go() -> None:
+        r = _runner(config, set_, run_dir)
+        if until is not None and until not in r.stages:
+            raise UserError(f"--until {until!r}: choose one of {', '.join(r.stages)}")
+        r.run_all(until=until, force=force)
+        _print_status(r)
+        typer.echo(f"store: {r.store.url}")
+        report = r.cfg.report_path / "index.html"
+        if report.exists():
+            typer.echo(f"report: {report}")
+        if r.store.has_table("manifest"):
+            typer.echo(f"manifest: {r.store.url}/tables/manifest.csv")
+
+    _guard(go)
+
+
+@app.command()
+def status(config: ConfigOpt = "demo", set_: SetOpt = None, run_dir: RunDirOpt = None) -> None:
+    """The stage table: done / stale / missing, when, how long, what counts."""
+    _guard(lambda: _print_status(_runner(config, set_, run_dir)))
+
+
+def _print_status(r: Runner) -> None:
+    rows = r.status_rows()
+    typer.echo(f"run {r.cfg.name} at {r.store.url}")
+    typer.echo(f"{'stage':<10} {'state':<9} {'seconds':>8}  {'finished':<25} {'inputs':<16} counts")
+    for row in rows:
+        secs = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
+        counts = " ".join(f"{k}={v}" for k, v in row["counts"].items())
+        typer.echo(
+            f"{row['stage']:<10} {row['state']:<9} {secs:>8}  {row['finished']:<25} {row['inputs']:<16} {counts}"
+        )
+
+
+def _stage_command(name: str, help_text: str):
+    def command(
+        config: ConfigOpt = "demo", set_: SetOpt = None, run_dir: RunDirOpt = None, force: ForceOpt = False
+    ) -> None:
+        def go() -> None:
+            r = _runner(config, set_, run_dir)
+            r.run(name, force=force)
+            _print_status(r)
+
+        _guard(go)
+
+    command.__doc__ = f"{help_text} (stage; its inputs must be done)"
+    return command
+
+
+for _name, _spec in load_stages().items():
+    app.command(name=_name)(_stage_command(_name, _spec.help))
+
+
+if __name__ == "__main__":
+    app()

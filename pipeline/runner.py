@@ -1,0 +1,189 @@
+"""Stage registry and runner: fingerprints, skip-if-unchanged, status table, resumable runs.
+
+A stage's fingerprint hashes the config sections it reads, the fingerprints of its inputs and
+its code version (package version + hash of the stage's source file). A stage whose stored
+record carries the current fingerprint is skipped; anything else is rerun, and since inputs'
+fingerprints enter their consumers', every stage downstream of a change becomes stale too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+
+from pipeline import __version__
+from pipeline.compute import resolve_device, set_threads
+from pipeline.config import Config, fingerprint_of
+from pipeline.errors import UserError
+from pipeline.store import Store
+
+log = logging.getLogger("unhans")
+
+
+@dataclass
+class Context:
+    """What a stage gets: the whole config, its store, the torch device, and run flags."""
+
+    cfg: Config
+    store: Store
+    device: torch.device
+    resume: bool = False  # an earlier run of this exact fingerprint stopped part-way
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    fn: Callable[[Context], dict]
+    sections: tuple[str, ...]
+    inputs: tuple[str, ...]
+    enabled: Callable[[Config], bool]
+    help: str
+
+    @property
+    def code_version(self) -> str:
+        src = inspect.getsource(inspect.getmodule(self.fn))  # type: ignore[arg-type]
+        return f"{__version__}+{hashlib.sha256(src.encode()).hexdigest()[:10]}"
+
+
+STAGES: dict[str, StageSpec] = {}
+
+
+def stage(
+    name: str,
+    sections: Iterable[str],
+    inputs: Iterable[str] = (),
+    enabled: Callable[[Config], bool] = lambda cfg: True,
+) -> Callable[[Callable[[Context], dict]], Callable[[Context], dict]]:
+    """Register a stage entry point `fn(ctx) -> counts`; stages run in registration order."""
+
+    def deco(fn: Callable[[Context], dict]) -> Callable[[Context], dict]:
+        doc = (fn.__doc__ or "").strip().splitlines()
+        STAGES[name] = StageSpec(name, fn, tuple(sections), tuple(inputs), enabled, doc[0] if doc else "")
+        return fn
+
+    return deco
+
+
+def load_stages() -> dict[str, StageSpec]:
+    import stages  # noqa: F401  (registers every stage module)
+
+    return STAGES
+
+
+class Runner:
+    """Runs stages of one config against one store."""
+
+    def __init__(self, cfg: Config, run_url: str | None = None) -> None:
+        self.cfg = cfg
+        self.stages = load_stages()
+        self.store = Store(run_url or cfg.run_url)
+        self._fp: dict[str, str] = {}
+
+    # ---- fingerprints and status --------------------------------------------------------------
+    def active_inputs(self, spec: StageSpec) -> list[str]:
+        return [i for i in spec.inputs if self.stages[i].enabled(self.cfg)]
+
+    def fingerprint(self, name: str) -> str:
+        if name not in self._fp:
+            spec = self.stages[name]
+            self._fp[name] = fingerprint_of(
+                {
+                    "sections": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections},
+                    "inputs": {i: self.fingerprint(i) for i in self.active_inputs(spec)},
+                    "code": spec.code_version,
+                    "seed": self.cfg.seed,
+                }
+            )
+        return self._fp[name]
+
+    def record(self, name: str) -> dict | None:
+        return self.store.read_json(f"stages/{name}.json")
+
+    def state(self, name: str) -> str:
+        spec = self.stages[name]
+        if not spec.enabled(self.cfg):
+            return "disabled"
+        rec = self.record(name)
+        if rec is None:
+            return "missing"
+        if rec.get("fingerprint") != self.fingerprint(name):
+            return "stale"
+        return "done" if rec.get("complete") else "partial"
+
+    def status_rows(self) -> list[dict]:
+        rows = []
+        for name, spec in self.stages.items():
+            rec = self.record(name) or {}
+            rows.append(
+                {
+                    "stage": name,
+                    "state": self.state(name),
+                    "finished": rec.get("finished", ""),
+                    "seconds": rec.get("seconds"),
+                    "counts": rec.get("counts", {}),
+                    "inputs": ",".join(self.active_inputs(spec)),
+                    "settings": ",".join(spec.sections),
+                }
+            )
+        return rows
+
+    # ---- running -----------------------------------------------------------------------------------
+    def run(self, name: str, force: bool = False) -> dict | None:
+        """Run one stage if it is not up to date; its inputs must be done already."""
+        spec = self.stages[name]
+        if not spec.enabled(self.cfg):
+            log.info("%s: disabled by the config", name)
+            return None
+        for inp in self.active_inputs(spec):
+            st = self.state(inp)
+            if st != "done":
+                raise UserError(
+                    f"stage {name!r} needs {inp!r}, which is {st}; run `unhans {inp}` or `unhans audit` first"
+                )
+        fp = self.fingerprint(name)
+        old = self.record(name)
+        if old and old.get("fingerprint") == fp and old.get("complete") and not force:
+            log.info("%s: up to date (fingerprint %s), skipped", name, fp)
+            return old
+        resume = bool(old and old.get("fingerprint") == fp and not old.get("complete") and not force)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        self.store.write_json(
+            f"stages/{name}.json",
+            {"stage": name, "fingerprint": fp, "complete": False, "started": started},
+        )
+        set_threads(self.cfg.compute.threads)
+        ctx = Context(self.cfg, self.store, resolve_device(self.cfg.compute.device), resume=resume)
+        log.info("%s: %s", name, "resuming" if resume else "running")
+        t0 = time.perf_counter()
+        counts = spec.fn(ctx) or {}
+        seconds = round(time.perf_counter() - t0, 2)
+        rec = {
+            "stage": name,
+            "fingerprint": fp,
+            "complete": True,
+            "started": started,
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": seconds,
+            "counts": counts,
+            "code_version": spec.code_version,
+            "settings": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections},
+            "inputs": {i: self.fingerprint(i) for i in self.active_inputs(spec)},
+        }
+        self.store.write_json(f"stages/{name}.json", rec)
+        log.info("%s: done in %.1f s %s", name, seconds, counts)
+        return rec
+
+    def run_all(self, until: str | None = None, force: bool = False) -> None:
+        for name in self.stages:
+            self.run(name, force=force)
+            if name == until:
+                break

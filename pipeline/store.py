@@ -1,0 +1,169 @@
+"""The run store: one zarr v3 group for arrays plus JSON records and tables beside it.
+
+Layout (spec: docs/store.md, version STORE_VERSION):
+
+    <run>/store.zarr/        zarr v3 group: attribution/*, classes/<class id>/*
+    <run>/stages/<stage>.json  fingerprint, timings and counts of each stage run
+    <run>/tables/<name>.csv|.parquet  samples, class_scores, sample_scores, manifest, ...
+    <run>/files/             other artefacts (model checkpoint)
+
+The root may be a local path or any fsspec URL, so several machines can share one store.
+All JSON and table writes are atomic (write a temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import zarr
+from fsspec.implementations.local import LocalFileSystem
+
+from pipeline.errors import UserError
+
+STORE_VERSION = 1
+
+
+class Store:
+    """Read and write one run's outputs; stages touch the run only through this API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        self.fs.makedirs(self.root, exist_ok=True)
+        self._zarr_url = f"{self.url}/store.zarr"
+        try:
+            self.group = zarr.open_group(self._zarr_url, mode="a", zarr_format=3)
+        except Exception as exc:  # corrupted metadata, wrong format, ...
+            raise UserError(
+                f"the store at {self._zarr_url} cannot be opened ({exc}); move it away or pass "
+                "another --run-dir to start a fresh run"
+            ) from None
+        if "store_version" not in self.group.attrs:
+            self.group.attrs["store_version"] = STORE_VERSION
+        elif self.group.attrs["store_version"] != STORE_VERSION:
+            raise UserError(
+                f"the store at {self.url} has layout version {self.group.attrs['store_version']}, "
+                f"this unhans writes version {STORE_VERSION}; use a fresh --run-dir"
+            )
+
+    # ---- paths -----------------------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def _atomic_write(self, rel: str, data: bytes) -> None:
+        final = self.path(rel)
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        if isinstance(self.fs, LocalFileSystem):
+            os.replace(tmp, final)
+        else:
+            self.fs.mv(tmp, final)
+
+    # ---- JSON records ----------------------------------------------------------------------
+    def write_json(self, rel: str, obj: Any) -> None:
+        self._atomic_write(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, rel: str) -> Any | None:
+        if not self.exists(rel):
+            return None
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return json.loads(fh.read())
+
+    def list(self, rel: str) -> list[str]:
+        """Relative paths of the files directly under folder `rel`, sorted ([] if none)."""
+        if not self.exists(rel):
+            return []
+        return sorted(f"{rel}/{p.rsplit('/', 1)[1]}" for p in self.fs.ls(self.path(rel), detail=False))
+
+    def delete(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.rm(self.path(rel), recursive=True)
+
+    # ---- bytes (checkpoints) ----------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        self._atomic_write(rel, data)
+
+    def read_bytes(self, rel: str) -> bytes:
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return fh.read()
+
+    # ---- tables ------------------------------------------------------------------------------
+    def write_table(self, name: str, df: pd.DataFrame, csv: bool = True) -> None:
+        """Write `tables/<name>.parquet` (typed) and `tables/<name>.csv` (for people)."""
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        self._atomic_write(f"tables/{name}.parquet", buf.getvalue())
+        if csv:
+            self._atomic_write(f"tables/{name}.csv", df.to_csv(index=False).encode())
+
+    def read_table(self, name: str) -> pd.DataFrame:
+        rel = f"tables/{name}.parquet"
+        if not self.exists(rel):
+            raise UserError(f"table {name!r} is missing from {self.url}; run the stage that writes it")
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return pd.read_parquet(fh)
+
+    def has_table(self, name: str) -> bool:
+        return self.exists(f"tables/{name}.parquet")
+
+    # ---- arrays -----------------------------------------------------------------------------
+    def create_array(
+        self,
+        name: str,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: Any,
+        attrs: dict | None = None,
+        fill_value: Any = 0,
+    ) -> zarr.Array:
+        """Create (replacing any old one) a chunked array; chunks align to write batches."""
+        arr = self.group.create_array(
+            name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value, overwrite=True
+        )
+        if attrs:
+            arr.attrs.update(attrs)
+        return arr
+
+    def write_array(self, name: str, data: np.ndarray, attrs: dict | None = None) -> zarr.Array:
+        """Write a small array whole, as one chunk."""
+        data = np.asarray(data)
+        arr = self.create_array(name, data.shape, data.shape or (1,), data.dtype, attrs)
+        if data.size:
+            arr[...] = data
+        return arr
+
+    def array(self, name: str) -> zarr.Array:
+        try:
+            node = self.group[name]
+        except KeyError:
+            raise UserError(f"array {name!r} is missing from {self.url}; run the stage that writes it") from None
+        return node  # type: ignore[return-value]
+
+    def relevance(self, indices: np.ndarray) -> np.ndarray:
+        """Relevance maps (n, r, r) float32 of the given samples (stored as float16 x scale)."""
+        maps = self.array("attribution/relevance").get_orthogonal_selection((indices, slice(None), slice(None)))
+        scale = self.array("attribution/relevance_scale").get_orthogonal_selection((indices,))
+        return maps.astype(np.float32) * scale[:, None, None]
+
+    def has_array(self, name: str) -> bool:
+        try:
+            self.group[name]
+        except KeyError:
+            return False
+        return True
+
+    def delete_array(self, name: str) -> None:
+        if self.has_array(name):
+            del self.group[name]

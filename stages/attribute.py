@@ -1,0 +1,146 @@
+"""attribute: LRP relevance maps for every sample, written chunk by chunk, resumable.
+
+Writes attribution/{relevance (N, r, r) f16, relevance_scale, logit, relevance_sum (N,) f32,
+prediction, target (N,) i32, status (N,) u8, features (N, D) f16, done (chunks,) bool}. Each map
+is stored divided by its largest |value| (relevance_scale), so float16 keeps full relative
+precision even where a model's biases absorb most of the relevance (Store.relevance undoes it). A chunk is one batch:
+its rows are written first and its `done` flag last, so a killed run resumes at the first
+chunk not marked done and the result equals an uninterrupted run.
+Cost: one forward and one backward pass per sample; O(N r^2) storage.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.attribution import LRP, sum_pool
+from pipeline.compute import progress
+from pipeline.datasets import build_dataset, iter_batches
+from pipeline.errors import UserError
+from pipeline.models import MODELS, build_model
+from pipeline.runner import Context, stage
+
+OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
+
+
+@stage("attribute", sections=["model", "attribute"], inputs=["index", "train"])
+def run(ctx: Context) -> dict:
+    """Explain every sample's target logit with LRP; store pooled maps, logits and features."""
+    cfg, store = ctx.cfg, ctx.store
+    acfg = cfg.attribute
+    samples = store.read_table("samples")
+    ds = build_dataset(cfg.dataset)
+    size, res = cfg.dataset.image_size, acfg.resolution
+    if size % res:
+        raise UserError(f"attribute.resolution={res} must divide dataset.image_size={size}")
+    spec = MODELS.get(cfg.model.arch)
+    trained = cfg.train.enabled and spec.trainable and not cfg.model.weights
+    checkpoint = store.read_bytes("files/model.pt") if trained else None
+    model = build_model(cfg.model, len(ds.classes), ds.channels, size, checkpoint)
+
+    n, bs = len(samples), acfg.batch_size
+    n_chunks = -(-n // bs)
+    if not ctx.resume or not store.has_array("attribution/done"):
+        _create_arrays(ctx, n, bs, n_chunks, model)
+    grp = store.group["attribution"]
+    done = grp["done"][:]
+    index_ok = samples["status"].to_numpy() == "ok"
+    labels = torch.from_numpy(samples["label"].to_numpy(np.int64, copy=True))
+    todo = [c for c in range(n_chunks) if not done[c]]
+    batches = [np.flatnonzero(index_ok[c * bs : (c + 1) * bs]) + c * bs for c in todo]
+    kind = cfg.dataset.artifact.kind if cfg.dataset.artifact else None
+    failures: list[dict] = []
+    pin = ctx.device.type == "cuda"
+    with LRP(model, spec, acfg.composite, ds.channels, ctx.device, features=acfg.features) as lrp:
+        stream = iter_batches(ds, samples, [b for b in batches if len(b)], kind, acfg.num_workers, pin)
+        for c, want in progress(zip(todo, batches), "attribute", total=len(todo), unit="chunk"):
+            lo, hi = c * bs, min(n, (c + 1) * bs)
+            rows = _empty_rows(hi - lo, res, grp)
+            rows["status"][:] = SKIPPED
+            if len(want):
+                idx, x, ok, reasons = next(stream)
+                take = torch.as_tensor(ok)
+                out = lrp(x, labels[idx] if acfg.target == "label" else None)
+                rel = sum_pool(out["relevance"], res).float().cpu().numpy()
+                tgt = out["target"].cpu()
+                logits = out["logits"].float().cpu()
+                local = idx - lo
+                scale = np.abs(rel).reshape(len(rel), -1).max(1)
+                scale = np.where(ok & (scale > 0), scale, 1.0).astype(np.float32)
+                rows["relevance"][local] = np.where(ok[:, None, None], rel / scale[:, None, None], 0.0)
+                rows["relevance_scale"][local] = scale
+                rows["relevance_sum"][local] = np.where(ok, out["relevance"].sum((1, 2, 3)).cpu().numpy(), 0.0)
+                rows["logit"][local] = np.where(ok, logits.gather(1, tgt[:, None])[:, 0].numpy(), 0.0)
+                rows["prediction"][local] = np.where(ok, logits.argmax(1).numpy(), -1)
+                rows["target"][local] = np.where(ok, tgt.numpy(), -1)
+                rows["status"][local] = np.where(ok, OK, FAILED)
+                if "features" in rows:
+                    rows["features"][local] = (out["features"].float().cpu() * take[:, None]).numpy()
+                failures += [
+                    {"index": int(i), "source": samples["source"].iat[i], "reason": r}
+                    for i, r, o in zip(idx, reasons, ok)
+                    if not o
+                ]
+            for name, values in rows.items():
+                grp[name][lo:hi] = values
+            if failures:
+                store.write_json(f"files/attribute_failures/{c:08d}.json", failures)
+                failures = []
+            grp["done"][c] = True
+    status = grp["status"][:]
+    failed = [r for rel in store.list("files/attribute_failures") for r in store.read_json(rel)]
+    store.write_table("attribute_failures", pd.DataFrame(failed, columns=["index", "source", "reason"]))
+    return {
+        "samples": n,
+        "attributed": int((status == OK).sum()),
+        "skipped_at_index": int((status == SKIPPED).sum()),
+        "decode_failed": int((status == FAILED).sum()),
+        "chunks_resumed_from": n_chunks - len(todo),
+        "device": str(ctx.device),
+    }
+
+
+def _create_arrays(ctx: Context, n: int, bs: int, n_chunks: int, model: torch.nn.Module) -> None:
+    """Fresh arrays, chunked by batch so that no two write batches share a chunk."""
+    cfg, store = ctx.cfg, ctx.store
+    res = cfg.attribute.resolution
+    attrs = {
+        "model": cfg.model.arch,
+        "weights": cfg.model.weights or ("trained" if MODELS.get(cfg.model.arch).trainable else "default"),
+        "composite": cfg.attribute.composite,
+        "target_rule": cfg.attribute.target,
+        "resolution": res,
+        "image_size": cfg.dataset.image_size,
+    }
+    store.create_array("attribution/relevance", (n, res, res), (bs, res, res), "float16", attrs)
+    for name, dtype, fill in [
+        ("relevance_scale", "float32", 1.0), ("logit", "float32", 0.0), ("relevance_sum", "float32", 0.0),
+        ("prediction", "int32", -1), ("target", "int32", -1), ("status", "uint8", SKIPPED),
+    ]:  # fmt: skip
+        store.create_array(f"attribution/{name}", (n,), (bs,), dtype, fill_value=fill)
+    if cfg.attribute.features:
+        from pipeline.models import penultimate_layer
+
+        dim = penultimate_layer(model).in_features
+        store.create_array("attribution/features", (n, dim), (bs, dim), "float16")
+    else:
+        store.delete_array("attribution/features")
+    store.create_array("attribution/done", (n_chunks,), (1,), "bool", fill_value=False)
+    store.delete("files/attribute_failures")
+
+
+def _empty_rows(m: int, res: int, grp) -> dict[str, np.ndarray]:
+    rows = {
+        "relevance": np.zeros((m, res, res), np.float16),
+        "relevance_scale": np.ones(m, np.float32),
+        "logit": np.zeros(m, np.float32),
+        "relevance_sum": np.zeros(m, np.float32),
+        "prediction": -np.ones(m, np.int32),
+        "target": -np.ones(m, np.int32),
+        "status": np.zeros(m, np.uint8),
+    }
+    if "features" in grp:
+        rows["features"] = np.zeros((m, grp["features"].shape[1]), np.float16)
+    return rows

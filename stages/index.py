@@ -1,0 +1,45 @@
+"""index: list the dataset's samples (source, label, class, status) and plan any artifacts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.artifacts import plan_artifacts
+from pipeline.datasets import build_dataset
+from pipeline.runner import Context, stage
+
+
+@stage("index", sections=["dataset"])
+def run(ctx: Context) -> dict:
+    """List every sample with its label; unreadable files are recorded as skipped, not fatal."""
+    cfg = ctx.cfg.dataset
+    ds = build_dataset(cfg)
+    samples = ds.index()
+    samples.insert(0, "index", np.arange(len(samples), dtype=np.int64))
+    by_id = {c.id: c for c in ds.classes}
+    samples["class_key"] = [by_id[int(y)].key for y in samples["label"]]
+    samples["class_name"] = [by_id[int(y)].name for y in samples["label"]]
+    if cfg.artifact is not None:
+        plan = plan_artifacts(samples["label"].to_numpy(), cfg.image_size, cfg.artifact)
+        plan.loc[samples["status"].to_numpy() != "ok", "artifact"] = False
+        samples = pd.concat([samples, plan], axis=1)
+    counts = samples["label"].value_counts()
+    classes = pd.DataFrame(
+        {
+            "class_id": [c.id for c in ds.classes],
+            "class_key": [c.key for c in ds.classes],
+            "class_name": [c.name for c in ds.classes],
+            "n_samples": [int(counts.get(c.id, 0)) for c in ds.classes],
+        }
+    )
+    ctx.store.write_table("samples", samples)
+    ctx.store.write_table("classes", classes)
+    ok = int((samples["status"] == "ok").sum())
+    return {
+        "samples": len(samples),
+        "ok": ok,
+        "skipped": len(samples) - ok,
+        "classes_with_samples": int((classes["n_samples"] > 0).sum()),
+        "with_artifact": int(samples["artifact"].sum()) if "artifact" in samples else 0,
+    }

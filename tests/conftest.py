@@ -1,0 +1,85 @@
+"""Shared fixtures: small real runs made once per session, and an ImageNet-layout folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import load_config
+from pipeline.runner import Runner
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def make_runner(tmp: Path, config: str = "demo", overrides: list[str] | None = None) -> Runner:
+    cfg = load_config(config, (overrides or []) + [f"run_dir={tmp / 'run'}", f"report_dir={tmp / 'report'}"])
+    return Runner(cfg)
+
+
+# a quick demo: fewer epochs than configs/demo.yaml, same data and planted shortcut
+FAST_DEMO = ["train.epochs=4", "attribute.batch_size=64"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Runner:
+    """The demo audited end to end once per test session (read-only for tests)."""
+    r = make_runner(tmp_path_factory.mktemp("demo"), overrides=FAST_DEMO)
+    r.run_all()
+    return r
+
+
+def natural_photos() -> dict[str, np.ndarray]:
+    """Real photos shipped inside installed packages, as RGB uint8 arrays."""
+    import matplotlib.cbook
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    photos = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(), "astronaut": skimage.data.astronaut(),
+              "rocket": skimage.data.rocket()}  # fmt: skip
+    for name, img in zip(("china", "flower"), load_sample_images().images):
+        photos[name] = img
+    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
+        photos["hopper"] = np.asarray(im.convert("RGB"))
+    return photos
+
+
+# real ImageNet WordNet ids: tabby cat, espresso, space shuttle, daisy, and one more
+IMAGENET_LAYOUT = {
+    "n02123045": ["chelsea", "chelsea"],  # tabby, tabby cat
+    "n07920052": ["coffee", "coffee"],  # espresso
+    "n04266014": ["rocket", "astronaut"],  # space shuttle
+    "n11939491": ["flower", "china"],  # daisy
+}
+
+
+def make_imagenet_folder(root: Path, layout: dict[str, list[str]] = IMAGENET_LAYOUT) -> Path:
+    """A train/ folder with real wnids and JPEGs made from shipped photos (varied crops)."""
+    photos = natural_photos()
+    for wnid, names in layout.items():
+        (root / wnid).mkdir(parents=True, exist_ok=True)
+        for i, name in enumerate(names):
+            img = photos[name]
+            h, w = img.shape[:2]
+            crop = img[: h - 8 * i, 8 * i :] if i else img
+            Image.fromarray(crop).save(root / wnid / f"{wnid}_{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture
+def imagenet_folder(tmp_path) -> Path:
+    return make_imagenet_folder(tmp_path / "train")
+
+
+@pytest.fixture
+def copy_of():
+    """Copy a store directory so a test may modify it."""
+
+    def copy(src: str, dst: Path) -> Path:
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy

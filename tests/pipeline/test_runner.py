@@ -1,0 +1,53 @@
+import pytest
+
+from pipeline.errors import UserError
+from tests.conftest import make_runner
+
+SMALL = ["dataset.limit_per_class=30", "train.epochs=1", "attribute.batch_size=32"]
+
+
+def states(r):
+    return {row["stage"]: row["state"] for row in r.status_rows()}
+
+
+def test_status_fresh_run_is_all_missing(tmp_path):
+    r = make_runner(tmp_path, overrides=SMALL)
+    assert set(states(r).values()) == {"missing"}
+
+
+def test_rerun_is_skipped_and_config_change_makes_downstream_stale(tmp_path):
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run_all(until="cluster")
+    assert states(r)["cluster"] == "done" and states(r)["score"] == "missing"
+    rec = r.record("attribute")
+    r2 = make_runner(tmp_path, overrides=SMALL)
+    r2.run("attribute")
+    assert r2.record("attribute")["finished"] == rec["finished"]  # skipped: unchanged
+
+    # changing the distances section leaves upstream done, makes distances and cluster stale
+    r3 = make_runner(tmp_path, overrides=SMALL + ["distances.k=5"])
+    st = states(r3)
+    assert st["index"] == st["train"] == st["attribute"] == "done"
+    assert st["distances"] == "stale" and st["cluster"] == "stale"
+
+    # changing an upstream section (the dataset) makes everything stale
+    r4 = make_runner(tmp_path, overrides=SMALL + ["dataset.artifact.fraction=0.5"])
+    assert {s for k, s in states(r4).items() if k in ("index", "train", "attribute", "cluster")} == {"stale"}
+
+
+def test_stage_refuses_to_run_on_stale_inputs(tmp_path):
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run_all(until="index")
+    with pytest.raises(UserError, match="needs 'train', which is missing.*unhans train"):
+        r.run("attribute")
+
+
+def test_force_reruns(tmp_path):
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run("index")
+    first = r.record("index")["started"]
+    import time
+
+    time.sleep(1.1)
+    r.run("index", force=True)
+    assert r.record("index")["started"] != first
