@@ -73,7 +73,7 @@ def plan_artifacts(labels: np.ndarray, image_size: int, cfg) -> pd.DataFrame:
 def paint(x: torch.Tensor, rows: pd.DataFrame, kind: str) -> torch.Tensor:
     """Paint the planned artifact into the batch `x` (B, C, H, W) for rows with artifact=True."""
     painter = ARTIFACTS.get(kind)
-    for b, (has, y, xx, s) in enumerate(rows[["artifact", "art_y", "art_x", "art_size"]].itertuples(index=False)):
-        if has:
-            painter(x[b], int(y), int(xx), int(s))
+    ys, xs, sides = (rows[c].to_numpy() for c in ("art_y", "art_x", "art_size"))
+    for b in np.flatnonzero(rows["artifact"].to_numpy()):
+        painter(x[b], int(ys[b]), int(xs[b]), int(sides[b]))
     return x

@@ -87,7 +87,8 @@ class TrainConfig(Section):
 class AttributeConfig(Section):
     composite: str = "epsilon_plus_flat"
     target: Literal["label", "prediction"] = "label"
-    batch_size: int = Field(64, ge=1, description="images per forward/backward and per zarr chunk")
+    batch_size: int = Field(64, ge=1, description="images per forward/backward pass")
+    chunk_size: int = Field(1024, ge=1, description="rows per zarr chunk: the unit of writing and resuming")
     resolution: int = Field(32, ge=4, description="side of the stored relevance maps (power of 2)")
     features: bool = Field(True, description="store penultimate features (float16)")
     num_workers: int = Field(0, ge=0, description="image decoding worker processes")

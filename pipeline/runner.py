@@ -47,6 +47,7 @@ class StageSpec:
     inputs: tuple[str, ...]
     enabled: Callable[[Config], bool]
     help: str
+    outputs_exist: Callable[[Config], bool] | None  # for outputs kept outside the store
 
     @property
     def code_version(self) -> str:
@@ -62,21 +63,33 @@ def stage(
     sections: Iterable[str],
     inputs: Iterable[str] = (),
     enabled: Callable[[Config], bool] = lambda cfg: True,
+    outputs_exist: Callable[[Config], bool] | None = None,
 ) -> Callable[[Callable[[Context], dict]], Callable[[Context], dict]]:
     """Register a stage entry point `fn(ctx) -> counts`; stages run in registration order."""
 
     def deco(fn: Callable[[Context], dict]) -> Callable[[Context], dict]:
         doc = (fn.__doc__ or "").strip().splitlines()
-        STAGES[name] = StageSpec(name, fn, tuple(sections), tuple(inputs), enabled, doc[0] if doc else "")
+        STAGES[name] = StageSpec(
+            name, fn, tuple(sections), tuple(inputs), enabled, doc[0] if doc else "", outputs_exist
+        )
         return fn
 
     return deco
 
 
 def load_stages() -> dict[str, StageSpec]:
+    """All stages in run order: each after its inputs (ties broken by name)."""
     import stages  # noqa: F401  (registers every stage module)
 
-    return STAGES
+    ordered: dict[str, StageSpec] = {}
+    while len(ordered) < len(STAGES):
+        ready = sorted(n for n, s in STAGES.items() if n not in ordered and all(i in ordered for i in s.inputs))
+        if not ready:
+            raise RuntimeError(
+                f"stage inputs form a cycle or name unknown stages: {sorted(set(STAGES) - set(ordered))}"
+            )
+        ordered[ready[0]] = STAGES[ready[0]]
+    return ordered
 
 
 class Runner:
@@ -117,7 +130,11 @@ class Runner:
             return "missing"
         if rec.get("fingerprint") != self.fingerprint(name):
             return "stale"
-        return "done" if rec.get("complete") else "partial"
+        if not rec.get("complete"):
+            return "partial"
+        if spec.outputs_exist is not None and not spec.outputs_exist(self.cfg):
+            return "missing"
+        return "done"
 
     def status_rows(self) -> list[dict]:
         rows = []
@@ -151,7 +168,7 @@ class Runner:
                 )
         fp = self.fingerprint(name)
         old = self.record(name)
-        if old and old.get("fingerprint") == fp and old.get("complete") and not force:
+        if self.state(name) == "done" and not force:
             log.info("%s: up to date (fingerprint %s), skipped", name, fp)
             return old
         resume = bool(old and old.get("fingerprint") == fp and not old.get("complete") and not force)

@@ -3,13 +3,17 @@
 Writes attribution/{relevance (N, r, r) f16, relevance_scale, logit, relevance_sum (N,) f32,
 prediction, target (N,) i32, status (N,) u8, features (N, D) f16, done (chunks,) bool}. Each map
 is stored divided by its largest |value| (relevance_scale), so float16 keeps full relative
-precision even where a model's biases absorb most of the relevance (Store.relevance undoes it). A chunk is one batch:
-its rows are written first and its `done` flag last, so a killed run resumes at the first
-chunk not marked done and the result equals an uninterrupted run.
+precision even where a model's biases absorb most of the relevance (Store.relevance undoes it).
+A chunk is `attribute.chunk_size` rows, computed in batches of `attribute.batch_size`: its rows
+are written first and its `done` flag last, so a killed run resumes at the first chunk not
+marked done and the result equals an uninterrupted run.
 Cost: one forward and one backward pass per sample; O(N r^2) storage.
 """
 
 from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -40,55 +44,60 @@ def run(ctx: Context) -> dict:
     checkpoint = store.read_bytes("files/model.pt") if trained else None
     model = build_model(cfg.model, len(ds.classes), ds.channels, size, checkpoint)
 
-    n, bs = len(samples), acfg.batch_size
-    n_chunks = -(-n // bs)
+    n, bs, cs = len(samples), acfg.batch_size, acfg.chunk_size
+    n_chunks = -(-n // cs)
     if not ctx.resume or not store.has_array("attribution/done"):
-        _create_arrays(ctx, n, bs, n_chunks, model)
+        _create_arrays(ctx, n, cs, n_chunks, model)
     grp = store.group["attribution"]
     done = grp["done"][:]
     index_ok = samples["status"].to_numpy() == "ok"
     labels = torch.from_numpy(samples["label"].to_numpy(np.int64, copy=True))
     todo = [c for c in range(n_chunks) if not done[c]]
-    batches = [np.flatnonzero(index_ok[c * bs : (c + 1) * bs]) + c * bs for c in todo]
+    # each chunk's usable samples, in batches of `bs`
+    plan = {c: np.flatnonzero(index_ok[c * cs : (c + 1) * cs]) + c * cs for c in todo}
+    batches = [(c, ix[i : i + bs]) for c, ix in plan.items() for i in range(0, len(ix), bs)]
     kind = cfg.dataset.artifact.kind if cfg.dataset.artifact else None
-    failures: list[dict] = []
     pin = ctx.device.type == "cuda"
-    with LRP(model, spec, acfg.composite, ds.channels, ctx.device, features=acfg.features) as lrp:
-        stream = iter_batches(ds, samples, [b for b in batches if len(b)], kind, acfg.num_workers, pin)
-        for c, want in progress(zip(todo, batches), "attribute", total=len(todo), unit="chunk"):
-            lo, hi = c * bs, min(n, (c + 1) * bs)
-            rows = _empty_rows(hi - lo, res, grp)
-            rows["status"][:] = SKIPPED
-            if len(want):
-                idx, x, ok, reasons = next(stream)
-                take = torch.as_tensor(ok)
+    arrays = {name: grp[name] for name in _empty_rows(0, res, grp)} | {"done": grp["done"]}
+
+    def write_chunk(c: int, rows: dict, failures: list) -> None:
+        """Rows first, the chunk's done flag last: a chunk is either complete or redone."""
+        for name, values in rows.items():
+            arrays[name][c * cs : c * cs + len(values)] = values
+        if failures:
+            store.write_json(f"files/attribute_failures/{c:08d}.json", failures)
+        arrays["done"][c] = True
+
+    # one writer thread overlaps compression and I/O with the next chunk's LRP; all queued
+    # writes finish even if the run is stopped, so every chunk flagged done is complete
+    writer, pending = ThreadPoolExecutor(1), []
+    try:
+        with LRP(model, spec, acfg.composite, ds.channels, ctx.device, features=acfg.features) as lrp:
+            stream = iter_batches(ds, samples, [b for _, b in batches], kind, acfg.num_workers, pin)
+            remaining = Counter(c for c, _ in batches)
+            chunk_rows = {}
+            bar = progress(stream, "attribute", total=len(batches), unit="batch")
+            for c in todo:  # chunks with no usable sample are written straight away
+                if not remaining[c]:
+                    pending.append(writer.submit(write_chunk, c, _new_rows(c, n, cs, res, grp), []))
+            for (c, _), (idx, x, ok, reasons) in zip(batches, bar):
+                rows, failures = chunk_rows.setdefault(c, (_new_rows(c, n, cs, res, grp), []))
                 out = lrp(x, labels[idx] if acfg.target == "label" else None)
-                rel = sum_pool(out["relevance"], res).float().cpu().numpy()
-                tgt = out["target"].cpu()
-                logits = out["logits"].float().cpu()
-                local = idx - lo
-                scale = np.abs(rel).reshape(len(rel), -1).max(1)
-                scale = np.where(ok & (scale > 0), scale, 1.0).astype(np.float32)
-                rows["relevance"][local] = np.where(ok[:, None, None], rel / scale[:, None, None], 0.0)
-                rows["relevance_scale"][local] = scale
-                rows["relevance_sum"][local] = np.where(ok, out["relevance"].sum((1, 2, 3)).cpu().numpy(), 0.0)
-                rows["logit"][local] = np.where(ok, logits.gather(1, tgt[:, None])[:, 0].numpy(), 0.0)
-                rows["prediction"][local] = np.where(ok, logits.argmax(1).numpy(), -1)
-                rows["target"][local] = np.where(ok, tgt.numpy(), -1)
-                rows["status"][local] = np.where(ok, OK, FAILED)
-                if "features" in rows:
-                    rows["features"][local] = (out["features"].float().cpu() * take[:, None]).numpy()
+                _fill_rows(rows, idx - c * cs, ok, out, res)
                 failures += [
                     {"index": int(i), "source": samples["source"].iat[i], "reason": r}
                     for i, r, o in zip(idx, reasons, ok)
                     if not o
                 ]
-            for name, values in rows.items():
-                grp[name][lo:hi] = values
-            if failures:
-                store.write_json(f"files/attribute_failures/{c:08d}.json", failures)
-                failures = []
-            grp["done"][c] = True
+                remaining[c] -= 1
+                if not remaining[c]:
+                    pending.append(writer.submit(write_chunk, c, *chunk_rows.pop(c)))
+                    while len(pending) > 2:
+                        pending.pop(0).result()
+    finally:
+        for f in pending:
+            f.result()
+        writer.shutdown()
     status = grp["status"][:]
     failed = [r for rel in store.list("files/attribute_failures") for r in store.read_json(rel)]
     store.write_table("attribute_failures", pd.DataFrame(failed, columns=["index", "source", "reason"]))
@@ -98,12 +107,13 @@ def run(ctx: Context) -> dict:
         "skipped_at_index": int((status == SKIPPED).sum()),
         "decode_failed": int((status == FAILED).sum()),
         "chunks_resumed_from": n_chunks - len(todo),
+        "chunks": n_chunks,
         "device": str(ctx.device),
     }
 
 
-def _create_arrays(ctx: Context, n: int, bs: int, n_chunks: int, model: torch.nn.Module) -> None:
-    """Fresh arrays, chunked by batch so that no two write batches share a chunk."""
+def _create_arrays(ctx: Context, n: int, cs: int, n_chunks: int, model: torch.nn.Module) -> None:
+    """Fresh arrays, chunked by `cs` rows: each chunk is written whole, by one writer."""
     cfg, store = ctx.cfg, ctx.store
     res = cfg.attribute.resolution
     attrs = {
@@ -114,21 +124,46 @@ def _create_arrays(ctx: Context, n: int, bs: int, n_chunks: int, model: torch.nn
         "resolution": res,
         "image_size": cfg.dataset.image_size,
     }
-    store.create_array("attribution/relevance", (n, res, res), (bs, res, res), "float16", attrs)
+    store.create_array("attribution/relevance", (n, res, res), (cs, res, res), "float16", attrs)
     for name, dtype, fill in [
         ("relevance_scale", "float32", 1.0), ("logit", "float32", 0.0), ("relevance_sum", "float32", 0.0),
         ("prediction", "int32", -1), ("target", "int32", -1), ("status", "uint8", SKIPPED),
     ]:  # fmt: skip
-        store.create_array(f"attribution/{name}", (n,), (bs,), dtype, fill_value=fill)
+        store.create_array(f"attribution/{name}", (n,), (cs,), dtype, fill_value=fill)
     if cfg.attribute.features:
         from pipeline.models import penultimate_layer
 
         dim = penultimate_layer(model).in_features
-        store.create_array("attribution/features", (n, dim), (bs, dim), "float16")
+        store.create_array("attribution/features", (n, dim), (cs, dim), "float16")
     else:
         store.delete_array("attribution/features")
     store.create_array("attribution/done", (n_chunks,), (1,), "bool", fill_value=False)
     store.delete("files/attribute_failures")
+
+
+def _fill_rows(rows: dict[str, np.ndarray], local: np.ndarray, ok: np.ndarray, out: dict, res: int) -> None:
+    """Put one batch's LRP output into its chunk's rows; failed samples keep zeros / -1."""
+    rel = sum_pool(out["relevance"], res).float().cpu().numpy()
+    tgt = out["target"].cpu()
+    logits = out["logits"].float().cpu()
+    scale = np.abs(rel).reshape(len(rel), -1).max(1)
+    scale = np.where(ok & (scale > 0), scale, 1.0).astype(np.float32)
+    rows["relevance"][local] = np.where(ok[:, None, None], rel / scale[:, None, None], 0.0)
+    rows["relevance_scale"][local] = scale
+    rows["relevance_sum"][local] = np.where(ok, out["relevance"].sum((1, 2, 3)).float().cpu().numpy(), 0.0)
+    rows["logit"][local] = np.where(ok, logits.gather(1, tgt[:, None])[:, 0].numpy(), 0.0)
+    rows["prediction"][local] = np.where(ok, logits.argmax(1).numpy(), -1)
+    rows["target"][local] = np.where(ok, tgt.numpy(), -1)
+    rows["status"][local] = np.where(ok, OK, FAILED)
+    if "features" in rows:
+        rows["features"][local] = out["features"].float().cpu().numpy() * ok[:, None]
+
+
+def _new_rows(c: int, n: int, cs: int, res: int, grp) -> dict[str, np.ndarray]:
+    """Rows of chunk c before any batch is filled in: every sample marked skipped."""
+    rows = _empty_rows(min(n, (c + 1) * cs) - c * cs, res, grp)
+    rows["status"][:] = SKIPPED
+    return rows
 
 
 def _empty_rows(m: int, res: int, grp) -> dict[str, np.ndarray]:

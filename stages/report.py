@@ -64,7 +64,9 @@ def _provenance(ctx: Context) -> str:
     return "<p><small>" + " · ".join(f"{esc(k)}: {esc(str(v))}" for k, v in items.items()) + "</small></p>"
 
 
-@stage("report", sections=["report"], inputs=["score"])
+@stage(
+    "report", sections=["report"], inputs=["score"], outputs_exist=lambda cfg: (cfg.report_path / "index.html").exists()
+)
 def run(ctx: Context) -> dict:
     """Write index.html and one page per class."""
     cfg, store = ctx.cfg, ctx.store

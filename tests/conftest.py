@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.config import load_config
+from pipeline.datasets.photos import natural_photos
 from pipeline.runner import Runner
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -30,21 +30,6 @@ def demo_run(tmp_path_factory) -> Runner:
     r = make_runner(tmp_path_factory.mktemp("demo"), overrides=FAST_DEMO)
     r.run_all()
     return r
-
-
-def natural_photos() -> dict[str, np.ndarray]:
-    """Real photos shipped inside installed packages, as RGB uint8 arrays."""
-    import matplotlib.cbook
-    import skimage.data
-    from sklearn.datasets import load_sample_images
-
-    photos = {"chelsea": skimage.data.chelsea(), "coffee": skimage.data.coffee(), "astronaut": skimage.data.astronaut(),
-              "rocket": skimage.data.rocket()}  # fmt: skip
-    for name, img in zip(("china", "flower"), load_sample_images().images):
-        photos[name] = img
-    with Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as im:
-        photos["hopper"] = np.asarray(im.convert("RGB"))
-    return photos
 
 
 # real ImageNet WordNet ids: tabby cat, espresso, space shuttle, daisy, and one more

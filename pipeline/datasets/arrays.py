@@ -32,7 +32,7 @@ class ArrayDataset(ImageDataset):
             keep = np.concatenate([np.flatnonzero(labels == c)[:limit_per_class] for c in np.unique(labels)])
             keep.sort()
         self._keep = keep
-        self.images = torch.from_numpy(np.ascontiguousarray(images))
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8))  # a writable copy
         self.labels = np.asarray(labels, dtype=np.int64)
         self.split = split
         self.image_size = image_size

@@ -10,6 +10,15 @@ def states(r):
     return {row["stage"]: row["state"] for row in r.status_rows()}
 
 
+def test_stages_run_after_their_inputs():
+    from pipeline.runner import load_stages
+
+    order = list(load_stages())
+    assert order[:6] == ["index", "train", "attribute", "distances", "cluster", "score"]
+    for pos, (name, spec) in enumerate(load_stages().items()):
+        assert all(order.index(i) < pos for i in spec.inputs), name
+
+
 def test_status_fresh_run_is_all_missing(tmp_path):
     r = make_runner(tmp_path, overrides=SMALL)
     assert set(states(r).values()) == {"missing"}

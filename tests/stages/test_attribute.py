@@ -4,7 +4,7 @@ import pytest
 import stages.attribute as attribute_stage
 from tests.conftest import make_runner
 
-SMALL = ["dataset.limit_per_class=20", "train.epochs=1", "attribute.batch_size=16"]
+SMALL = ["dataset.limit_per_class=20", "train.epochs=1", "attribute.batch_size=8", "attribute.chunk_size=16"]
 ARRAYS = [
     "relevance",
     "relevance_scale",
@@ -28,7 +28,7 @@ def test_interrupted_attribute_resumes_to_the_same_store(tmp_path, monkeypatch):
 
     def dying_pool(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == 9:  # the first batch of chunk 4
             raise KeyboardInterrupt("killed mid-run")
         return real_pool(*args, **kwargs)
 

@@ -1,0 +1,109 @@
+"""Throughput of the attribute stage against a bare zennit loop, measured in the same run.
+
+For each scenario the stage runs from the CLI's runner (loading, LRP, pooling, zarr writes,
+resume bookkeeping) and the bare loop runs zennit's Gradient attributor over the same model,
+composite and inputs, already decoded and in memory, with the same batch size. Prints
+images/s for both and the ratio stage/bare (1.0 = no overhead; the target is >= 0.9).
+
+    python benchmarks/attribution.py               # both scenarios
+    python benchmarks/attribution.py --only small  # the small CNN on Fashion-MNIST (Debian package)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from zennit.attribution import Gradient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.attribution import COMPOSITES  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.datasets import build_dataset, iter_batches  # noqa: E402
+from pipeline.datasets.photos import write_imagenet_folder  # noqa: E402
+from pipeline.models import MODELS, build_model  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
+
+
+def bare_zennit(runner: Runner, repeats: int) -> float:
+    """images/s of a plain zennit loop over pre-decoded inputs (best of `repeats`)."""
+    cfg, store = runner.cfg, runner.store
+    samples = store.read_table("samples")
+    ds = build_dataset(cfg.dataset)
+    spec = MODELS.get(cfg.model.arch)
+    ckpt = store.read_bytes("files/model.pt") if runner.state("train") == "done" else None
+    model = build_model(cfg.model, len(ds.classes), ds.channels, cfg.dataset.image_size, ckpt)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    bs = cfg.attribute.batch_size
+    order = np.arange(len(samples))
+    batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+    kind = cfg.dataset.artifact.kind if cfg.dataset.artifact else None
+    mean, std = spec.norm(ds.channels)
+    data = [((x - mean) / std, torch.as_tensor(samples["label"].to_numpy()[idx])) for idx, x, _, _ in
+            iter_batches(ds, samples, batches, kind)]  # fmt: skip
+    low, high = (0 - mean) / std, (1 - mean) / std
+    composite = COMPOSITES.get(cfg.attribute.composite)(spec.canonizers(), low, high)
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        with Gradient(model=model, composite=composite) as attributor:
+            for x, y in data:
+                out, rel = attributor(x, lambda o, y=y: torch.zeros_like(o).scatter_(1, y[:, None], o.gather(1, y[:, None])))
+                rel.sum(1).numpy()
+        best = max(best, len(samples) / (time.perf_counter() - t0))
+    return best
+
+
+def stage_throughput(runner: Runner, repeats: int) -> float:
+    """images/s of the attribute stage, forced to rerun (best of `repeats`)."""
+    best = 0.0
+    n = len(runner.store.read_table("samples"))
+    for _ in range(repeats):
+        rec = runner.run("attribute", force=True)
+        best = max(best, n / rec["seconds"])
+    return best
+
+
+def scenario(name: str, config: str, overrides: list[str], repeats: int) -> tuple[str, float, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(config, overrides + [f"run_dir={tmp}/run"])
+        runner = Runner(cfg)
+        runner.run_all(until="train")
+        stage = stage_throughput(runner, repeats)
+        bare = bare_zennit(runner, repeats)
+    return name, stage, bare
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["small", "imagenet"])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--images", type=int, default=96, help="JPEGs in the ImageNet-layout scenario")
+    ap.add_argument("--small", type=int, default=10_000, help="Fashion-MNIST images in the small scenario")
+    args = ap.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    rows = []
+    if args.only in (None, "small"):
+        rows.append(scenario(f"small_cnn / Fashion-MNIST {args.small // 1000}k 32px / epsilon_plus_flat",
+                             "fashion-mnist", ["train.epochs=1", "attribute.batch_size=128",
+                                               f"dataset.limit_per_class={args.small // 10}"], args.repeats))  # fmt: skip
+    if args.only in (None, "imagenet"):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = write_imagenet_folder(Path(tmp) / "train", n_classes=args.images // 4, per_class=4, side=256)
+            rows.append(scenario("efficientnet_lite0 / JPEG 224px / epsilon_plus_flat", "imagenet",
+                                 [f"dataset.path={root}", "attribute.batch_size=32", "attribute.num_workers=1"],
+                                 args.repeats))  # fmt: skip
+    print(f"{'scenario':<52} {'stage img/s':>12} {'bare zennit img/s':>18} {'ratio':>7}")
+    for name, stage, bare in rows:
+        print(f"{name:<52} {stage:>12.1f} {bare:>18.1f} {stage / bare:>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
