@@ -69,3 +69,42 @@ def test_prediction_matches_label_on_training_data(demo_run):
     samples = st.read_table("samples")
     pred = st.array("attribution/prediction")[:]
     assert (pred == samples["label"].to_numpy()).mean() > 0.9
+
+
+def test_sigkilled_attribute_run_resumes_to_the_same_store(tmp_path, imagenet_folder):
+    """SIGKILL the CLI mid-attribute (no cleanup runs), rerun, compare with an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import zarr
+
+    sets = [f"dataset.path={imagenet_folder}", "attribute.batch_size=1", "attribute.chunk_size=1",
+            "attribute.num_workers=0"]  # fmt: skip
+    exe = str(Path(sys.executable).with_name("unhans"))
+    cmd = [exe, "audit", "-c", "imagenet", "--until", "attribute", "--run-dir", str(tmp_path / "k" / "run")]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    done_dir = tmp_path / "k" / "run" / "store.zarr" / "attribution" / "done" / "c"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not done_dir.exists() or len(os.listdir(done_dir)) < 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = zarr.open_group(str(tmp_path / "k" / "run" / "store.zarr"))["attribution/done"][:]
+    assert 3 <= done.sum() < len(done), "the run was not stopped mid-attribute"
+
+    killed = make_runner(tmp_path / "k", "imagenet", sets)
+    assert killed.state("attribute") == "partial"
+    rec = killed.run("attribute")
+    assert rec["counts"]["chunks_resumed_from"] >= 3
+    full = make_runner(tmp_path / "full", "imagenet", sets)
+    full.run_all(until="attribute")
+    for name in ARRAYS:
+        np.testing.assert_array_equal(
+            full.store.array(f"attribution/{name}")[:], killed.store.array(f"attribution/{name}")[:], err_msg=name
+        )
