@@ -55,7 +55,10 @@ def bare_zennit(runner: Runner, repeats: int) -> float:
         t0 = time.perf_counter()
         with Gradient(model=model, composite=composite) as attributor:
             for x, y in data:
-                out, rel = attributor(x, lambda o, y=y: torch.zeros_like(o).scatter_(1, y[:, None], o.gather(1, y[:, None])))
+                # the same initial relevance as the stage: the target logit
+                out, rel = attributor(
+                    x, lambda o, y=y: torch.zeros_like(o).scatter_(1, y[:, None], o.gather(1, y[:, None]))
+                )  # noqa: E501
                 rel.sum(1).numpy()
         best = max(best, len(samples) / (time.perf_counter() - t0))
     return best
@@ -91,9 +94,9 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     if args.only in (None, "small"):
-        rows.append(scenario(f"small_cnn / Fashion-MNIST {args.small // 1000}k 32px / epsilon_plus_flat",
-                             "fashion-mnist", ["train.epochs=1", "attribute.batch_size=128",
-                                               f"dataset.limit_per_class={args.small // 10}"], args.repeats))  # fmt: skip
+        small = ["train.epochs=1", "attribute.batch_size=128", f"dataset.limit_per_class={args.small // 10}"]
+        name = f"small_cnn / Fashion-MNIST {args.small // 1000}k 32px / epsilon_plus_flat"
+        rows.append(scenario(name, "fashion-mnist", small, args.repeats))
     if args.only in (None, "imagenet"):
         with tempfile.TemporaryDirectory() as tmp:
             root = write_imagenet_folder(Path(tmp) / "train", n_classes=args.images // 4, per_class=4, side=256)
