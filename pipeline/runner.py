@@ -8,11 +8,12 @@ fingerprints enter their consumers', every stage downstream of a change becomes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -100,6 +101,7 @@ class Runner:
         self.stages = load_stages()
         self.store = Store(run_url or cfg.run_url)
         self._fp: dict[str, str] = {}
+        self._lock_depth = 0
 
     # ---- fingerprints and status --------------------------------------------------------------
     def active_inputs(self, spec: StageSpec) -> list[str]:
@@ -154,8 +156,29 @@ class Runner:
         return rows
 
     # ---- running -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock (re-entrant within this runner)."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with self.store.lock():
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
+
     def run(self, name: str, force: bool = False) -> dict | None:
         """Run one stage if it is not up to date; its inputs must be done already."""
+        with self.locked():
+            return self._run(name, force)
+
+    def _run(self, name: str, force: bool) -> dict | None:
         spec = self.stages[name]
         if not spec.enabled(self.cfg):
             log.info("%s: disabled by the config", name)
@@ -200,7 +223,8 @@ class Runner:
         return rec
 
     def run_all(self, until: str | None = None, force: bool = False) -> None:
-        for name in self.stages:
-            self.run(name, force=force)
-            if name == until:
-                break
+        with self.locked():
+            for name in self.stages:
+                self.run(name, force=force)
+                if name == until:
+                    break

@@ -13,10 +13,14 @@ All JSON and table writes are atomic (write a temporary file, then rename).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import socket
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -52,6 +56,35 @@ class Store:
                 f"the store at {self.url} has layout version {self.group.attrs['store_version']}, "
                 f"this unhans writes version {STORE_VERSION}; use a fresh --run-dir"
             )
+
+    # ---- the run lock ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold `<run>/LOCK` while writing: a second run on the same store is refused.
+
+        A lock left by a dead process on this host is taken over; one from another host must be
+        removed by hand (the message says how)."""
+        rel, me = "LOCK", {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        for _ in range(2):
+            try:
+                with self.fs.open(self.path(rel), "xb") as fh:
+                    fh.write(json.dumps(me).encode())
+                break
+            except FileExistsError:
+                other = self.read_json(rel) or {}
+                if other.get("host") == me["host"] and not _pid_alive(int(other.get("pid", -1))):
+                    self.delete(rel)  # stale: its process is gone
+                    continue
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other.get("since", 0)))
+                raise UserError(
+                    f"the run store {self.url} is in use by process {other.get('pid')} on "
+                    f"{other.get('host')} (since {since}); wait for it to finish, or if that run is "
+                    f"dead, delete {self.url}/LOCK"
+                ) from None
+        try:
+            yield
+        finally:
+            self.delete(rel)
 
     # ---- paths -----------------------------------------------------------------------------
     def path(self, rel: str) -> str:
@@ -167,3 +200,15 @@ class Store:
     def delete_array(self, name: str) -> None:
         if self.has_array(name):
             del self.group[name]
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

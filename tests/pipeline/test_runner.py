@@ -60,3 +60,24 @@ def test_force_reruns(tmp_path):
     time.sleep(1.1)
     r.run("index", force=True)
     assert r.record("index")["started"] != first
+
+
+def test_a_second_run_on_the_same_store_is_refused(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    r = make_runner(tmp_path, overrides=SMALL)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / "run" / "LOCK"
+        lock.write_text(json.dumps({"host": __import__("socket").gethostname(), "pid": holder.pid, "since": 0}))
+        with pytest.raises(UserError, match=f"in use by process {holder.pid}.*delete .*LOCK"):
+            r.run("index")
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is dead now: its lock is stale and taken over
+    r.run("index")
+    assert r.state("index") == "done" and not (tmp_path / "run" / "LOCK").exists()
