@@ -1,11 +1,12 @@
-"""Compute resources: torch device selection, CPU threads, progress bars."""
+"""Compute resources: torch device selection, CPU threads, progress bars, Dask task mapping."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from tqdm import tqdm
@@ -36,3 +37,76 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     """A progress bar on stderr (hidden when stderr is not a terminal unless UNHANS_PROGRESS=1)."""
     show = sys.stderr.isatty() or os.environ.get("UNHANS_PROGRESS") == "1"
     yield from tqdm(items, desc=desc, total=total, unit=unit, disable=not show, mininterval=1.0, dynamic_ncols=True)
+
+
+def _call_with_threads(fn: Callable, threads: int, *args: Any) -> Any:
+    """Run one task on a worker with a fixed number of torch/BLAS/faiss threads."""
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:  # pragma: no cover
+        pass
+    return fn(*args)
+
+
+@contextlib.contextmanager
+def dask_client(cfg) -> Iterator[Any]:
+    """A Dask client: on `compute.scheduler` if given, else on a LocalCluster of worker processes."""
+    from dask.distributed import Client, LocalCluster
+
+    if cfg.scheduler:
+        try:
+            client = Client(cfg.scheduler, timeout="20s")
+        except OSError as exc:
+            raise UserError(
+                f"cannot reach the Dask scheduler at {cfg.scheduler} ({exc}); start one with "
+                "`dask scheduler` and `dask worker <address>`, or drop compute.scheduler"
+            ) from None
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            yield client
+
+
+class TaskMapper:
+    """Maps module-level functions over items: in this process, or on Dask workers when
+    `compute.workers` > 1 or `compute.scheduler` is set. One cluster serves every stage of a run
+    (started on first use, closed by `close`)."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self._stack: contextlib.ExitStack | None = None
+        self._client = None
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.cfg.scheduler) or self.cfg.workers > 1
+
+    def client(self):
+        if self._client is None:
+            self._stack = contextlib.ExitStack()
+            self._client = self._stack.enter_context(dask_client(self.cfg))
+        return self._client
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._client = None
+
+    def map(self, fn: Callable, items: list, desc: str, *shared: Any) -> list:
+        """[fn(*shared, item) for item in items], in order."""
+        if not self.distributed:
+            return [fn(*shared, it) for it in progress(items, desc, total=len(items), unit="task")]
+        from dask.distributed import as_completed
+
+        client = self.client()
+        threads = self.cfg.threads or 1
+        shared_f = [client.scatter(x, broadcast=True) for x in shared]
+        futures = [client.submit(_call_with_threads, fn, threads, *shared_f, it, pure=False) for it in items]
+        for _ in progress(as_completed(futures), desc, total=len(futures), unit="task"):
+            pass
+        return client.gather(futures)

@@ -139,6 +139,8 @@ class CleanConfig(Section):
 class ComputeConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: all cores)")
+    workers: int = Field(0, ge=0, description="Dask LocalCluster worker processes (0 or 1: in-process)")
+    scheduler: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786")
 
 
 class Config(Section):

@@ -14,14 +14,13 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import torch
 
 from pipeline import __version__
-from pipeline.compute import resolve_device, set_threads
+from pipeline.compute import TaskMapper, resolve_device, set_threads
 from pipeline.config import Config, fingerprint_of
 from pipeline.errors import UserError
 from pipeline.store import Store
@@ -36,8 +35,18 @@ class Context:
     cfg: Config
     store: Store
     device: torch.device
+    tasks: TaskMapper
     resume: bool = False  # an earlier run of this exact fingerprint stopped part-way
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The store's absolute path or URL, valid in worker processes and on other machines."""
+        return self.store.absolute_url
+
+    def prepare_class_groups(self, ids) -> None:
+        """Create classes/<id> groups up front, so parallel workers never race on group metadata."""
+        for c in ids:
+            self.store.group.require_group(f"classes/{c}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class Runner:
         self.store = Store(run_url or cfg.run_url)
         self._fp: dict[str, str] = {}
         self._lock_depth = 0
+        self.tasks = TaskMapper(cfg.compute)
 
     # ---- fingerprints and status --------------------------------------------------------------
     def active_inputs(self, spec: StageSpec) -> list[str]:
@@ -172,6 +182,7 @@ class Runner:
                 yield
             finally:
                 self._lock_depth = 0
+                self.tasks.close()
 
     def run(self, name: str, force: bool = False) -> dict | None:
         """Run one stage if it is not up to date; its inputs must be done already."""
@@ -201,7 +212,7 @@ class Runner:
             {"stage": name, "fingerprint": fp, "complete": False, "started": started},
         )
         set_threads(self.cfg.compute.threads)
-        ctx = Context(self.cfg, self.store, resolve_device(self.cfg.compute.device), resume=resume)
+        ctx = Context(self.cfg, self.store, resolve_device(self.cfg.compute.device), self.tasks, resume=resume)
         log.info("%s: %s", name, "resuming" if resume else "running")
         t0 = time.perf_counter()
         counts = spec.fn(ctx) or {}

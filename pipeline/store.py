@@ -57,6 +57,13 @@ class Store:
                 f"this unhans writes version {STORE_VERSION}; use a fresh --run-dir"
             )
 
+    @property
+    def absolute_url(self) -> str:
+        """An absolute local path, or the full fsspec URL for remote stores."""
+        if isinstance(self.fs, LocalFileSystem):
+            return self.root
+        return self.fs.unstrip_protocol(self.root)
+
     # ---- the run lock ------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.compute import progress
 from pipeline.metrics import DISTANCES
 from pipeline.runner import Context, stage
+from pipeline.store import Store
 
 MIN_CLASS_SIZE = 4
 
@@ -28,17 +28,23 @@ def class_members(ctx: Context) -> dict[int, np.ndarray]:
     return out
 
 
+def knn_class(cfg, url: str, item: tuple[int, np.ndarray]) -> int:
+    """One class: read its maps, build the kNN graph, write it. Runs in-process or on a worker."""
+    c, members = item
+    store = Store(url)
+    idx, dist = DISTANCES.get(cfg.distances.metric)(store.relevance(members), cfg.distances.k, cfg.seed)
+    store.write_array(f"classes/{c}/members", members)
+    store.write_array(f"classes/{c}/knn_idx", idx, {"metric": cfg.distances.metric})
+    store.write_array(f"classes/{c}/knn_dist", dist, {"metric": cfg.distances.metric})
+    return len(members)
+
+
 @stage("distances", sections=["distances"], inputs=["attribute"])
 def run(ctx: Context) -> dict:
     """kNN indices and distances between the relevance maps of each class."""
-    cfg = ctx.cfg.distances
-    knn = DISTANCES.get(cfg.metric)
     members_by_class = class_members(ctx)
-    for c, members in progress(members_by_class.items(), "distances", total=len(members_by_class), unit="class"):
-        maps = ctx.store.relevance(members)
-        idx, dist = knn(maps, cfg.k, ctx.cfg.seed)
-        ctx.store.write_array(f"classes/{c}/members", members)
-        ctx.store.write_array(f"classes/{c}/knn_idx", idx, {"metric": cfg.metric})
-        ctx.store.write_array(f"classes/{c}/knn_dist", dist, {"metric": cfg.metric})
-    ctx.store.group.require_group("classes").attrs.update({"ids": sorted(members_by_class), "metric": cfg.metric})
-    return {"classes": len(members_by_class), "samples": int(sum(len(m) for m in members_by_class.values()))}
+    ctx.prepare_class_groups(members_by_class)
+    sizes = ctx.tasks.map(knn_class, list(members_by_class.items()), "distances", ctx.cfg, ctx.url)
+    attrs = {"ids": sorted(members_by_class), "metric": ctx.cfg.distances.metric}
+    ctx.store.group.require_group("classes").attrs.update(attrs)
+    return {"classes": len(members_by_class), "samples": int(sum(sizes))}
