@@ -78,12 +78,17 @@ def audit(
 
 
 @app.command()
-def status(config: ConfigOpt = "demo", set_: SetOpt = None, run_dir: RunDirOpt = None) -> None:
+def status(
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    settings: Annotated[bool, typer.Option("--settings", help="also print each stage's settings")] = False,
+) -> None:
     """The stage table: done / stale / missing, when, how long, what counts."""
-    _guard(lambda: _print_status(_runner(config, set_, run_dir)))
+    _guard(lambda: _print_status(_runner(config, set_, run_dir), settings))
 
 
-def _print_status(r: Runner) -> None:
+def _print_status(r: Runner, settings: bool = False) -> None:
     rows = r.status_rows()
     typer.echo(f"run {r.cfg.name} at {r.store.url}")
     typer.echo(f"{'stage':<10} {'state':<9} {'seconds':>8}  {'finished':<25} {'inputs':<16} counts")
@@ -93,6 +98,14 @@ def _print_status(r: Runner) -> None:
         typer.echo(
             f"{row['stage']:<10} {row['state']:<9} {secs:>8}  {row['finished']:<25} {row['inputs']:<16} {counts}"
         )
+    if settings:  # the chain as it would run: each stage, what feeds it, with which settings
+        typer.echo("")
+        for name, spec in r.stages.items():
+            parts = []
+            for sec in spec.sections:
+                values = r.cfg.section(sec).model_dump(mode="json", exclude_none=True)
+                parts.append(f"{sec}(" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")")
+            typer.echo(f"{name:<10} <- {', '.join(r.active_inputs(spec)) or 'dataset'}: {' '.join(parts)}")
 
 
 def _stage_command(name: str, help_text: str):

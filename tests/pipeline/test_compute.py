@@ -4,7 +4,7 @@ import numpy as np
 
 from tests.conftest import make_runner
 
-SMALL = ["dataset.limit_per_class=40", "train.epochs=1", "attribute.batch_size=64"]
+SMALL = ["dataset.limit_per_class=20", "train.epochs=1", "attribute.batch_size=64"]
 
 
 def test_two_worker_cluster_store_equals_single_process_store(tmp_path):
