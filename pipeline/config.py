@@ -107,13 +107,30 @@ class AttributeConfig(Section):
 
 
 class DistancesConfig(Section):
-    metric: str = "euclidean"
+    metric: str = "wasserstein"
     k: int = Field(10, ge=2, description="neighbours per sample in the kNN graph")
+    # wasserstein only (pipeline/metrics/wasserstein.py)
+    mass: Literal["positive", "absolute"] = Field("positive", description="relevance read as mass: max(R,0) or |R|")
+    translation: bool = Field(True, description="invariant to translation (centre of mass)")
+    scale: bool = Field(True, description="invariant to scale (RMS radius)")
+    rotation: bool = Field(True, description="invariant to rotation (principal axes, best alignment)")
+    reflection: bool = Field(False, description="also invariant to mirror images")
+    isotropy: float = Field(0.15, ge=0, lt=1, description="anisotropy below which 8 rotations are tried")
+    shortlist: int = Field(15, ge=1, description="candidates per map reranked with the Sinkhorn divergence")
+    grid: int = Field(32, ge=4, description="side of the canonical grid of the fast method (even)")
+    rerank: bool = Field(True, description="rerank the shortlist (False: linear-OT embedding distance only)")
 
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
         return _choice("pipeline.metrics.DISTANCES", v)
+
+    @field_validator("grid")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"{v} is not even")
+        return v
 
 
 class ClusterConfig(Section):

@@ -1,13 +1,15 @@
 """distances: per class, a kNN graph of the relevance maps under the configured distance.
 
 Writes classes/<class id>/{members (n,) i64, knn_idx (n, k) i64 (positions in members),
-knn_dist (n, k) f32}. Never builds an n x n matrix; cost per class is the metric's kNN cost.
+knn_dist (n, k) f32, empty (n,) bool (maps with no mass)}. Never builds an n x n matrix; the
+cost per class is the metric's kNN cost (see pipeline/metrics/).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline.compute import resolve_device
 from pipeline.metrics import DISTANCES
 from pipeline.runner import Context, stage
 from pipeline.store import Store
@@ -28,15 +30,17 @@ def class_members(ctx: Context) -> dict[int, np.ndarray]:
     return out
 
 
-def knn_class(cfg, url: str, item: tuple[int, np.ndarray]) -> int:
+def knn_class(cfg, url: str, item: tuple[int, np.ndarray]) -> tuple[int, int]:
     """One class: read its maps, build the kNN graph, write it. Runs in-process or on a worker."""
     c, members = item
     store = Store(url)
-    idx, dist = DISTANCES.get(cfg.distances.metric)(store.relevance(members), cfg.distances.k, cfg.seed)
+    device = resolve_device(cfg.compute.device)
+    idx, dist, empty = DISTANCES.get(cfg.distances.metric)(store.relevance(members), cfg.distances, cfg.seed, device)
     store.write_array(f"classes/{c}/members", members)
+    store.write_array(f"classes/{c}/empty", empty)
     store.write_array(f"classes/{c}/knn_idx", idx, {"metric": cfg.distances.metric})
     store.write_array(f"classes/{c}/knn_dist", dist, {"metric": cfg.distances.metric})
-    return len(members)
+    return len(members), int(empty.sum())
 
 
 @stage("distances", sections=["distances"], inputs=["attribute"])
@@ -47,4 +51,5 @@ def run(ctx: Context) -> dict:
     sizes = ctx.tasks.map(knn_class, list(members_by_class.items()), "distances", ctx.cfg, ctx.url)
     attrs = {"ids": sorted(members_by_class), "metric": ctx.cfg.distances.metric}
     ctx.store.group.require_group("classes").attrs.update(attrs)
-    return {"classes": len(members_by_class), "samples": int(sum(sizes))}
+    return {"classes": len(members_by_class), "samples": int(sum(n for n, _ in sizes)),
+            "empty_maps": int(sum(e for _, e in sizes))}  # fmt: skip

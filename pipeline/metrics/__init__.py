@@ -1,8 +1,9 @@
 """Distances between relevance maps, by name. Each entry builds a kNN graph for one class.
 
-An entry is `knn(maps, k, seed) -> (indices, distances)`: maps (n, H, W) float32, indices
-(n, k) int64 of each sample's nearest other samples, distances (n, k) float32 ascending.
-No entry may build an n x n matrix.
+An entry is `knn(maps, cfg, seed, device) -> (indices, distances, empty)`: maps (n, H, W) float32,
+cfg the DistancesConfig, indices (n, k) int64 of each sample's nearest other samples, distances
+(n, k) float32 ascending, empty (n,) bool for maps that carry no mass. No entry may build an
+n x n matrix.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from pipeline.registry import Registry
 
-KnnFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+KnnFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 DISTANCES: Registry[KnnFn] = Registry("distance")
 
-from pipeline.metrics import euclidean  # noqa: E402,F401
+from pipeline.metrics import euclidean, wasserstein  # noqa: E402,F401

@@ -39,6 +39,12 @@ def normalise(maps: np.ndarray) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-@DISTANCES.register("euclidean")
-def knn_euclidean(maps: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def knn_euclidean(maps: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact kNN of L2-normalised maps (n, H, W): indices (n, k), distances (n, k)."""
     return exact_knn(normalise(maps), k)
+
+
+@DISTANCES.register("euclidean")
+def _registered(maps: np.ndarray, cfg, seed: int = 0, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    idx, dist = knn_euclidean(maps, cfg.k)
+    return idx, dist, ~np.abs(maps).reshape(len(maps), -1).any(1)
