@@ -7,7 +7,7 @@ DATASET ?= demo
 SET     ?=
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: audit test test-slow lint bench fashion-mnist clean-runs
+.PHONY: audit test test-slow lint bench fashion-mnist chromium clean-runs
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,10 +20,17 @@ fashion-mnist:
 	@test -d $(FMNIST) || { SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
 
+# Headless Chromium and its driver for the report's browser tests (tests/browser), Debian packages
+# chromium and chromium-driver; installed when missing (needs root or sudo).
+chromium:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || { \
+	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 audit: $(VENV)/.installed $(if $(filter fashion-mnist,$(DATASET)),fashion-mnist)
 	$(BIN)/unhans audit --config $(DATASET) $(foreach s,$(SET),--set $(s))
 
-test: $(VENV)/.installed fashion-mnist
+test: $(VENV)/.installed fashion-mnist chromium
 	$(BIN)/python -m pytest -m "not slow" -q
 
 test-slow: $(VENV)/.installed fashion-mnist

@@ -44,10 +44,9 @@ def bare_zennit(runner: Runner, repeats: int) -> float:
     bs = cfg.attribute.batch_size
     order = np.arange(len(samples))
     batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-    kind = cfg.dataset.artifact.kind if cfg.dataset.artifact else None
     mean, std = spec.norm(ds.channels)
     data = [((x - mean) / std, torch.as_tensor(samples["label"].to_numpy()[idx])) for idx, x, _, _ in
-            iter_batches(ds, samples, batches, kind)]  # fmt: skip
+            iter_batches(ds, samples, batches, cfg.poison)]  # fmt: skip
     low, high = (0 - mean) / std, (1 - mean) / std
     composite = COMPOSITES.get(cfg.attribute.composite)(spec.canonizers(), low, high)
     best = 0.0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -88,6 +90,52 @@ def status(
     _guard(lambda: _print_status(_runner(config, set_, run_dir), settings))
 
 
+@app.command()
+def poison(
+    out: Annotated[str, typer.Option("--out", "-o", help="new folder for the poisoned copy")],
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images loaded and written at a time")] = 256,
+) -> None:
+    """Write the poisoned dataset as class folders of PNGs plus ground_truth.csv (runs index if needed)."""
+
+    def go() -> None:
+        from pipeline.poison import check_out, write_folder
+
+        r = _runner(config, set_, run_dir)
+        if r.cfg.poison is None:
+            raise UserError("the config has no poison section; add one or --set poison.target=<class id>")
+        check_out(out)
+        r.run("index")
+        truth = write_folder(r.cfg, r.store.read_table("samples"), Path(out), batch_size)
+        typer.echo(
+            f"wrote {len(truth)} images ({int(truth['artifact'].sum())} with the artifact, "
+            f"{int((truth['label'] != truth['original_label']).sum())} relabelled) to {out}/<class>/; "
+            f"ground truth: {out}/ground_truth.csv; audit the copy: unhans audit -c {out}/config.yaml"
+        )
+
+    _guard(go)
+
+
+@app.command()
+def validate(
+    spec: Annotated[str, typer.Option("--spec", help="validation spec in configs/validate/ or a YAML path")] = "demo",
+    scenario: Annotated[list[str] | None, typer.Option("--scenario", help="run only these scenarios")] = None,
+    set_: SetOpt = None,
+    root: Annotated[str | None, typer.Option("--root", help="folder of the scenario runs")] = None,
+) -> None:
+    """Poison, train and audit every scenario of a spec; print detection against the baselines."""
+
+    def go() -> None:
+        from pipeline.validate import run_validation, summary
+
+        results = run_validation(spec, root, scenario, set_ or [])
+        typer.echo(summary(results))
+
+    _guard(go)
+
+
 def _print_status(r: Runner, settings: bool = False) -> None:
     rows = r.status_rows()
     typer.echo(f"run {r.cfg.name} at {r.store.url}")
@@ -123,8 +171,37 @@ def _stage_command(name: str, help_text: str):
     return command
 
 
+DecisionsOpt = Annotated[
+    str | None,
+    typer.Option("--decisions", help="a curator's decisions file exported from the report (sets clean.decisions)"),
+]
+
+
+def _clean_command(help_text: str):
+    def command(
+        config: ConfigOpt = "demo",
+        set_: SetOpt = None,
+        run_dir: RunDirOpt = None,
+        force: ForceOpt = False,
+        decisions: DecisionsOpt = None,
+    ) -> None:
+        def go() -> None:
+            extra = []
+            if decisions:  # a local path is made absolute; the value is quoted as a YAML string
+                path = decisions if "://" in decisions else str(Path(decisions).resolve())
+                extra = [f"clean.decisions={json.dumps(path)}"]
+            r = _runner(config, (set_ or []) + extra, run_dir)
+            r.run("clean", force=force)
+            _print_status(r)
+
+        _guard(go)
+
+    command.__doc__ = f"{help_text} (stage; its inputs must be done)"
+    return command
+
+
 for _name, _spec in load_stages().items():
-    app.command(name=_name)(_stage_command(_name, _spec.help))
+    app.command(name=_name)(_clean_command(_spec.help) if _name == "clean" else _stage_command(_name, _spec.help))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ reads, so changing a section makes that stage and everything downstream stale.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, computed_field, field_validator
 
 from pipeline.errors import UserError
 
@@ -31,20 +32,110 @@ def _choice(registry_path: str, value: str) -> str:
     return value
 
 
-class ArtifactConfig(Section):
-    """A seeded artifact inserted at load time into a fraction of some classes' images."""
+class PoisonConfig(Section):
+    """Planted shortcuts for validating the audit (pipeline/poison.py): which samples, which artifact, where.
 
-    kind: str = "patch"
-    classes: list[int] = Field(default_factory=list, description="class ids that get the artifact")
-    fraction: float = Field(0.2, gt=0, le=1)
-    size: float = Field(0.2, gt=0, le=1, description="side length as a fraction of the image side")
-    position: Literal["fixed", "random"] = "fixed"
-    seed: int = 0
+    Planned once at index time from (seed, labels) and stored in the samples table; painted at every load.
+    """
+
+    kind: str = Field(
+        "checker",
+        description="artifact: patch (solid square of colour), checker (checkerboard), text (a text stamp), "
+        "frame (border of the image, or a square outline at position random), tint (the whole image blended "
+        "towards colour; grey images: a grey-level shift), watermark (ImageNet-W's, from PyPI imagenet-w)",
+    )
+    regime: Literal["correlated", "backdoor"] = Field(
+        "correlated",
+        description="correlated: artifact on a fraction of the target class, labels unchanged; backdoor: "
+        "artifact on images of the source classes, which are relabelled to the target",
+    )
+    target: int = Field(..., ge=0, description="class id that the artifact is tied to")
+    sources: list[int] | None = Field(
+        None, description="backdoor only: class ids whose images are poisoned and relabelled (None: all others)"
+    )
+    fraction: float = Field(
+        0.1, description="share of the samples labelled target after poisoning that carry the artifact (0 < f < 1)"
+    )
+    size: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="artifact side as a fraction of the image side (frame at position fixed: border width; "
+        "ignored by tint and watermark, whose size is ImageNet-W's)",
+    )
+    size_jitter: float = Field(0.0, ge=0, lt=1, description="0: fixed size; else side uniform in size*(1 +- jitter)")
+    position: Literal["fixed", "random"] = Field(
+        "fixed", description="fixed: bottom-right corner with a small margin (watermark: ImageNet-W's place); random"
+    )
+    rotation: float | Literal["random"] = Field(
+        0.0, description="degrees counter-clockwise, or random (uniform 0-360); tint and fixed frame do not rotate"
+    )
+    colour: tuple[int, int, int] = Field(
+        (255, 255, 255), description="artifact colour: a name (white, red), #rrggbb, a grey level 0-255 or [r, g, b]"
+    )
+    strength: float | None = Field(
+        None, gt=0, le=1, description="opacity (tint: blend weight / grey shift); None: 0.3 tint, 0.5 watermark, else 1"
+    )
+    text: str | None = Field(None, description="text of text and watermark kinds; None: (c) and ImageNet-W's text")
+    seed: int = Field(0, ge=0, description="seed of the plan: which samples, sizes, angles, positions")
 
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        return _choice("pipeline.artifacts.ARTIFACTS", v)
+        return _choice("pipeline.poison.KINDS", v)
+
+    @field_validator("fraction")
+    @classmethod
+    def _fraction(cls, v: float) -> float:
+        if not 0 < v < 1:
+            raise ValueError("must be a share strictly between 0 and 1")
+        return v
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[int] | None, info) -> list[int] | None:
+        if v is None:
+            return v
+        if info.data.get("regime") != "backdoor":
+            raise ValueError("only for regime backdoor (correlated poisons the target class itself)")
+        if not v or info.data.get("target") in v or len(set(v)) != len(v):
+            raise ValueError("give distinct class ids other than the target")
+        return v
+
+    @field_validator("rotation", mode="before")
+    @classmethod
+    def _rotation(cls, v: Any) -> Any:
+        if v == "random" or (isinstance(v, int | float) and not isinstance(v, bool)):
+            return v
+        raise ValueError("give degrees (a number) or random")
+
+    @field_validator("colour", mode="before")
+    @classmethod
+    def _colour(cls, v: Any) -> Any:
+        from PIL import ImageColor
+
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = (v, v, v)
+        elif isinstance(v, str):
+            try:
+                v = ImageColor.getrgb(v)[:3]
+            except ValueError:
+                v = None
+        if not isinstance(v, list | tuple) or len(v) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in v):
+            raise ValueError("not a colour: give a name (white, red), #rrggbb, a grey level 0-255 or [r, g, b]")
+        return tuple(v)
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str | None, info) -> str | None:
+        if v is not None and info.data.get("kind") == "text":
+            try:
+                v.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError("PIL's built-in bitmap font has Latin-1 characters only") from None
+        if v is not None and not v.strip():
+            raise ValueError("give some visible text")
+        return v
 
 
 class DatasetConfig(Section):
@@ -56,7 +147,6 @@ class DatasetConfig(Section):
     limit_per_class: int | None = Field(None, ge=1, description="take at most this many per class")
     class_index: Literal["auto", "imagenet", "sorted"] = "auto"
     class_names: list[str] | None = Field(None, description="names for classes 0..C-1")
-    artifact: ArtifactConfig | None = None
 
     @field_validator("kind")
     @classmethod
@@ -140,17 +230,40 @@ class ClusterConfig(Section):
 
 
 class ScoreConfig(Section):
-    flag_threshold: float = Field(0.5, ge=0, le=1, description="class score above which to flag")
-    max_group_fraction: float = Field(0.5, gt=0, le=1, description="largest suspicious group share")
+    """The Clever Hans score (pipeline/scores.py): excess transfer of a separate group."""
+
+    flag_threshold: float = Field(1.5, ge=0, description="class score from which a class is flagged")
+    max_group_fraction: float = Field(0.5, gt=0, le=1, description="largest suspicious group, share of the class")
+    min_group: int = Field(3, ge=1, description="smallest suspicious group, samples")
+    transfer_top: float = Field(0.03, gt=0, le=1, description="share of relevance cells pasted as a sample's evidence")
+    transfer_hosts: int = Field(16, ge=1, description="images of other classes each sample's evidence is pasted into")
 
 
 class ReportConfig(Section):
     top_classes: int | None = Field(None, ge=1, description="class pages for the top-ranked only")
-    prototypes: int = Field(8, ge=1)
+    prototypes: int = Field(8, ge=1, description="most central members shown large per cluster")
+    thumb_size: int = Field(64, ge=16, le=256, description="side of the member thumbnails on class pages, pixels")
+    page_size: int = Field(48, ge=1, le=1000, description="members per page (and per sprite sheet) of a cluster")
 
 
 class CleanConfig(Section):
     flagged: Literal["drop", "review", "keep"] = "drop"
+    decisions: str | None = Field(
+        None, description="a curator's decisions file (JSON exported from the report, docs/decisions.md)"
+    )
+
+    @computed_field(description="hash of the decisions file's bytes: a changed file makes clean stale")
+    @property
+    def decisions_sha256(self) -> str | None:
+        if not self.decisions:
+            return None
+        import fsspec
+
+        try:
+            with fsspec.open(self.decisions, "rb") as fh:
+                return hashlib.sha256(fh.read()).hexdigest()[:16]
+        except (OSError, ValueError):
+            return "unreadable"
 
 
 class ComputeConfig(Section):
@@ -167,6 +280,7 @@ class Config(Section):
     seed: int = 0
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    poison: PoisonConfig | None = Field(None, description="planted shortcuts (None: the data as they are)")
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     attribute: AttributeConfig = Field(default_factory=AttributeConfig)
@@ -185,7 +299,9 @@ class Config(Section):
         return Path(self.report_dir or f"reports/{self.name}")
 
     def section(self, name: str) -> Any:
-        return getattr(self, name)
+        """A config section; an absent optional one (poison) reads as an empty section."""
+        value = getattr(self, name)
+        return Section() if value is None else value
 
 
 def resolve_config_path(name_or_path: str) -> Path:

@@ -1,22 +1,52 @@
-"""Small renderers for static HTML reports: PNG data URIs, signed heatmaps, inline SVG plots."""
+"""Small renderers for static HTML reports: PNG data URIs and files, signed heatmaps, sprite
+sheets, inline SVG plots, and JSON that is safe inside an HTML <script> element."""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 esc = html.escape
 
+# characters that could end a <script> element, open an HTML comment, or end a JS string line
+_JSON_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def safe_json(obj: Any) -> str:
+    """JSON text to embed inline in HTML (`<script type="application/json">`) or in a .js file.
+
+    `<`, `>` and `&` are written as \\u escapes, so no data string can close the element (`</`)
+    or open a comment (`<!--`); JSON.parse reads the escapes back as the original characters."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
+    for ch, rep in _JSON_UNSAFE.items():
+        text = text.replace(ch, rep)
+    return text
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(v).__name__}")
+
 
 def png_uri(rgb: np.ndarray) -> str:
     """(H, W, 3) or (H, W) uint8 -> data:image/png URI."""
+    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode()
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) or (H, W) uint8 -> PNG file bytes (zlib level 6, no slow optimiser pass)."""
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
 
 
 def image_rgb(x: np.ndarray) -> np.ndarray:
@@ -31,6 +61,20 @@ def upscale(rgb: np.ndarray, size: int) -> np.ndarray:
     if rgb.shape[0] == size:
         return rgb
     return np.asarray(Image.fromarray(rgb).resize((size, size), Image.NEAREST))
+
+
+def thumb(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Resize an (h, w, 3) uint8 image to (size, size, 3): nearest when enlarging (pixels stay
+    crisp), area-averaging when shrinking (no aliasing)."""
+    if rgb.shape[0] == size and rgb.shape[1] == size:
+        return rgb
+    method = Image.NEAREST if size >= rgb.shape[0] else Image.BOX
+    return np.asarray(Image.fromarray(rgb).resize((size, size), method))
+
+
+def sprite(tiles: list[list[np.ndarray]]) -> np.ndarray:
+    """Rows of equally sized (S, S, 3) uint8 tiles -> one (rows x S, cols x S, 3) sheet."""
+    return np.concatenate([np.concatenate(row, axis=1) for row in tiles], axis=0)
 
 
 def heatmap_rgb(r: np.ndarray, size: int | None = None) -> np.ndarray:

@@ -37,6 +37,7 @@ class Context:
     device: torch.device
     tasks: TaskMapper
     resume: bool = False  # an earlier run of this exact fingerprint stopped part-way
+    fingerprint: str = ""  # this run's stage fingerprint: per-class outputs record it to resume by class
 
     @property
     def url(self) -> str:
@@ -212,7 +213,8 @@ class Runner:
             {"stage": name, "fingerprint": fp, "complete": False, "started": started},
         )
         set_threads(self.cfg.compute.threads)
-        ctx = Context(self.cfg, self.store, resolve_device(self.cfg.compute.device), self.tasks, resume=resume)
+        device = resolve_device(self.cfg.compute.device)
+        ctx = Context(self.cfg, self.store, device, self.tasks, resume=resume, fingerprint=fp)
         log.info("%s: %s", name, "resuming" if resume else "running")
         t0 = time.perf_counter()
         counts = spec.fn(ctx) or {}

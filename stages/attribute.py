@@ -23,7 +23,7 @@ from pipeline.attribution import LRP, sum_pool
 from pipeline.compute import progress
 from pipeline.datasets import build_dataset, iter_batches
 from pipeline.errors import UserError
-from pipeline.models import MODELS, build_model
+from pipeline.models import MODELS, model_for_run
 from pipeline.runner import Context, stage
 
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
@@ -40,9 +40,7 @@ def run(ctx: Context) -> dict:
     if size % res:
         raise UserError(f"attribute.resolution={res} must divide dataset.image_size={size}")
     spec = MODELS.get(cfg.model.arch)
-    trained = cfg.train.enabled and spec.trainable and not cfg.model.weights
-    checkpoint = store.read_bytes("files/model.pt") if trained else None
-    model = build_model(cfg.model, len(ds.classes), ds.channels, size, checkpoint)
+    model = model_for_run(cfg, store, len(ds.classes), ds.channels)
 
     n, bs, cs = len(samples), acfg.batch_size, acfg.chunk_size
     n_chunks = -(-n // cs)
@@ -56,7 +54,6 @@ def run(ctx: Context) -> dict:
     # each chunk's usable samples, in batches of `bs`
     plan = {c: np.flatnonzero(index_ok[c * cs : (c + 1) * cs]) + c * cs for c in todo}
     batches = [(c, ix[i : i + bs]) for c, ix in plan.items() for i in range(0, len(ix), bs)]
-    kind = cfg.dataset.artifact.kind if cfg.dataset.artifact else None
     pin = ctx.device.type == "cuda"
     arrays = {name: grp[name] for name in _empty_rows(0, res, grp)} | {"done": grp["done"]}
 
@@ -73,7 +70,7 @@ def run(ctx: Context) -> dict:
     writer, pending = ThreadPoolExecutor(1), []
     try:
         with LRP(model, spec, acfg.composite, ds.channels, ctx.device, features=acfg.features) as lrp:
-            stream = iter_batches(ds, samples, [b for _, b in batches], kind, acfg.num_workers, pin)
+            stream = iter_batches(ds, samples, [b for _, b in batches], cfg.poison, acfg.num_workers, pin)
             remaining = Counter(c for c, _ in batches)
             chunk_rows = {}
             bar = progress(stream, "attribute", total=len(batches), unit="batch")

@@ -30,8 +30,9 @@ def class_members(ctx: Context) -> dict[int, np.ndarray]:
     return out
 
 
-def knn_class(cfg, url: str, item: tuple[int, np.ndarray]) -> tuple[int, int]:
-    """One class: read its maps, build the kNN graph, write it. Runs in-process or on a worker."""
+def knn_class(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> tuple[int, int]:
+    """One class: read its maps, build the kNN graph, write it (knn_dist last, stamped with the stage
+    fingerprint: a resumed run skips the classes that carry it). Runs in-process or on a worker."""
     c, members = item
     store = Store(url)
     device = resolve_device(cfg.compute.device)
@@ -39,8 +40,20 @@ def knn_class(cfg, url: str, item: tuple[int, np.ndarray]) -> tuple[int, int]:
     store.write_array(f"classes/{c}/members", members)
     store.write_array(f"classes/{c}/empty", empty)
     store.write_array(f"classes/{c}/knn_idx", idx, {"metric": cfg.distances.metric})
-    store.write_array(f"classes/{c}/knn_dist", dist, {"metric": cfg.distances.metric})
+    store.write_array(f"classes/{c}/knn_dist", dist, {"metric": cfg.distances.metric, "fingerprint": fingerprint})
     return len(members), int(empty.sum())
+
+
+def finished_classes(ctx: Context, ids, last: str) -> set[int]:
+    """Classes whose last-written array `last` carries this run's fingerprint (only when resuming)."""
+    if not ctx.resume:
+        return set()
+    done = set()
+    for c in ids:
+        name = f"classes/{c}/{last}"
+        if ctx.store.has_array(name) and ctx.store.array(name).attrs.get("fingerprint") == ctx.fingerprint:
+            done.add(int(c))
+    return done
 
 
 @stage("distances", sections=["distances"], inputs=["attribute"])
@@ -48,8 +61,11 @@ def run(ctx: Context) -> dict:
     """kNN indices and distances between the relevance maps of each class."""
     members_by_class = class_members(ctx)
     ctx.prepare_class_groups(members_by_class)
-    sizes = ctx.tasks.map(knn_class, list(members_by_class.items()), "distances", ctx.cfg, ctx.url)
+    done = finished_classes(ctx, members_by_class, "knn_dist")
+    todo = [(c, m) for c, m in members_by_class.items() if c not in done]
+    sizes = ctx.tasks.map(knn_class, todo, "distances", ctx.cfg, ctx.url, ctx.fingerprint)
+    sizes += [(len(members_by_class[c]), int(ctx.store.array(f"classes/{c}/empty")[:].sum())) for c in sorted(done)]
     attrs = {"ids": sorted(members_by_class), "metric": ctx.cfg.distances.metric}
     ctx.store.group.require_group("classes").attrs.update(attrs)
     return {"classes": len(members_by_class), "samples": int(sum(n for n, _ in sizes)),
-            "empty_maps": int(sum(e for _, e in sizes))}  # fmt: skip
+            "empty_maps": int(sum(e for _, e in sizes)), "classes_resumed": len(done)}  # fmt: skip

@@ -35,7 +35,6 @@ def run(ctx: Context) -> dict:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.train.lr, total_steps=n_steps)
     gen = np.random.default_rng(cfg.seed)
     labels = torch.from_numpy(samples["label"].to_numpy(np.int64, copy=True))
-    kind = cfg.dataset.artifact.kind if cfg.dataset.artifact else None
     loss_sum = 0.0
     for epoch in range(cfg.train.epochs):
         order = gen.permutation(usable)
@@ -43,7 +42,7 @@ def run(ctx: Context) -> dict:
         model.train()
         loss_sum, seen = 0.0, 0
         for idx, x, ok, _ in progress(
-            iter_batches(ds, samples, batches, kind, cfg.attribute.num_workers),
+            iter_batches(ds, samples, batches, cfg.poison, cfg.attribute.num_workers),
             f"train epoch {epoch + 1}",
             total=len(batches),
             unit="batch",
@@ -62,7 +61,7 @@ def run(ctx: Context) -> dict:
     correct = 0
     batches = [usable[i : i + 512] for i in range(0, len(usable), 512)]
     with torch.no_grad():
-        for idx, x, ok, _ in iter_batches(ds, samples, batches, kind, cfg.attribute.num_workers):
+        for idx, x, ok, _ in iter_batches(ds, samples, batches, cfg.poison, cfg.attribute.num_workers):
             pred = model((x.to(ctx.device) - mean) / std).argmax(1).cpu()
             correct += int((pred == labels[idx])[torch.as_tensor(ok)].sum())
     buf = io.BytesIO()

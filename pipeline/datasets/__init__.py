@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from pipeline.registry import Registry
+
+if TYPE_CHECKING:
+    from pipeline.config import PoisonConfig
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,14 @@ def iter_batches(
     ds: ImageDataset,
     samples: pd.DataFrame,
     batches: Sequence[np.ndarray],
-    artifact_kind: str | None,
+    poison: PoisonConfig | None,
     num_workers: int = 0,
     pin_memory: bool = False,
 ) -> Iterator[tuple[np.ndarray, torch.Tensor, np.ndarray, list[str]]]:
     """Yield (sample indices, images, ok, reasons) for each index array in `batches`, in order.
 
-    Artifacts planned in `samples` (columns artifact, art_y, art_x, art_size) are painted in.
+    Artifacts planned in `samples` by the index stage (columns artifact, art_*) are painted in with
+    `poison` (the config's poison section; None paints nothing), see pipeline.poison.paint.
     File-backed datasets decode in `num_workers` processes; in-memory ones slice directly.
     """
     if ds.in_memory or num_workers == 0:
@@ -102,10 +107,10 @@ def iter_batches(
         )
         loaded = iter(loader)
     for idx, (x, ok, reasons) in zip(batches, loaded):
-        if artifact_kind is not None and "artifact" in samples:
-            from pipeline.artifacts import paint
+        if poison is not None and "artifact" in samples:
+            from pipeline.poison import paint
 
-            paint(x, samples.iloc[idx], artifact_kind)
+            paint(x, samples.iloc[idx], poison)
         yield idx, x, ok, reasons
 
 

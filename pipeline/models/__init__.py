@@ -182,3 +182,11 @@ def penultimate_layer(model: nn.Module) -> nn.Module:
     if last is None:
         raise UserError("the model has no Linear classifier layer to take features from")
     return last
+
+
+def model_for_run(cfg, store, n_classes: int, in_channels: int) -> nn.Module:
+    """The model a run explains: its train stage's checkpoint when it trains one, else the configured weights."""
+    spec = MODELS.get(cfg.model.arch)
+    trained = cfg.train.enabled and spec.trainable and not cfg.model.weights
+    checkpoint = store.read_bytes("files/model.pt") if trained else None
+    return build_model(cfg.model, n_classes, in_channels, cfg.dataset.image_size, checkpoint)

@@ -55,8 +55,10 @@ def test_bad_values_name_key_and_allowed_values(override, needle):
 
 
 def test_set_parses_yaml_values():
-    cfg = load_config("demo", ["train.epochs=7", "dataset.artifact.classes=[1, 2]", "attribute.features=false"])
-    assert cfg.train.epochs == 7 and cfg.dataset.artifact.classes == [1, 2] and cfg.attribute.features is False
+    cfg = load_config(
+        "demo", ["train.epochs=7", "poison.regime=backdoor", "poison.sources=[1, 2]", "attribute.features=false"]
+    )
+    assert cfg.train.epochs == 7 and cfg.poison.sources == [1, 2] and cfg.attribute.features is False
 
 
 def test_malformed_override_and_missing_config():

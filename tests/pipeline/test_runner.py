@@ -39,8 +39,8 @@ def test_rerun_is_skipped_and_config_change_makes_downstream_stale(tmp_path):
     assert st["index"] == st["train"] == st["attribute"] == "done"
     assert st["distances"] == "stale" and st["cluster"] == "stale"
 
-    # changing an upstream section (the dataset) makes everything stale
-    r4 = make_runner(tmp_path, overrides=SMALL + ["dataset.artifact.fraction=0.5"])
+    # changing an upstream section (the poisoning, read by index) makes everything stale
+    r4 = make_runner(tmp_path, overrides=SMALL + ["poison.fraction=0.5"])
     assert {s for k, s in states(r4).items() if k in ("index", "train", "attribute", "cluster")} == {"stale"}
 
 

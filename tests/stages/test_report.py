@@ -1,34 +1,102 @@
-"""The HTML report: every page written, every string from the data escaped."""
+"""The HTML report: every page written, every member on a sprite sheet, every string from the data
+escaped (in markup and in inline JSON), and a report that goes out of date with its assets."""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import make_runner
+from pipeline.config import load_config
+from pipeline.render import safe_json
+from pipeline.runner import Runner
+from stages.report import assets_hash
+from tests.conftest import FAST_DEMO, make_runner
 
 EVIL = "<img src=x onerror=alert(1)>"
 
 
+def page_data(path: Path) -> dict:
+    """The JSON a report page embeds for its script."""
+    m = re.search(r'<script type="application/json" id="unhans-data">(.*?)</script>', path.read_text(), re.S)
+    assert m, f"{path} has no inline data"
+    return json.loads(m.group(1))
+
+
+def make_evil_run(tmp: Path):
+    """A two-class folder dataset whose class and file names are HTML, audited end to end."""
+    rng = np.random.default_rng(0)
+    for cls in (EVIL, "plain"):
+        (tmp / "data" / cls).mkdir(parents=True)
+        for i in range(6):
+            img = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+            Image.fromarray(img).save(tmp / "data" / cls / f"{EVIL}<b>{i}.png")
+    r = make_runner(tmp, "imagenet", [f"dataset.path={tmp / 'data'}", "dataset.class_index=sorted",
+                                      "dataset.image_size=16", "dataset.resize=16", "model.arch=small_cnn",
+                                      "train.enabled=true", "train.epochs=1", "attribute.resolution=16",
+                                      "attribute.num_workers=0", "distances.k=3", "cluster.k_max=3"])  # fmt: skip
+    r.run_all()
+    return r
+
+
 def test_demo_report_has_an_index_and_a_page_per_class(demo_run):
     out = demo_run.cfg.report_path
-    index = (out / "index.html").read_text()
-    assert index.count('href="class-') == 10
+    index = page_data(out / "index.html")
+    assert index["page"] == "index" and index["pages"] == list(range(10)) and len(index["rows"]) == 10
+    assert index["columns"][:4] == ["rank", "class_id", "class_key", "class_name"]
+    assert (out / "assets" / "report.js").exists() and (out / "classes.js").exists()
     page = (out / "class-3.html").read_text()
-    assert "<svg" in page and "data:image/png;base64," in page and "suspicious group" in page
-    assert "epsilon_plus_flat" in page  # provenance
+    assert "<svg" in page and "data:image/png;base64," in page and "most isolated group" in page
+    assert "epsilon_plus_flat" in page and "wasserstein" in page  # provenance: composite, distance
+    assert "config fingerprint" in page and "git commit" in page
+    assert "<img src=" not in (out / "index.html").read_text()  # no images on the overview
+
+
+def test_every_member_is_on_a_sprite_sheet_and_in_exactly_one_cluster(demo_run):
+    out, store = demo_run.cfg.report_path, demo_run.store
+    T, P = demo_run.cfg.report.thumb_size, demo_run.cfg.report.page_size
+    for c in range(10):
+        data = page_data(out / f"class-{c}.html")
+        members = store.array(f"classes/{c}/members")[:]
+        assert sorted(m[0] for m in data["members"]) == sorted(members.tolist())
+        clusters = [b for b in data["blocks"] if b["cluster"] != "group"]
+        positions = sorted(p for b in clusters for p in b["positions"])
+        assert positions == list(range(len(members)))  # a partition of the members
+        sheets = sorted((out / f"class-{c}").glob("s*.png"))
+        assert len(sheets) == math.ceil(len(members) / P)
+        sizes = [Image.open(s).size for s in sheets]
+        assert all(w == 2 * T for w, _ in sizes) and sum(h for _, h in sizes) == len(members) * T
+    group = next(b for b in page_data(out / "class-3.html")["blocks"] if b["cluster"] == "group")
+    assert len(group["positions"]) > 0
+
+
+def test_the_report_goes_out_of_date_when_its_assets_change(demo_run, tmp_path):
+    report = tmp_path / "report"
+    shutil.copytree(demo_run.cfg.report_path, report)
+    r = Runner(load_config("demo", FAST_DEMO + [f"run_dir={demo_run.store.url}", f"report_dir={report}"]))
+    assert r.state("report") == "done"
+    stamp = json.loads((report / "report.json").read_text())
+    assert stamp["assets"] == assets_hash()
+    (report / "report.json").write_text(json.dumps({**stamp, "assets": "older"}))
+    assert r.state("report") == "missing"
+
+
+@given(st.text())
+def test_safe_json_cannot_close_a_script_and_reads_back(s):
+    text = safe_json({"name": s, "list": [s, 1, None]})
+    assert "</" not in text and "<!--" not in text and "<" not in text
+    assert json.loads(text) == {"name": s, "list": [s, 1, None]}
 
 
 def test_names_from_the_data_are_escaped(tmp_path):
-    rng = np.random.default_rng(0)
-    for cls in (EVIL, "plain"):
-        (tmp_path / "data" / cls).mkdir(parents=True)
-        for i in range(6):
-            img = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
-            Image.fromarray(img).save(tmp_path / "data" / cls / f"<b>{i}.png")
-    r = make_runner(tmp_path, "imagenet", [f"dataset.path={tmp_path / 'data'}", "dataset.class_index=sorted",
-                                           "dataset.image_size=16", "dataset.resize=16", "model.arch=small_cnn",
-                                           "train.enabled=true", "train.epochs=1", "attribute.resolution=16",
-                                           "attribute.num_workers=0", "distances.k=3", "cluster.k_max=3"])  # fmt: skip
-    r.run_all()
+    make_evil_run(tmp_path)
     html = "".join(p.read_text() for p in (tmp_path / "report").glob("*.html"))
     assert EVIL not in html and "<b>0.png" not in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;b&gt;0.png" in html
+    data = page_data(next((tmp_path / "report").glob("class-*.html")))
+    assert any(m[1] == f"{EVIL}<b>{i}.png" for m in data["members"] for i in range(6))

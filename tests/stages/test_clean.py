@@ -1,0 +1,145 @@
+"""The clean stage with a curator's decisions file: applied on top of the automatic decisions,
+recorded in `reason`, relabels in the cleaned list, a bad file refused in one line with nothing
+lost, and the file's content in the stage's fingerprint."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import load_config
+from pipeline.runner import Runner
+from tests.conftest import FAST_DEMO
+
+cli = CliRunner()
+
+
+@pytest.fixture
+def run_copy(demo_run, tmp_path) -> Path:
+    """A private copy of the demo store this test may change."""
+    return Path(shutil.copytree(demo_run.store.url, tmp_path / "run"))
+
+
+def clean_cli(run_dir: Path, decisions: Path | None, *extra: str):
+    args = ["clean", "-c", "demo", "--run-dir", str(run_dir)]
+    for s in FAST_DEMO:
+        args += ["--set", s]
+    if decisions is not None:
+        args += ["--decisions", str(decisions)]
+    return cli.invoke(app, [*args, *extra])
+
+
+def write(path: Path, doc) -> Path:
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def decisions_doc(demo_run, entries: list[dict], **top) -> dict:
+    fp = demo_run.store.read_json("stages/score.json")["fingerprint"]
+    return {"format": "unhans-decisions", "version": 1, "run": "demo", "score_fingerprint": fp,
+            "decided_by": "alice", "decisions": entries, **top}  # fmt: skip
+
+
+def entry(c, cluster, decision, relabel_to=None, note=""):
+    return {"class_id": c, "cluster": cluster, "decision": decision, "relabel_to": relabel_to, "note": note}
+
+
+def test_curator_decisions_are_applied_on_top_of_the_automatic_ones(demo_run, run_copy, tmp_path):
+    before = pd.read_parquet(run_copy / "tables" / "manifest.parquet")
+    scores = demo_run.store.read_table("sample_scores").set_index("index")
+    doc = decisions_doc(demo_run, [entry(3, "group", "drop", note="checkerboard patch"),
+                                   entry(0, 0, "relabel", relabel_to=6), entry(1, 0, "keep", note="fine"),
+                                   entry(2, 0, "review")])  # fmt: skip
+    res = clean_cli(run_copy, write(tmp_path / "d.json", doc))
+    assert res.exit_code == 0, res.output
+    m = pd.read_parquet(run_copy / "tables" / "manifest.parquet")
+    assert list(m.columns) == ["index", "source", "label", "class_key", "class_name", "cluster", "clever_hans_score",
+                               "is_clever_hans", "decision", "reason", "relabel_to"]  # fmt: skip
+    cls = scores["class_id"].reindex(m["index"]).to_numpy()
+    group = (cls == 3) & scores["in_group"].reindex(m["index"]).fillna(False).to_numpy(bool)
+    relabel = (cls == 0) & (m["cluster"] == 0).to_numpy()
+    keep = (cls == 1) & (m["cluster"] == 0).to_numpy()
+    review = (cls == 2) & (m["cluster"] == 0).to_numpy()
+    assert group.sum() and relabel.sum() and keep.sum() and review.sum()
+    assert (m.loc[group, "decision"] == "drop").all()
+    assert (m.loc[group, "reason"] == "curator alice: drop the isolated group of class 3 (checkerboard patch)").all()
+    assert (m.loc[relabel, "decision"] == "relabel").all() and (m.loc[relabel, "relabel_to"] == 6).all()
+    assert (m.loc[relabel, "reason"] == "curator alice: relabel cluster 0 of class 0 to class 6").all()
+    assert (m.loc[keep, "decision"] == "keep").all()
+    assert (m.loc[keep, "reason"] == "curator alice: keep cluster 0 of class 1 (fine)").all()
+    assert (m.loc[review, "decision"] == "review").all()
+    untouched = ~(group | relabel | keep | review)
+    pd.testing.assert_frame_equal(
+        m.loc[untouched].drop(columns="relabel_to"), before.loc[untouched].drop(columns="relabel_to")
+    )
+    assert m.loc[~relabel, "relabel_to"].isna().all()
+    cleaned = pd.read_parquet(run_copy / "tables" / "cleaned.parquet").set_index("index")
+    assert set(cleaned.index) == set(m.loc[m["decision"].isin(["keep", "relabel"]), "index"])
+    assert (cleaned.loc[m.loc[relabel, "index"], "label"] == 6).all()
+    assert not set(m.loc[group | review, "index"]) & set(cleaned.index)
+    csv = pd.read_csv(run_copy / "tables" / "manifest.csv")
+    assert (
+        csv["reason"].str.startswith("curator alice:").sum() == group.sum() + relabel.sum() + keep.sum() + review.sum()
+    )
+
+
+def test_a_later_entry_wins_where_two_cover_a_sample(demo_run, run_copy, tmp_path):
+    scores = demo_run.store.read_table("sample_scores")
+    g = scores[(scores["class_id"] == 3) & scores["in_group"]]
+    cluster = int(g["cluster"].mode().iat[0])  # the cluster that overlaps the group most
+    doc = decisions_doc(demo_run, [entry(3, "group", "drop"), entry(3, cluster, "keep")])
+    assert clean_cli(run_copy, write(tmp_path / "d.json", doc)).exit_code == 0
+    m = pd.read_parquet(run_copy / "tables" / "manifest.parquet").set_index("index")
+    both = g.loc[g["cluster"] == cluster, "index"]
+    assert len(both) and (m.loc[both, "decision"] == "keep").all()
+
+
+BAD = {
+    "bad JSON": ("{not json", "not valid JSON"),
+    "no list": ({"decided_by": "alice"}, '"decisions" list'),
+    "unknown class": ([entry(77, 0, "drop")], "class_id 77 is not an analysed class"),
+    "unknown cluster": ([entry(3, 99, "drop")], "cluster 99 is not a cluster of class 3"),
+    "unknown decision": ([entry(3, 0, "burn")], "decision 'burn' is not one of keep, drop, relabel, review"),
+    "relabel without target": ([entry(3, 0, "relabel")], "relabel needs relabel_to"),
+    "twice": ([entry(3, 0, "drop"), entry(3, 0, "keep")], "decided twice"),
+    "nobody": ({"decided_by": " ", "decisions": []}, '"decided_by" must name who decided'),
+    "other run": ({"run": "imagenet", "decided_by": "a", "decisions": []}, "exported from the report of run"),
+    "other clustering": ({"score_fingerprint": "0" * 16, "decided_by": "a", "decisions": []}, "another clustering"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_decisions_file_is_one_line_and_loses_nothing(demo_run, run_copy, tmp_path, case):
+    content, message = BAD[case]
+    if isinstance(content, list):
+        content = decisions_doc(demo_run, content)
+    elif isinstance(content, dict) and "run" not in content:
+        content = {"run": "demo", **content}
+    tables = {p.name: p.read_bytes() for p in (run_copy / "tables").iterdir()}
+    res = clean_cli(run_copy, write(tmp_path / "bad.json", content))
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "bad.json" in errors[0], res.output
+    assert "Traceback" not in res.output
+    assert {p.name: p.read_bytes() for p in (run_copy / "tables").iterdir()} == tables
+    r = Runner(load_config("demo", FAST_DEMO + [f"run_dir={run_copy}"]))
+    assert r.state("score") == "done" and r.state("attribute") == "done"
+
+
+def test_the_decisions_file_enters_the_fingerprint(demo_run, run_copy, tmp_path):
+    path = write(tmp_path / "d.json", decisions_doc(demo_run, [entry(3, 0, "review")]))
+
+    def runner() -> Runner:
+        overrides = [f"run_dir={run_copy}", f"report_dir={demo_run.cfg.report_path}", f"clean.decisions={path}"]
+        return Runner(load_config("demo", FAST_DEMO + overrides))
+
+    assert runner().state("clean") == "stale"  # the demo run was cleaned without decisions
+    runner().run("clean")
+    assert runner().state("clean") == "done"
+    write(path, decisions_doc(demo_run, [entry(3, 0, "drop")]))
+    assert runner().state("clean") == "stale"
+    assert runner().state("report") == "done"  # only clean depends on the decisions
