@@ -1,11 +1,31 @@
-"""Clever Hans scores: per class, how cut off its most isolated small group is; per sample,
-how strongly it is tied to that group.
+"""Clever Hans scores: does a class hold a separate group whose evidence the model follows on its own?
 
-Class score = 1 - conductance of the best candidate group, over the clusterings for every k,
-among groups no larger than `max_group_fraction` of the class. Conductance is the share of a
-group's affinity that leaves it: 0 for a group cut off from the rest of the class, whatever
-its size, so the score is comparable across class sizes. Sample score = class score x the
-share of the sample's affinity that lands inside the group (its own membership counts too).
+A Clever Hans is a property of the model, not of the data: a group of explanations that stands
+apart is only a shortcut if the pixels the model relies on there carry the class by themselves.
+So the score asks the model (measured on the poisoning harness; `unhans validate`):
+
+- Transfer (per sample i of class c): the sample's evidence is its top `transfer_top` share of
+  positive relevance cells, dilated by one cell, as a pixel mask M_i. Paste those pixels of image i
+  into `transfer_hosts` images of other classes that the model classifies correctly (a fixed,
+  seeded set per class) and measure how much the model's probability of c rises:
+  t_i = mean_h [p_c(h (1 - M_i) + x_i M_i) - p_c(h)], in [-1, 1]. An artifact (a patch, a stamp,
+  a trigger) is a small, self-contained cue: pasted anywhere, it drags the prediction to c. The
+  typical evidence of a class (an object's parts) transfers much less out of its context.
+- Class score: over the spectral clusterings of the class (k = 2..k_max, cluster stage) and their
+  clusters G no larger than `max_group_fraction` of the class, the largest
+      (mean t over G - mean t over the rest) / max(sd of t over the rest, SD_FLOOR) x (1 - conductance(G)),
+  the group's excess transfer in units of the spread of the class's usual transfer, times how cut off
+  the group is in the explanation graph. Both factors are scale-free (a standardised difference and a
+  share of affinity), so the score compares across classes of any size; a class whose groups all
+  transfer alike scores near 0. Chosen on the harness (`unhans validate`) over the raw excess, the
+  median excess and a pooled-sd effect size: classes whose own evidence transfers well (a T-shirt's
+  sleeves make a shirt a T-shirt) have large raw excesses but also a wide spread, while a planted
+  artifact's group stands out from a class's usual transfer by more than twice as many spreads.
+  SD_FLOOR (two percentage points) keeps classes whose evidence never transfers from dividing by ~0.
+- Sample score = t_i; a sample is flagged when its class is flagged and it is in the chosen group.
+
+Cost: one forward pass per (sample, host): `transfer_hosts` forward passes per image, a fraction
+of the LRP pass (which costs about three forward passes per image).
 """
 
 from __future__ import annotations
@@ -14,37 +34,78 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
 
 from pipeline.spectral import conductance
+
+SD_FLOOR = 0.02
 
 
 @dataclass
 class ClassScore:
-    score: float  # in [0, 1]
+    score: float  # standardised excess transfer x separation of the chosen group (0 when none qualifies)
     k: int  # the clustering the group comes from
     cluster: int  # the group's label in that clustering
     group_size: int
     conductance: float
+    group_transfer: float  # mean transfer inside the group
+    rest_transfer: float  # mean transfer in the rest of the class
     group: np.ndarray  # (n,) bool
-    sample_scores: np.ndarray  # (n,) float in [0, 1]
 
 
-def score_class(W: sp.csr_matrix, labels: np.ndarray, ks: list[int], max_group_fraction: float) -> ClassScore:
-    """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k in ks."""
+def evidence_masks(maps: torch.Tensor, top: float, image_size: int) -> torch.Tensor:
+    """Relevance maps (n, r, r) -> pixel masks (n, 1, S, S) of each map's top `top` share of positive
+    cells, dilated by one cell, at image resolution."""
+    n, r = maps.shape[0], maps.shape[-1]
+    pos = maps.reshape(n, -1).clamp_min(0)
+    kq = max(1, round(top * r * r))
+    thr = pos.topk(kq, dim=1).values[:, -1:]
+    m = ((pos >= thr) & (pos > 0)).float().reshape(n, 1, r, r)
+    m = F.max_pool2d(m, 3, 1, 1)
+    return F.interpolate(m, size=(image_size, image_size), mode="nearest") if r != image_size else m
+
+
+def transfer(
+    model: torch.nn.Module,
+    normalise,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    hosts: torch.Tensor,
+    c: int,
+    batch: int = 512,
+) -> np.ndarray:
+    """t_i for images (n, C, S, S) in [0, 1] with masks (n, 1, S, S) pasted into hosts (m, C, S, S)."""
+    m = len(hosts)
+    dev = next(model.parameters()).device
+    hosts = hosts.to(dev)
+    with torch.no_grad():
+        base = F.softmax(model(normalise(hosts)), 1)[:, c].mean()
+        out = []
+        per = max(1, batch // m)
+        for s in range(0, len(images), per):
+            x, mk = images[s : s + per].to(dev), masks[s : s + per].to(dev)
+            comp = hosts[None] * (1 - mk[:, None]) + x[:, None] * mk[:, None]  # (b, m, C, S, S)
+            p = F.softmax(model(normalise(comp.flatten(0, 1))), 1)[:, c].reshape(len(x), m).mean(1)
+            out.append((p - base).cpu())
+    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def score_class(
+    W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarray, max_group_fraction: float, min_group: int = 3
+) -> ClassScore:
+    """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k; t (n,) transfer."""
     n = W.shape[0]
-    best = (1.0, ks[0], -1, np.zeros(n, bool))
+    best = ClassScore(0.0, ks[0], -1, 0, 1.0, float("nan"), float(np.mean(t)) if n else 0.0, np.zeros(n, bool))
     for k, lab in zip(ks, labels):
         for c in range(k):
-            members = lab == c
-            size = int(members.sum())
-            if size < 2 or size > max_group_fraction * n:
+            g = lab == c
+            size = int(g.sum())
+            if size < min_group or size > max_group_fraction * n:
                 continue
-            phi = conductance(W, members)
-            if phi < best[0]:
-                best = (phi, k, c, members)
-    phi, k, c, group = best
-    score = 1.0 - phi
-    deg = np.asarray(W.sum(1)).ravel()
-    into = np.asarray(W[:, group].sum(1)).ravel()
-    share = np.where(deg > 0, (into + group) / (deg + 1.0), group.astype(float))
-    return ClassScore(score, k, c, int(group.sum()), phi, group, score * share)
+            phi = conductance(W, g)
+            tg, tr = float(t[g].mean()), float(t[~g].mean())
+            s = (tg - tr) / max(float(t[~g].std()), SD_FLOOR) * (1.0 - phi)
+            if s > best.score:
+                best = ClassScore(s, k, c, size, phi, tg, tr, g)
+    return best

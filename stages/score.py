@@ -1,33 +1,66 @@
-"""score: rank classes by Clever Hans score and score every sample (see pipeline.scores).
+"""score: rank classes by Clever Hans score and score every sample (the method: pipeline.scores).
 
 Writes tables class_scores (one row per analysed class, ranked) and sample_scores (one row
-per analysed sample: cluster, clever_hans_score, is_clever_hans), cleanlab-style.
+per analysed sample: cluster, in_group, clever_hans_score = the sample's
+transfer, is_clever_hans), cleanlab-style.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import roc_auc_score
 
+from pipeline.compute import resolve_device
+from pipeline.datasets import build_dataset, iter_batches
+from pipeline.models import MODELS, model_for_run
 from pipeline.runner import Context, stage
-from pipeline.scores import score_class
+from pipeline.scores import evidence_masks, score_class, transfer
 from pipeline.spectral import knn_affinity
 from pipeline.store import Store
 
+_CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
 
-def score_one(cfg, url: str, item: tuple[int, str, str, np.ndarray | None]) -> tuple[dict, pd.DataFrame]:
-    """One class (id, key, name, planted-artifact truth of its members or None): row and sample scores."""
-    c, key, name, truth = item
+
+def _model_and_data(cfg, url: str):
+    key = (url, cfg.model.model_dump_json(), cfg.dataset.model_dump_json())
+    if key not in _CACHE:
+        _CACHE.clear()
+        store = Store(url)
+        ds = build_dataset(cfg.dataset)
+        device = resolve_device(cfg.compute.device)
+        model = model_for_run(cfg, store, len(ds.classes), ds.channels).to(device)
+        mean, std = (t.to(device) for t in MODELS.get(cfg.model.arch).norm(ds.channels))
+        _CACHE[key] = (model, ds, lambda x: (x - mean) / std)
+    return _CACHE[key]
+
+
+def _images(ds, samples: pd.DataFrame, idx: np.ndarray, poison) -> torch.Tensor:
+    batches = [idx[s : s + 256] for s in range(0, len(idx), 256)]
+    parts = [x for _, x, _, _ in iter_batches(ds, samples, batches, poison)]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def score_one(cfg, url: str, item: tuple[int, str, str, np.ndarray]) -> tuple[dict, pd.DataFrame]:
+    """One class (id, key, name, host sample indices): its row and its sample scores."""
+    c, key, name, hosts = item
     store = Store(url)
+    scfg = cfg.score
+    samples = store.read_table("samples")
     members = store.array(f"classes/{c}/members")[:]
     W = knn_affinity(store.array(f"classes/{c}/knn_idx")[:], store.array(f"classes/{c}/knn_dist")[:])
     lab_arr = store.array(f"classes/{c}/labels")
     ks, n_clusters = lab_arr.attrs["k"], lab_arr.attrs["n_clusters"]
     labels = lab_arr[:]
-    s = score_class(W, labels, ks, cfg.score.max_group_fraction)
+    model, ds, normalise = _model_and_data(cfg, url)
+    maps = torch.as_tensor(store.relevance(members))
+    masks = evidence_masks(maps, scfg.transfer_top, cfg.dataset.image_size)
+    t = transfer(model, normalise, _images(ds, samples, members, cfg.poison), masks,
+                 _images(ds, samples, hosts, cfg.poison), c)  # fmt: skip
+    s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
-    flagged = s.score >= cfg.score.flag_threshold
+    flagged = s.score >= scfg.flag_threshold
     row = {
         "class_id": c,
         "class_key": key,
@@ -40,37 +73,59 @@ def score_one(cfg, url: str, item: tuple[int, str, str, np.ndarray | None]) -> t
         "group_size": s.group_size,
         "group_fraction": s.group_size / len(members),
         "conductance": s.conductance,
+        "group_transfer": s.group_transfer,
+        "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
         "is_clever_hans": flagged,
     }
-    if truth is not None:
-        row["n_artifact"] = int(truth.sum())
-        row["artifact_auroc"] = float(roc_auc_score(truth, s.sample_scores)) if 0 < truth.sum() < len(truth) else np.nan
     sample_rows = pd.DataFrame(
         {
             "index": members,
             "class_id": c,
             "cluster": labels[ks.index(n_clusters)],
             "in_group": s.group,
-            "clever_hans_score": s.sample_scores,
+            "clever_hans_score": t,
             "is_clever_hans": s.group & flagged,
         }
     )
+    if "artifact" in samples:  # a poisoned run knows the truth: record how well the scores find it
+        truth = samples["artifact"].to_numpy(bool)[members]
+        row["n_artifact"] = int(truth.sum())
+        row["artifact_auroc"] = float(roc_auc_score(truth, t)) if 0 < truth.sum() < len(truth) else np.nan
     return row, sample_rows
 
 
-@stage("score", sections=["score"], inputs=["cluster"])
+def host_pool(ctx: Context, ids: list[int]) -> dict[int, np.ndarray]:
+    """Per class, `transfer_hosts` seeded images of the other classes that the model gets right."""
+    samples = ctx.store.read_table("samples")
+    pred = ctx.store.array("attribution/prediction")[:]
+    status = ctx.store.array("attribution/status")[:]
+    labels = samples["label"].to_numpy()
+    right = (status == 0) & (pred == labels)
+    if "artifact" in samples:  # hosts are clean images (in a poisoned run the truth is known)
+        right &= ~samples["artifact"].to_numpy(bool)
+    m = ctx.cfg.score.transfer_hosts
+    out = {}
+    for c in ids:
+        ok = right & (labels != c)
+        if not ok.any():
+            ok = labels != c
+        rng = np.random.default_rng([ctx.cfg.seed, c])
+        # stratified over the other classes (round robin in a seeded order), so no single class that
+        # looks like c can dominate the hosts
+        by_class = [rng.permutation(np.flatnonzero(ok & (labels == o))) for o in rng.permutation(np.unique(labels[ok]))]
+        picks = [p[r] for r in range(max(map(len, by_class), default=0)) for p in by_class if r < len(p)][:m]
+        out[c] = np.sort(np.array(picks, dtype=np.int64))
+    return out
+
+
+@stage("score", sections=["score"], inputs=["cluster", "attribute"])
 def run(ctx: Context) -> dict:
     """Class ranking and per-sample artifact scores."""
     ids = list(ctx.store.group["classes"].attrs["ids"])
-    samples = ctx.store.read_table("samples")
     classes = ctx.store.read_table("classes").set_index("class_id")
-    truth = samples["artifact"].to_numpy() if "artifact" in samples else None
-    items = [
-        (c, classes.at[c, "class_key"], classes.at[c, "class_name"],
-         None if truth is None else truth[ctx.store.array(f"classes/{c}/members")[:]])
-        for c in ids
-    ]  # fmt: skip
+    hosts = host_pool(ctx, ids)
+    items = [(c, classes.at[c, "class_key"], classes.at[c, "class_name"], hosts[c]) for c in ids]
     results = ctx.tasks.map(score_one, items, "score", ctx.cfg, ctx.url)
     class_scores = pd.DataFrame([r for r, _ in results]).sort_values(
         "clever_hans_score", ascending=False, kind="stable"

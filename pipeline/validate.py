@@ -1,0 +1,307 @@
+"""`unhans validate`: poison, train, audit, and measure detection against baselines.
+
+A validation spec (configs/validate/<name>.yaml) names a base config, common overrides and a list
+of scenarios, each a `poison` section (pipeline/poison.py). Every scenario is a full run of the
+chain up to `score` in <root>/<scenario>, so a rerun skips what is done. A scenario with
+`control: true` trains on the data as they are (no poisoning) and only uses its poison section to
+measure how the clean model reacts to the artifact: the false-alarm level.
+
+Per scenario and method (unhans and the baselines of pipeline/baselines.py, on the same store):
+- flip_rate: share of held-out images of the other classes, correctly classified when clean, that
+  the trained model assigns to the target class once the artifact is stamped on (the model, not the
+  data, makes a Clever Hans: a scenario the model ignores has nothing to find);
+- mask_share: mean share of a poisoned sample's positive relevance inside its artifact's pixels,
+  with `mask_area` (the mask's share of the image) as the level of no preference;
+- rank of the target class among all classes by the method's class score (1 = top), its score,
+  and the top score of the run;
+- auroc, ap: per-sample scores inside the target class against the planted truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pipeline.baselines import BASELINES
+from pipeline.config import CONFIG_DIR, Config, PoisonConfig, load_config
+from pipeline.errors import UserError
+
+log = logging.getLogger("unhans.validate")
+SPEC_DIR = CONFIG_DIR / "validate"
+FLIP_HOSTS = 2000  # held-out host images per flip-rate measurement (seeded subsample)
+
+
+@dataclass
+class Scenario:
+    name: str
+    poison: dict[str, Any]
+    control: bool = False
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Spec:
+    name: str
+    base: str
+    set: list[str]
+    flip_split: str  # test: the dataset's held-out split; train: unpoisoned training images
+    scenarios: list[Scenario]
+
+
+def load_spec(name_or_path: str) -> Spec:
+    p = Path(name_or_path)
+    path = p if p.suffix in {".yaml", ".yml"} else SPEC_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(q.stem for q in SPEC_DIR.glob("*.yaml")))
+        raise UserError(f"no validation spec {name_or_path!r}; known: {known} (or give a YAML path)")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - {"name", "base", "set", "flip_split", "scenarios"}
+    if unknown or "base" not in data or not data.get("scenarios"):
+        raise UserError(f"{path}: needs base and scenarios (allowed keys: name, base, set, flip_split, scenarios)")
+    scenarios = []
+    for i, s in enumerate(data["scenarios"]):
+        extra = set(s) - {"name", "poison", "control", "set"}
+        if extra or "name" not in s or "poison" not in s:
+            raise UserError(f"{path}: scenario {i} needs name and poison (allowed: name, poison, control, set)")
+        scenarios.append(Scenario(str(s["name"]), dict(s["poison"]), bool(s.get("control", False)), s.get("set", [])))
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: scenario names must be unique")
+    split = data.get("flip_split", "test")
+    if split not in ("test", "train"):
+        raise UserError(f"{path}: flip_split must be test or train")
+    return Spec(str(data.get("name", path.stem)), str(data["base"]), list(data.get("set", [])), split, scenarios)
+
+
+def scenario_config(spec: Spec, sc: Scenario, root: Path, extra: list[str]) -> tuple[Config, PoisonConfig]:
+    """The run's config (poison applied unless control) and the scenario's artifact."""
+    cfg = load_config(spec.base, spec.set + sc.set + extra)
+    poison = PoisonConfig.model_validate(sc.poison)
+    cfg.name = f"{spec.name}-{sc.name}"
+    cfg.run_dir = str(root / sc.name)
+    cfg.report_dir = str(root / sc.name / "report")
+    cfg.poison = None if sc.control else poison
+    return cfg, poison
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def detection(truth: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """AUROC and average precision of scores against boolean truth; NaN when one side is empty."""
+    truth = np.asarray(truth, bool)
+    if truth.all() or not truth.any():
+        return float("nan"), float("nan")
+    scores = np.asarray(scores, np.float64)
+    finite = np.isfinite(scores)
+    low = scores[finite].min() - 1.0 if finite.any() else 0.0
+    scores = np.where(finite, scores, low)  # a missing score ranks below every real one
+    return float(roc_auc_score(truth, scores)), float(average_precision_score(truth, scores))
+
+
+def rank_of(class_scores: pd.Series, target: int) -> int:
+    """1-based rank of `target` by descending score (ties count against it: worst rank among equals)."""
+    if target not in class_scores.index:
+        return len(class_scores) + 1
+    return int((class_scores >= class_scores.loc[target]).sum())
+
+
+def mask_share(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
+    """Mean share of positive relevance inside each mask, and the masks' mean area share."""
+    pos = np.maximum(maps.reshape(len(maps), -1), 0.0)
+    m = masks.reshape(len(masks), -1)
+    total = pos.sum(1)
+    ok = total > 0
+    inside = (pos * m).sum(1)
+    share = float(np.mean(inside[ok] / total[ok])) if ok.any() else float("nan")
+    return share, float(m.mean()) if len(m) else float("nan")
+
+
+def flip_rate(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: str, device: torch.device) -> float:
+    """Share of correctly classified held-out images of other classes predicted `target` with the artifact."""
+    from pipeline.datasets import build_dataset
+    from pipeline.models import MODELS, model_for_run
+    from pipeline.poison import stamp
+    from pipeline.store import Store
+
+    store = Store(cfg.run_url)
+    spec = MODELS.get(cfg.model.arch)
+    ds_cfg = (
+        cfg.dataset.model_copy(update={"split": split, "limit_per_class": None}) if split == "test" else cfg.dataset
+    )
+    ds = build_dataset(ds_cfg)
+    model = model_for_run(cfg, store, len(ds.classes), ds.channels).to(device)
+    mean, std = (t.to(device) for t in spec.norm(ds.channels))
+    if split == "test":
+        hosts = ds.index()
+        hosts = hosts[(hosts["status"] == "ok") & (hosts["label"] != poison.target)]
+    else:  # the training images that carry no artifact and keep their own label
+        keep = (samples["status"] == "ok") & (samples["label"] != poison.target)
+        if "artifact" in samples:
+            keep &= ~samples["artifact"].astype(bool)
+        hosts = samples[keep]
+    rng = np.random.default_rng(cfg.seed)
+    hosts = hosts.iloc[np.sort(rng.choice(len(hosts), size=min(FLIP_HOSTS, len(hosts)), replace=False))]
+    flips, n = 0, 0
+    with torch.no_grad():
+        for s in range(0, len(hosts), 256):
+            rows = hosts.iloc[s : s + 256]
+            x, ok, _ = ds.load(rows["source"].to_numpy())
+            y = torch.as_tensor(rows["label"].to_numpy(np.int64, copy=True))
+            clean = model((x.to(device) - mean) / std).argmax(1).cpu()
+            xs, _ = stamp(x, poison, seed=cfg.seed + s)
+            dirty = model((xs.to(device) - mean) / std).argmax(1).cpu()
+            use = torch.as_tensor(ok) & (clean == y)
+            flips += int((dirty[use] == poison.target).sum())
+            n += int(use.sum())
+    return flips / n if n else float("nan")
+
+
+def method_scores(cfg: Config) -> dict[str, tuple[pd.Series, dict[int, pd.Series]]]:
+    """Per method: class scores (indexed by class id) and per-class sample scores (indexed by sample)."""
+    from pipeline.store import Store
+
+    store = Store(cfg.run_url)
+    cs = store.read_table("class_scores").set_index("class_id")
+    ss = store.read_table("sample_scores")
+    out = {"unhans": (cs["clever_hans_score"], {c: g.set_index("index")["clever_hans_score"]
+                                                 for c, g in ss.groupby("class_id")})}  # fmt: skip
+    ids = list(store.group["classes"].attrs["ids"])
+    features = store.array("attribution/features") if store.has_array("attribution/features") else None
+    for name in BASELINES:
+        b = BASELINES.get(name)
+        if b.reads == "features" and features is None:
+            continue
+        class_score, samples = {}, {}
+        for c in ids:
+            members = store.array(f"classes/{c}/members")[:]
+            if b.reads == "relevance":
+                x = store.relevance(members)
+            else:
+                x = features.get_orthogonal_selection((members, slice(None))).astype(np.float32)
+            class_score[c], s = b.score(x, cfg.seed)
+            samples[c] = pd.Series(s, index=members)
+        out[name] = (pd.Series(class_score), samples)
+    return out
+
+
+def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) -> pd.DataFrame:
+    """One finished run -> one row per method."""
+    from pipeline.compute import resolve_device
+    from pipeline.poison import masks
+    from pipeline.store import Store
+
+    store = Store(cfg.run_url)
+    samples = store.read_table("samples")
+    device = resolve_device(cfg.compute.device)
+    flips = flip_rate(cfg, poison, samples, flip_split, device)
+    target = poison.target
+    truth = samples["artifact"].to_numpy(bool) if "artifact" in samples else np.zeros(len(samples), bool)
+    poisoned = np.flatnonzero(truth)
+    if len(poisoned):
+        maps = store.relevance(poisoned)
+        m = masks(samples.iloc[poisoned], cfg.dataset.image_size, cfg.attribute.resolution, poison)
+        share, area = mask_share(maps, m)
+    else:
+        share = area = float("nan")
+    rows = []
+    for method, (class_scores, sample_scores) in method_scores(cfg).items():
+        auroc = ap = float("nan")
+        if target in sample_scores:
+            s = sample_scores[target]
+            auroc, ap = detection(truth[s.index.to_numpy()], s.to_numpy())
+        rows.append(
+            {
+                "method": method,
+                "rank": rank_of(class_scores, target),
+                "target_score": float(class_scores.get(target, np.nan)),
+                "top_score": float(class_scores.max()),
+                "auroc": auroc,
+                "ap": ap,
+                "flip_rate": flips,
+                "mask_share": share,
+                "mask_area": area,
+                "n_poisoned": int(len(poisoned)),
+                "n_target": int((samples["label"] == target).sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def describe(p: PoisonConfig, control: bool) -> str:
+    if control:
+        return f"none (probe: {p.kind})"
+    where = p.position + (", rotated" if p.rotation else "") + (", size jitter" if p.size_jitter else "")
+    return f"{p.kind} {p.regime} -> {p.target}, {p.fraction:.0%}, {where}"
+
+
+def run_validation(spec_name: str, root: str | None, only: list[str] | None, extra: list[str]) -> pd.DataFrame:
+    from pipeline.runner import Runner
+
+    spec = load_spec(spec_name)
+    out = Path(root or f"runs/validate/{spec.name}")
+    chosen = [s for s in spec.scenarios if not only or s.name in only]
+    if only and len(chosen) != len(set(only)):
+        missing = set(only) - {s.name for s in spec.scenarios}
+        raise UserError(f"unknown scenario(s) {', '.join(sorted(missing))}; known: {[s.name for s in spec.scenarios]}")
+    for sc in chosen:
+        cfg, poison = scenario_config(spec, sc, out, extra)
+        log.info("validate: scenario %s (%s) in %s", sc.name, describe(poison, sc.control), cfg.run_url)
+        Runner(cfg).run_all(until="score")
+        df = evaluate(cfg, poison, sc.control, spec.flip_split)
+        df.insert(0, "scenario", sc.name)
+        df.insert(1, "poison", describe(poison, sc.control))
+        df.insert(2, "control", sc.control)
+        df.to_csv(Path(cfg.run_url) / "validation.csv", index=False)
+    # the table covers every scenario of the spec evaluated so far, so --scenario runs add up
+    done = [out / s.name / "validation.csv" for s in spec.scenarios if (out / s.name / "validation.csv").exists()]
+    results = pd.concat([pd.read_csv(f) for f in done], ignore_index=True)
+    results.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(summary(results))
+    return results
+
+
+def summary(results: pd.DataFrame) -> str:
+    """Markdown: one row per scenario with unhans' numbers and each baseline's rank and AUROC."""
+    methods = list(dict.fromkeys(results["method"]))
+    head = ["scenario", "poison", "flip rate", "relevance in mask (area)"]
+    for m in methods:
+        head += [f"{m} rank", f"{m} AUROC"]
+    head += ["unhans score (top)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sc, g in results.groupby("scenario", sort=False):
+        g = g.set_index("method")
+        u = g.loc["unhans"]
+        cells = [sc, u["poison"], f"{u['flip_rate']:.2f}", f"{u['mask_share']:.2f} ({u['mask_area']:.2f})"]
+        for m in methods:
+            r = g.loc[m]
+            cells += [f"{int(r['rank'])}", "-" if np.isnan(r["auroc"]) else f"{r['auroc']:.3f}"]
+        cells.append(f"{u['target_score']:.3f} ({u['top_score']:.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    poisoned = results[~results["control"]]
+    lines.append("")
+    for m in methods:
+        p = poisoned[poisoned["method"] == m]
+        lines.append(
+            f"- {m}: target ranked first in {int((p['rank'] == 1).sum())} of {len(p)} poisoned scenarios; "
+            f"median AUROC {np.nanmedian(p['auroc']):.3f}, median AP {np.nanmedian(p['ap']):.3f}"
+        )
+    ctrl = results[results["control"] & (results["method"] == "unhans")]
+    pu = poisoned[poisoned["method"] == "unhans"]
+    if len(ctrl) and len(pu):
+        lines.append(
+            f"- unhans: control top score {ctrl['top_score'].max():.3f}; poisoned target scores "
+            f"min {pu['target_score'].min():.3f}, median {pu['target_score'].median():.3f}"
+        )
+    return "\n".join(lines) + "\n"

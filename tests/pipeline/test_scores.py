@@ -1,0 +1,87 @@
+"""The Clever Hans score on hand-made cases: a model that follows a corner cue, evidence masks, groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pipeline.scores import evidence_masks, score_class, transfer
+
+
+class CornerModel(torch.nn.Module):
+    """Two classes: logit of class 1 = 40 x (mean of the top-left 4x4 block - 0.5); class 0 = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cue = x[:, 0, :4, :4].mean((1, 2))
+        return torch.stack([torch.zeros_like(cue), 40 * self.w * (cue - 0.5)], 1)
+
+
+def test_evidence_masks_take_the_top_cells_and_dilate_them():
+    maps = torch.zeros(2, 8, 8)
+    maps[0, 0, 0] = 5.0
+    maps[1, 4, 4], maps[1, 7, 7] = 1.0, -9.0  # negative relevance is never evidence
+    m = evidence_masks(maps, top=1 / 64, image_size=16)
+    assert m.shape == (2, 1, 16, 16)
+    assert m[0, 0, :4, :4].all() and m[0].sum() == 16  # cell (0,0) dilated to 2x2 cells of 2x2 pixels
+    assert m[1, 0, 6:12, 6:12].all() and m[1].sum() == 36 and not m[1, 0, 15, 15]
+
+
+def test_transfer_is_high_only_for_evidence_the_model_follows():
+    model, S = CornerModel(), 16
+    hosts = torch.zeros(6, 1, S, S)  # class 0 images: dark corner
+    images = torch.zeros(4, 1, S, S)
+    images[:2, :, :4, :4] = 1.0  # two donors carry the cue in the corner
+    images[2:, :, 8:12, 8:12] = 1.0  # two carry a bright block elsewhere
+    maps = torch.zeros(4, 8, 8)
+    maps[:2, 0:2, 0:2] = 1.0  # their relevance is on the cue
+    maps[2:, 4:6, 4:6] = 1.0
+    t = transfer(model, lambda x: x, images, evidence_masks(maps, 4 / 64, S), hosts, c=1)
+    assert t[:2].min() > 0.9 and np.abs(t[2:]).max() < 0.01
+
+
+def _two_blocks(n: int, group: np.ndarray) -> sp.csr_matrix:
+    """Affinity: dense inside the group and inside the rest, one weak edge between them."""
+    same = group[:, None] == group[None, :]
+    W = np.where(same, 1.0, 0.0)
+    W[np.flatnonzero(group)[0], np.flatnonzero(~group)[0]] = W[np.flatnonzero(~group)[0], np.flatnonzero(group)[0]] = (
+        0.1
+    )
+    np.fill_diagonal(W, 0)
+    return sp.csr_matrix(W)
+
+
+def test_class_score_is_excess_transfer_of_a_separate_group():
+    n = 40
+    group = np.zeros(n, bool)
+    group[:8] = True
+    W = _two_blocks(n, group)
+    labels = np.stack([group.astype(int), np.arange(n) % 3])  # k=2 finds the group, k=3 is noise
+    t = np.where(group, 0.8, 0.1)
+    s = score_class(W, labels, [2, 3], t, max_group_fraction=0.5)
+    assert (s.k, s.group_size) == (2, 8) and np.array_equal(s.group, group)
+    assert s.score == pytest.approx(0.7 / 0.02 * (1 - s.conductance)) and s.conductance < 0.01  # rest sd 0: floor
+    # the same group with no excess transfer scores 0: separation alone is no Clever Hans
+    flat = score_class(W, labels, [2, 3], np.full(n, 0.5), max_group_fraction=0.5)
+    assert flat.score == 0.0 and flat.cluster == -1
+    # groups above max_group_fraction are not candidates
+    assert score_class(W, labels, [2, 3], t, max_group_fraction=0.1).group_size < 8
+
+
+def test_the_excess_counts_in_spreads_of_the_class_usual_transfer():
+    """The same excess transfer is a stronger alarm where the class's own evidence transfers uniformly."""
+    n = 60
+    group = np.zeros(n, bool)
+    group[:10] = True
+    W = _two_blocks(n, group)
+    labels = group.astype(int)[None]
+    rng = np.random.default_rng(0)
+    wide = np.where(group, 0.4, 0.1 + 0.2 * rng.standard_normal(n))
+    narrow = np.where(group, 0.4, 0.1 + 0.05 * rng.standard_normal(n))
+    s_wide, s_narrow = (score_class(W, labels, [2], t, 0.5).score for t in (wide, narrow))
+    assert s_narrow > 3 * s_wide > 0
