@@ -136,6 +136,34 @@ def validate(
     _guard(go)
 
 
+@app.command()
+def verify(
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+    run_dir: RunDirOpt = None,
+    poison_from: Annotated[
+        str | None,
+        typer.Option("--poison-from", help="SPEC:SCENARIO: the run and artifact of a validation scenario"),
+    ] = None,
+    retrain: Annotated[bool, typer.Option("--retrain/--no-retrain", help="retrain on the cleaned list")] = True,
+    class_id: Annotated[
+        list[int] | None, typer.Option("--class-id", help="P-ClArC for these classes (default: the flagged ones)")
+    ] = None,
+) -> None:
+    """Flip rate and clean accuracy of the original, retrained-on-cleaned and P-ClArC-corrected models."""
+
+    def go() -> None:
+        from pipeline.verify import resolve, summary
+        from pipeline.verify import verify as run_verify
+
+        cfg, poison_cfg, split = resolve(config, set_ or [], run_dir, poison_from)
+        table = run_verify(cfg, poison_cfg, split, retrain, class_id or None)
+        typer.echo(summary(table, cfg, poison_cfg))
+        typer.echo(f"written: {cfg.run_url}/verify.csv, {cfg.run_url}/verify.md")
+
+    _guard(go)
+
+
 def _print_status(r: Runner, settings: bool = False) -> None:
     rows = r.status_rows()
     typer.echo(f"run {r.cfg.name} at {r.store.url}")

@@ -37,6 +37,7 @@ from pipeline.errors import UserError
 log = logging.getLogger("unhans.validate")
 SPEC_DIR = CONFIG_DIR / "validate"
 FLIP_HOSTS = 2000  # held-out host images per flip-rate measurement (seeded subsample)
+FOLLOWED = 0.1  # flip rate from which a scenario counts as one the model follows (summary lines)
 
 
 @dataclass
@@ -125,44 +126,57 @@ def mask_share(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
     return share, float(m.mean()) if len(m) else float("nan")
 
 
-def flip_rate(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: str, device: torch.device) -> float:
-    """Share of correctly classified held-out images of other classes predicted `target` with the artifact."""
+def held_out(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: str):
+    """(dataset, held-out rows, flip hosts): the test split (split test) or the unpoisoned training
+    images (split train); hosts = a seeded subsample of the rows of the other classes."""
     from pipeline.datasets import build_dataset
-    from pipeline.models import MODELS, model_for_run
-    from pipeline.poison import stamp
-    from pipeline.store import Store
 
-    store = Store(cfg.run_url)
-    spec = MODELS.get(cfg.model.arch)
     ds_cfg = (
         cfg.dataset.model_copy(update={"split": split, "limit_per_class": None}) if split == "test" else cfg.dataset
     )
     ds = build_dataset(ds_cfg)
-    model = model_for_run(cfg, store, len(ds.classes), ds.channels).to(device)
-    mean, std = (t.to(device) for t in spec.norm(ds.channels))
     if split == "test":
-        hosts = ds.index()
-        hosts = hosts[(hosts["status"] == "ok") & (hosts["label"] != poison.target)]
+        rows = ds.index()
+        rows = rows[rows["status"] == "ok"]
     else:  # the training images that carry no artifact and keep their own label
-        keep = (samples["status"] == "ok") & (samples["label"] != poison.target)
+        keep = samples["status"] == "ok"
         if "artifact" in samples:
             keep &= ~samples["artifact"].astype(bool)
-        hosts = samples[keep]
+        rows = samples[keep]
+    hosts = rows[rows["label"] != poison.target]
     rng = np.random.default_rng(cfg.seed)
     hosts = hosts.iloc[np.sort(rng.choice(len(hosts), size=min(FLIP_HOSTS, len(hosts)), replace=False))]
-    flips, n = 0, 0
+    return ds, rows, hosts
+
+
+def flips(model, normalise, ds, hosts: pd.DataFrame, poison: PoisonConfig, seed: int, device) -> float:
+    """Share of the hosts the model gets right that it assigns to poison.target once stamped."""
+    from pipeline.poison import stamp
+
+    n_flip, n = 0, 0
     with torch.no_grad():
         for s in range(0, len(hosts), 256):
             rows = hosts.iloc[s : s + 256]
             x, ok, _ = ds.load(rows["source"].to_numpy())
             y = torch.as_tensor(rows["label"].to_numpy(np.int64, copy=True))
-            clean = model((x.to(device) - mean) / std).argmax(1).cpu()
-            xs, _ = stamp(x, poison, seed=cfg.seed + s)
-            dirty = model((xs.to(device) - mean) / std).argmax(1).cpu()
+            clean = model(normalise(x.to(device))).argmax(1).cpu()
+            xs, _ = stamp(x, poison, seed=seed + s)
+            dirty = model(normalise(xs.to(device))).argmax(1).cpu()
             use = torch.as_tensor(ok) & (clean == y)
-            flips += int((dirty[use] == poison.target).sum())
+            n_flip += int((dirty[use] == poison.target).sum())
             n += int(use.sum())
-    return flips / n if n else float("nan")
+    return n_flip / n if n else float("nan")
+
+
+def flip_rate(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: str, device: torch.device) -> float:
+    """Share of correctly classified held-out images of other classes predicted `target` with the artifact."""
+    from pipeline.models import MODELS, model_for_run
+    from pipeline.store import Store
+
+    ds, _, hosts = held_out(cfg, poison, samples, split)
+    model = model_for_run(cfg, Store(cfg.run_url), len(ds.classes), ds.channels).to(device).eval()
+    mean, std = (t.to(device) for t in MODELS.get(cfg.model.arch).norm(ds.channels))
+    return flips(model, lambda x: (x - mean) / std, ds, hosts, poison, cfg.seed, device)
 
 
 def method_scores(cfg: Config) -> dict[str, tuple[pd.Series, dict[int, pd.Series]]]:
@@ -272,6 +286,10 @@ def run_validation(spec_name: str, root: str | None, only: list[str] | None, ext
     return results
 
 
+def _median(x: pd.Series) -> str:
+    return "-" if x.isna().all() else f"{np.nanmedian(x):.3f}"
+
+
 def summary(results: pd.DataFrame) -> str:
     """Markdown: one row per scenario with unhans' numbers and each baseline's rank and AUROC."""
     methods = list(dict.fromkeys(results["method"]))
@@ -290,13 +308,21 @@ def summary(results: pd.DataFrame) -> str:
         cells.append(f"{u['target_score']:.3f} ({u['top_score']:.3f})")
         lines.append("| " + " | ".join(cells) + " |")
     poisoned = results[~results["control"]]
+    followed = poisoned[poisoned["flip_rate"] >= FOLLOWED]
+    n_followed = followed["scenario"].nunique()
     lines.append("")
     for m in methods:
-        p = poisoned[poisoned["method"] == m]
-        lines.append(
+        p, f = poisoned[poisoned["method"] == m], followed[followed["method"] == m]
+        line = (
             f"- {m}: target ranked first in {int((p['rank'] == 1).sum())} of {len(p)} poisoned scenarios; "
-            f"median AUROC {np.nanmedian(p['auroc']):.3f}, median AP {np.nanmedian(p['ap']):.3f}"
+            f"median AUROC {_median(p['auroc'])}, median AP {_median(p['ap'])}"
         )
+        if n_followed:
+            line += (
+                f"; in the {n_followed} the model follows (flip rate >= {FOLLOWED}): first in "
+                f"{int((f['rank'] == 1).sum())}, median AUROC {_median(f['auroc'])}, median AP {_median(f['ap'])}"
+            )
+        lines.append(line)
     ctrl = results[results["control"] & (results["method"] == "unhans")]
     pu = poisoned[poisoned["method"] == "unhans"]
     if len(ctrl) and len(pu):

@@ -1,0 +1,165 @@
+"""P-ClArC (projective Class Artifact Compensation, Anders et al. 2022): suppress a found shortcut
+without retraining.
+
+For a flagged class c, the artifact direction v is a concept activation vector in the space of the
+penultimate features (the input of the model's last nn.Linear, stored by the attribute stage as
+`attribution/features`): the normalised difference between the mean feature of the flagged group
+of class c (`in_group` in sample_scores) and the mean feature of the rest of class c. The clean
+reference z is the mean projection h.v of the rest of class c. The corrected model replaces, at
+inference, the last Linear layer's input h by
+
+    h - (h.v - z) v
+
+so every sample looks, along v, like an average clean member of class c, and every component
+orthogonal to v is kept. Several classes are applied one after the other in the order stored.
+
+The direction is a difference of means, not a linear SVM or logistic-regression normal: the
+flagged group is often a few dozen samples in a 128- to 2048-dimensional feature space, where a
+max-margin direction fits noise in the orthogonal dimensions, while the difference of means has no
+hyperparameter and is the CAV the P-ClArC paper projects out.
+
+Export: `files/pclarc.pt` in the run store, a torch file (loadable with weights_only=True) holding
+{arch, layer, class, direction (K, D), reference (K,)}. Load the corrected model of a run with
+
+    from pipeline.config import load_config
+    from pipeline.pclarc import corrected_model
+    model = corrected_model(load_config("demo"))          # eval mode, on CPU
+
+or put the correction on a model of the same architecture you built yourself with
+`apply_pclarc(model, torch.load(path, weights_only=True))`.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import UserError
+
+PCLARC_FILE = "files/pclarc.pt"
+
+
+class Projection(nn.Module):
+    """h -> h - (h.v_k - z_k) v_k for each stored direction k in turn (unit v_k)."""
+
+    def __init__(self, directions: torch.Tensor, references: torch.Tensor) -> None:
+        super().__init__()
+        directions = torch.as_tensor(directions, dtype=torch.float32).reshape(-1, directions.shape[-1])
+        self.register_buffer("directions", directions / directions.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        self.register_buffer("references", torch.as_tensor(references, dtype=torch.float32).reshape(-1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        flat = h.reshape(len(h), -1)
+        for v, z in zip(self.directions.to(flat.dtype), self.references.to(flat.dtype)):
+            flat = flat - (flat @ v - z)[:, None] * v[None, :]
+        return flat.reshape(h.shape)
+
+
+def _layer_name(model: nn.Module, layer: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is layer)
+
+
+def apply_pclarc(model: nn.Module, correction: dict[str, Any]) -> nn.Module:
+    """Put the correction on `model` (in place; also returned): a forward pre-hook on its last Linear
+    layer projects that layer's input. The Projection becomes the submodule `model.pclarc`, so
+    `.to(device)` moves it along."""
+    from pipeline.models import penultimate_layer
+
+    layer = penultimate_layer(model)
+    d = torch.as_tensor(correction["direction"])
+    if d.shape[-1] != layer.in_features:
+        raise UserError(
+            f"the P-ClArC correction has {d.shape[-1]} features, the model's last Linear layer takes "
+            f"{layer.in_features}; it was made for another model"
+        )
+    if getattr(model, "pclarc", None) is not None:
+        raise UserError("the model already carries a P-ClArC correction")
+    model.pclarc = Projection(d, torch.as_tensor(correction["reference"]))
+    layer.register_forward_pre_hook(lambda _m, args: (model.pclarc(args[0]), *args[1:]))
+    return model
+
+
+def estimate(features: np.ndarray, in_group: np.ndarray) -> tuple[np.ndarray, float]:
+    """Unit direction (difference of means: group minus rest) and the rest's mean projection."""
+    f = np.asarray(features, np.float64)
+    g = np.asarray(in_group, bool)
+    if g.all() or not g.any():
+        raise UserError("P-ClArC needs a flagged group and at least one other sample of its class")
+    v = f[g].mean(0) - f[~g].mean(0)
+    norm = np.linalg.norm(v)
+    if norm == 0:
+        raise UserError("the flagged group and the rest of its class have the same mean feature")
+    v /= norm
+    return v, float((f[~g] @ v).mean())
+
+
+def fit_pclarc(cfg, store, class_ids: list[int] | None = None, model: nn.Module | None = None) -> dict[str, Any]:
+    """The correction of a finished run for `class_ids` (default: all flagged classes; may be empty);
+    written to files/pclarc.pt and returned. A class without an isolated group is an error. `model`:
+    the run's model if already built (only its last Linear layer's name is read)."""
+    from pipeline.models import model_for_run, penultimate_layer
+
+    if not store.has_array("attribution/features"):
+        raise UserError("P-ClArC needs the penultimate features: rerun attribute with attribute.features=true")
+    ss = store.read_table("sample_scores")
+    cs = store.read_table("class_scores").set_index("class_id")
+    if class_ids is None:
+        class_ids = [int(c) for c in cs.index[cs["is_clever_hans"].astype(bool)]]
+    features = store.array("attribution/features")
+    directions, references = [], []
+    for c in class_ids:
+        rows = ss[ss["class_id"] == c]
+        if rows.empty:
+            raise UserError(f"class {c} has no sample scores; choose an analysed class")
+        if "in_group" not in rows or not rows["in_group"].astype(bool).any():
+            raise UserError(f"class {c} has no isolated group to project out")
+        idx = rows["index"].to_numpy(np.int64)
+        order = np.argsort(idx)
+        f = features.get_orthogonal_selection((idx[order], slice(None))).astype(np.float32)
+        v, z = estimate(f, rows["in_group"].to_numpy(bool)[order])
+        directions.append(v)
+        references.append(z)
+    dim = features.shape[1]
+    if model is None:
+        model = model_for_run(cfg, store, *_n_classes_channels(cfg))
+    correction = {
+        "arch": cfg.model.arch,
+        "layer": _layer_name(model, penultimate_layer(model)),
+        "class": [int(c) for c in class_ids],
+        "direction": torch.tensor(np.array(directions, np.float32).reshape(-1, dim)),
+        "reference": torch.tensor(np.array(references, np.float32)),
+    }
+    buf = io.BytesIO()
+    torch.save(correction, buf)
+    store.write_bytes(PCLARC_FILE, buf.getvalue())
+    return correction
+
+
+def _n_classes_channels(cfg) -> tuple[int, int]:
+    from pipeline.datasets import build_dataset
+
+    ds = build_dataset(cfg.dataset)
+    return len(ds.classes), ds.channels
+
+
+def load_pclarc(store) -> dict[str, Any]:
+    if not store.exists(PCLARC_FILE):
+        raise UserError(f"no P-ClArC correction at {store.url}/{PCLARC_FILE}; run `unhans verify` first")
+    return torch.load(io.BytesIO(store.read_bytes(PCLARC_FILE)), map_location="cpu", weights_only=True)
+
+
+def corrected_model(cfg, store=None) -> nn.Module:
+    """The run's model (as model_for_run builds it) with its stored P-ClArC correction, eval mode, CPU."""
+    from pipeline.models import model_for_run
+    from pipeline.store import Store
+
+    store = store or Store(cfg.run_url)
+    correction = load_pclarc(store)
+    if correction["arch"] != cfg.model.arch:
+        raise UserError(f"the P-ClArC correction is for {correction['arch']}, the config's model is {cfg.model.arch}")
+    model = model_for_run(cfg, store, *_n_classes_channels(cfg))
+    return apply_pclarc(model, correction).eval()
