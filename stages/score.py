@@ -36,9 +36,12 @@ def _model_and_data(cfg, url: str):
     return _CACHE[key]
 
 
-def _images(ds, samples: pd.DataFrame, idx: np.ndarray, poison) -> torch.Tensor:
-    batches = [idx[s : s + 256] for s in range(0, len(idx), 256)]
-    parts = [x for _, x, _, _ in iter_batches(ds, samples, batches, poison)]
+DONOR_CHUNK = 256  # donor images (and their masks) held in memory at a time: bounded for 224-px classes
+
+
+def _images(cfg, ds, samples: pd.DataFrame, idx: np.ndarray) -> torch.Tensor:
+    batches = [idx[s : s + DONOR_CHUNK] for s in range(0, len(idx), DONOR_CHUNK)]
+    parts = [x for _, x, _, _ in iter_batches(ds, samples, batches, cfg.poison, cfg.attribute.num_workers)]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
@@ -54,10 +57,12 @@ def score_one(cfg, url: str, item: tuple[int, str, str, np.ndarray]) -> tuple[di
     ks, n_clusters = lab_arr.attrs["k"], lab_arr.attrs["n_clusters"]
     labels = lab_arr[:]
     model, ds, normalise = _model_and_data(cfg, url)
-    maps = torch.as_tensor(store.relevance(members))
-    masks = evidence_masks(maps, scfg.transfer_top, cfg.dataset.image_size)
-    t = transfer(model, normalise, _images(ds, samples, members, cfg.poison), masks,
-                 _images(ds, samples, hosts, cfg.poison), c)  # fmt: skip
+    host_images = _images(cfg, ds, samples, hosts)
+    t = np.zeros(len(members))
+    for s in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
+        part = members[s : s + DONOR_CHUNK]
+        masks = evidence_masks(torch.as_tensor(store.relevance(part)), scfg.transfer_top, cfg.dataset.image_size)
+        t[s : s + len(part)] = transfer(model, normalise, _images(cfg, ds, samples, part), masks, host_images, c)
     s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     flagged = s.score >= scfg.flag_threshold
