@@ -59,10 +59,11 @@ def score_one(cfg, url: str, item: tuple[int, str, str, np.ndarray]) -> tuple[di
     model, ds, normalise = _model_and_data(cfg, url)
     host_images = _images(cfg, ds, samples, hosts)
     t = np.zeros(len(members))
-    for s in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
-        part = members[s : s + DONOR_CHUNK]
+    for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
+        part = members[start : start + DONOR_CHUNK]
         masks = evidence_masks(torch.as_tensor(store.relevance(part)), scfg.transfer_top, cfg.dataset.image_size)
-        t[s : s + len(part)] = transfer(model, normalise, _images(cfg, ds, samples, part), masks, host_images, c)
+        donors = _images(cfg, ds, samples, part)
+        t[start : start + len(part)] = transfer(model, normalise, donors, masks, host_images, c)
     s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     flagged = s.score >= scfg.flag_threshold
