@@ -149,20 +149,24 @@ def held_out(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: st
     return ds, rows, hosts
 
 
+def labelled_batches(ds, rows: pd.DataFrame, batch: int = 256):
+    """Yield (start, images, readable mask, labels) over `rows` (columns source, label) in batches."""
+    for s in range(0, len(rows), batch):
+        part = rows.iloc[s : s + batch]
+        x, ok, _ = ds.load(part["source"].to_numpy())
+        yield s, x, torch.as_tensor(ok), torch.as_tensor(part["label"].to_numpy(np.int64, copy=True))
+
+
 def flips(model, normalise, ds, hosts: pd.DataFrame, poison: PoisonConfig, seed: int, device) -> float:
     """Share of the hosts the model gets right that it assigns to poison.target once stamped."""
     from pipeline.poison import stamp
 
     n_flip, n = 0, 0
     with torch.no_grad():
-        for s in range(0, len(hosts), 256):
-            rows = hosts.iloc[s : s + 256]
-            x, ok, _ = ds.load(rows["source"].to_numpy())
-            y = torch.as_tensor(rows["label"].to_numpy(np.int64, copy=True))
+        for s, x, ok, y in labelled_batches(ds, hosts):
             clean = model(normalise(x.to(device))).argmax(1).cpu()
-            xs, _ = stamp(x, poison, seed=seed + s)
-            dirty = model(normalise(xs.to(device))).argmax(1).cpu()
-            use = torch.as_tensor(ok) & (clean == y)
+            dirty = model(normalise(stamp(x, poison, seed=seed + s)[0].to(device))).argmax(1).cpu()
+            use = ok & (clean == y)
             n_flip += int((dirty[use] == poison.target).sum())
             n += int(use.sum())
     return n_flip / n if n else float("nan")

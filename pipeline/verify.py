@@ -33,7 +33,7 @@ from torch import nn
 
 from pipeline.config import Config, PoisonConfig
 from pipeline.errors import UserError
-from pipeline.validate import flips, held_out, load_spec, scenario_config
+from pipeline.validate import flips, held_out, labelled_batches, load_spec, scenario_config
 
 log = logging.getLogger("unhans.verify")
 RETRAINED_FILE = "files/model_cleaned.pt"
@@ -79,12 +79,8 @@ def measure(model: nn.Module, cfg: Config, poison: PoisonConfig, ds, rows, hosts
     flip = flips(model, lambda x: (x - mean) / std, ds, hosts, poison, cfg.seed, device)
     correct, n_acc = 0, 0
     with torch.no_grad():
-        for s in range(0, len(rows), 512):
-            part = rows.iloc[s : s + 512]
-            x, ok, _ = ds.load(part["source"].to_numpy())
-            y = torch.as_tensor(part["label"].to_numpy(np.int64, copy=True))
+        for _, x, ok, y in labelled_batches(ds, rows, 512):
             pred = model((x.to(device) - mean) / std).argmax(1).cpu()
-            ok = torch.as_tensor(ok)
             correct += int((pred == y)[ok].sum())
             n_acc += int(ok.sum())
     return {
