@@ -25,10 +25,26 @@ ConfigOpt = Annotated[str, typer.Option("--config", "-c", help="config name in c
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="override a config key: section.key=value")]
 RunDirOpt = Annotated[str | None, typer.Option("--run-dir", help="store root (path or fsspec URL)")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="rerun even if the stage is up to date")]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="an existing Dask scheduler, e.g. tcp://host:8786 (sets compute.scheduler)"),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", min=0, help="Dask LocalCluster worker processes, one per GPU (sets compute.workers)"),
+]
 
 
-def _runner(config: str, overrides: list[str] | None, run_dir: str | None) -> Runner:
-    cfg = load_config(config, overrides or [])
+def _runner(
+    config: str,
+    overrides: list[str] | None,
+    run_dir: str | None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+) -> Runner:
+    extra = [f"compute.scheduler={json.dumps(scheduler)}"] if scheduler else []
+    extra += [f"compute.workers={workers}"] if workers is not None else []
+    cfg = load_config(config, (overrides or []) + extra)
     if run_dir:
         cfg.run_dir = run_dir
     return Runner(cfg)
@@ -60,11 +76,13 @@ def audit(
     run_dir: RunDirOpt = None,
     force: ForceOpt = False,
     until: Annotated[str | None, typer.Option(help="stop after this stage")] = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Run the whole chain; stages whose inputs and settings are unchanged are skipped."""
 
     def go() -> None:
-        r = _runner(config, set_, run_dir)
+        r = _runner(config, set_, run_dir, scheduler, workers)
         if until is not None and until not in r.stages:
             raise UserError(f"--until {until!r}: choose one of {', '.join(r.stages)}")
         r.run_all(until=until, force=force)
@@ -186,10 +204,15 @@ def _print_status(r: Runner, settings: bool = False) -> None:
 
 def _stage_command(name: str, help_text: str):
     def command(
-        config: ConfigOpt = "demo", set_: SetOpt = None, run_dir: RunDirOpt = None, force: ForceOpt = False
+        config: ConfigOpt = "demo",
+        set_: SetOpt = None,
+        run_dir: RunDirOpt = None,
+        force: ForceOpt = False,
+        scheduler: SchedulerOpt = None,
+        workers: WorkersOpt = None,
     ) -> None:
         def go() -> None:
-            r = _runner(config, set_, run_dir)
+            r = _runner(config, set_, run_dir, scheduler, workers)
             r.run(name, force=force)
             _print_status(r)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -14,6 +17,7 @@ from tqdm import tqdm
 from pipeline.errors import UserError
 
 T = TypeVar("T")
+log = logging.getLogger("unhans")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,6 +31,35 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("compute.device asks for CUDA but no GPU is visible; use compute.device=auto or cpu")
     return dev
+
+
+def worker_device(device: torch.device) -> torch.device:
+    """On a Dask worker with several GPUs visible, its own GPU: cuda:(worker number mod GPU count).
+
+    LocalCluster numbers its workers 0..N-1, so `compute.workers` = number of GPUs gives one worker per
+    GPU. Workers of an external cluster usually see one GPU each (CUDA_VISIBLE_DEVICES), so cuda:0."""
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+        return device
+    try:
+        from dask.distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not on a worker
+        return device
+    slot = name if isinstance(name, int) else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
+    return torch.device("cuda", slot % torch.cuda.device_count())
+
+
+def decode_workers(requested: int) -> int:
+    """Image-decoding processes for this process: none inside a daemonic process (which may not fork
+    children; Dask workers are daemonic unless `distributed.worker.daemon` is False), else `requested`."""
+    if requested and multiprocessing.current_process().daemon:
+        log.warning(
+            "decoding in the worker process itself: daemonic Dask workers cannot start decoders "
+            "(set distributed.worker.daemon: false in the Dask config of your workers)"
+        )
+        return 0
+    return requested
 
 
 def set_threads(threads: int | None) -> None:
@@ -67,9 +100,13 @@ def dask_client(cfg) -> Iterator[Any]:
         with client:
             yield client
         return
-    with LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with Client(cluster) as client:
-            yield client
+    import dask
+
+    # non-daemonic workers may start image-decoding processes of their own (attribute.num_workers)
+    with dask.config.set({"distributed.worker.daemon": False}):
+        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        yield client
 
 
 class TaskMapper:
@@ -96,6 +133,12 @@ class TaskMapper:
         if self._stack is not None:
             self._stack.close()
         self._stack = self._client = None
+
+    def worker_count(self) -> int:
+        """Workers to share work between: the cluster's (1 in-process)."""
+        if not self.distributed:
+            return 1
+        return max(1, len(self.client().scheduler_info(n_workers=-1)["workers"]))
 
     def map(self, fn: Callable, items: list, desc: str, *shared: Any) -> list:
         """[fn(*shared, item) for item in items], in order."""

@@ -44,6 +44,18 @@ class Context:
         """The store's absolute path or URL, valid in worker processes and on other machines."""
         return self.store.absolute_url
 
+    def finished_classes(self, ids, last: str) -> set[int]:
+        """When resuming, the classes whose last-written array classes/<id>/`last` carries this run's
+        fingerprint (Store.write_array sets attributes after the data): they need no recomputing."""
+        if not self.resume:
+            return set()
+        done = set()
+        for c in ids:
+            name = f"classes/{c}/{last}"
+            if self.store.has_array(name) and self.store.array(name).attrs.get("fingerprint") == self.fingerprint:
+                done.add(int(c))
+        return done
+
     def prepare_class_groups(self, ids) -> None:
         """Create classes/<id> groups up front, so parallel workers never race on group metadata."""
         for c in ids:

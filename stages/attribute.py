@@ -20,11 +20,12 @@ import pandas as pd
 import torch
 
 from pipeline.attribution import LRP, sum_pool
-from pipeline.compute import progress
+from pipeline.compute import decode_workers, progress, resolve_device, worker_device
 from pipeline.datasets import build_dataset, iter_batches
 from pipeline.errors import UserError
 from pipeline.models import MODELS, model_for_run
 from pipeline.runner import Context, stage
+from pipeline.store import Store
 
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
 
@@ -34,27 +35,57 @@ def run(ctx: Context) -> dict:
     """Explain every sample's target logit with LRP; store pooled maps, logits and features."""
     cfg, store = ctx.cfg, ctx.store
     acfg = cfg.attribute
-    samples = store.read_table("samples")
-    ds = build_dataset(cfg.dataset)
     size, res = cfg.dataset.image_size, acfg.resolution
     if size % res:
         raise UserError(f"attribute.resolution={res} must divide dataset.image_size={size}")
-    spec = MODELS.get(cfg.model.arch)
-    model = model_for_run(cfg, store, len(ds.classes), ds.channels)
-
-    n, bs, cs = len(samples), acfg.batch_size, acfg.chunk_size
-    n_chunks = -(-n // cs)
+    n = len(store.read_table("samples"))
+    n_chunks = -(-n // acfg.chunk_size)
     if not ctx.resume or not store.has_array("attribution/done"):
-        _create_arrays(ctx, n, cs, n_chunks, model)
+        ds = build_dataset(cfg.dataset)
+        _create_arrays(ctx, n, n_chunks, model_for_run(cfg, store, len(ds.classes), ds.channels))
+    done = store.array("attribution/done")[:]
+    todo = [c for c in range(n_chunks) if not done[c]]
+    if ctx.tasks.distributed and todo:
+        # contiguous ranges of chunks, a few per worker so a slow or restarted worker does not hold up the end
+        shards = np.array_split(np.asarray(todo), min(len(todo), 4 * ctx.tasks.worker_count()))
+        ctx.tasks.map(attribute_chunks, [s.tolist() for s in shards], "attribute", cfg, ctx.url)
+    else:
+        attribute_chunks(cfg, ctx.url, todo, ctx.device)
     grp = store.group["attribution"]
-    done = grp["done"][:]
+    status = grp["status"][:]
+    failed = [r for rel in store.list("files/attribute_failures") for r in store.read_json(rel)]
+    store.write_table("attribute_failures", pd.DataFrame(failed, columns=["index", "source", "reason"]))
+    return {
+        "samples": n,
+        "attributed": int((status == OK).sum()),
+        "skipped_at_index": int((status == SKIPPED).sum()),
+        "decode_failed": int((status == FAILED).sum()),
+        "chunks_resumed_from": n_chunks - len(todo),
+        "chunks": n_chunks,
+        "device": str(ctx.device),
+    }
+
+
+def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | None = None) -> int:
+    """LRP for the samples of the given chunks, each chunk written whole (its `done` flag last).
+
+    Runs in the driver, or as one Dask task per contiguous shard of chunks: every chunk's batches are
+    the same either way, so the store does not depend on how the chunks were shared out."""
+    store = Store(url)
+    acfg = cfg.attribute
+    samples = store.read_table("samples")
+    ds = build_dataset(cfg.dataset)
+    spec = MODELS.get(cfg.model.arch)
+    device = device or worker_device(resolve_device(cfg.compute.device))
+    model = model_for_run(cfg, store, len(ds.classes), ds.channels)
+    n, bs, cs, res = len(samples), acfg.batch_size, acfg.chunk_size, acfg.resolution
+    grp = store.group["attribution"]
     index_ok = samples["status"].to_numpy() == "ok"
     labels = torch.from_numpy(samples["label"].to_numpy(np.int64, copy=True))
-    todo = [c for c in range(n_chunks) if not done[c]]
     # each chunk's usable samples, in batches of `bs`
-    plan = {c: np.flatnonzero(index_ok[c * cs : (c + 1) * cs]) + c * cs for c in todo}
+    plan = {c: np.flatnonzero(index_ok[c * cs : (c + 1) * cs]) + c * cs for c in chunks}
     batches = [(c, ix[i : i + bs]) for c, ix in plan.items() for i in range(0, len(ix), bs)]
-    pin = ctx.device.type == "cuda"
+    pin = device.type == "cuda"
     arrays = {name: grp[name] for name in _empty_rows(0, res, grp)} | {"done": grp["done"]}
 
     def write_chunk(c: int, rows: dict, failures: list) -> None:
@@ -69,12 +100,13 @@ def run(ctx: Context) -> dict:
     # writes finish even if the run is stopped, so every chunk flagged done is complete
     writer, pending = ThreadPoolExecutor(1), []
     try:
-        with LRP(model, spec, acfg.composite, ds.channels, ctx.device, features=acfg.features) as lrp:
-            stream = iter_batches(ds, samples, [b for _, b in batches], cfg.poison, acfg.num_workers, pin)
+        with LRP(model, spec, acfg.composite, ds.channels, device, features=acfg.features) as lrp:
+            workers = decode_workers(acfg.num_workers)
+            stream = iter_batches(ds, samples, [b for _, b in batches], cfg.poison, workers, pin)
             remaining = Counter(c for c, _ in batches)
             chunk_rows = {}
             bar = progress(stream, "attribute", total=len(batches), unit="batch")
-            for c in todo:  # chunks with no usable sample are written straight away
+            for c in chunks:  # chunks with no usable sample are written straight away
                 if not remaining[c]:
                     pending.append(writer.submit(write_chunk, c, _new_rows(c, n, cs, res, grp), []))
             for (c, _), (idx, x, ok, reasons) in zip(batches, bar):
@@ -95,24 +127,13 @@ def run(ctx: Context) -> dict:
         for f in pending:
             f.result()
         writer.shutdown()
-    status = grp["status"][:]
-    failed = [r for rel in store.list("files/attribute_failures") for r in store.read_json(rel)]
-    store.write_table("attribute_failures", pd.DataFrame(failed, columns=["index", "source", "reason"]))
-    return {
-        "samples": n,
-        "attributed": int((status == OK).sum()),
-        "skipped_at_index": int((status == SKIPPED).sum()),
-        "decode_failed": int((status == FAILED).sum()),
-        "chunks_resumed_from": n_chunks - len(todo),
-        "chunks": n_chunks,
-        "device": str(ctx.device),
-    }
+    return len(chunks)
 
 
-def _create_arrays(ctx: Context, n: int, cs: int, n_chunks: int, model: torch.nn.Module) -> None:
-    """Fresh arrays, chunked by `cs` rows: each chunk is written whole, by one writer."""
+def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) -> None:
+    """Fresh arrays, chunked by `attribute.chunk_size` rows: each chunk is written whole, by one writer."""
     cfg, store = ctx.cfg, ctx.store
-    res = cfg.attribute.resolution
+    res, cs = cfg.attribute.resolution, cfg.attribute.chunk_size
     attrs = {
         "model": cfg.model.arch,
         "weights": cfg.model.weights or ("trained" if MODELS.get(cfg.model.arch).trainable else "default"),

@@ -44,24 +44,12 @@ def knn_class(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> 
     return len(members), int(empty.sum())
 
 
-def finished_classes(ctx: Context, ids, last: str) -> set[int]:
-    """Classes whose last-written array `last` carries this run's fingerprint (only when resuming)."""
-    if not ctx.resume:
-        return set()
-    done = set()
-    for c in ids:
-        name = f"classes/{c}/{last}"
-        if ctx.store.has_array(name) and ctx.store.array(name).attrs.get("fingerprint") == ctx.fingerprint:
-            done.add(int(c))
-    return done
-
-
 @stage("distances", sections=["distances"], inputs=["attribute"])
 def run(ctx: Context) -> dict:
     """kNN indices and distances between the relevance maps of each class."""
     members_by_class = class_members(ctx)
     ctx.prepare_class_groups(members_by_class)
-    done = finished_classes(ctx, members_by_class, "knn_dist")
+    done = ctx.finished_classes(members_by_class, "knn_dist")
     todo = [(c, m) for c, m in members_by_class.items() if c not in done]
     sizes = ctx.tasks.map(knn_class, todo, "distances", ctx.cfg, ctx.url, ctx.fingerprint)
     sizes += [(len(members_by_class[c]), int(ctx.store.array(f"classes/{c}/empty")[:].sum())) for c in sorted(done)]

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pipeline.compute import resolve_device
+from pipeline.compute import resolve_device, worker_device
 from pipeline.datasets import build_dataset, iter_batches
 from pipeline.models import MODELS, model_for_run
 from pipeline.runner import Context, stage
@@ -29,7 +29,7 @@ def _model_and_data(cfg, url: str):
         _CACHE.clear()
         store = Store(url)
         ds = build_dataset(cfg.dataset)
-        device = resolve_device(cfg.compute.device)
+        device = worker_device(resolve_device(cfg.compute.device))
         model = model_for_run(cfg, store, len(ds.classes), ds.channels).to(device)
         mean, std = (t.to(device) for t in MODELS.get(cfg.model.arch).norm(ds.channels))
         _CACHE[key] = (model, ds, lambda x: (x - mean) / std)
@@ -45,9 +45,14 @@ def _images(cfg, ds, samples: pd.DataFrame, idx: np.ndarray) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
-def score_one(cfg, url: str, item: tuple[int, str, str, np.ndarray]) -> tuple[dict, pd.DataFrame]:
-    """One class (id, key, name, host sample indices): its row and its sample scores."""
-    c, key, name, hosts = item
+ScoreItem = tuple[int, str, str, np.ndarray, bool]
+
+
+def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
+    """One class (id, key, name, host sample indices, transfer already stored): its row and its sample
+    scores. The transfers (the costly part) are stored in classes/<id>/transfer, stamped with the stage
+    fingerprint, so a resumed run reuses them and only redoes the cheap group choice."""
+    c, key, name, hosts, stored = item
     store = Store(url)
     scfg = cfg.score
     samples = store.read_table("samples")
@@ -56,14 +61,18 @@ def score_one(cfg, url: str, item: tuple[int, str, str, np.ndarray]) -> tuple[di
     lab_arr = store.array(f"classes/{c}/labels")
     ks, n_clusters = lab_arr.attrs["k"], lab_arr.attrs["n_clusters"]
     labels = lab_arr[:]
-    model, ds, normalise = _model_and_data(cfg, url)
-    host_images = _images(cfg, ds, samples, hosts)
-    t = np.zeros(len(members))
-    for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
-        part = members[start : start + DONOR_CHUNK]
-        masks = evidence_masks(torch.as_tensor(store.relevance(part)), scfg.transfer_top, cfg.dataset.image_size)
-        donors = _images(cfg, ds, samples, part)
-        t[start : start + len(part)] = transfer(model, normalise, donors, masks, host_images, c)
+    if stored:
+        t = store.array(f"classes/{c}/transfer")[:].astype(np.float64)
+    else:
+        model, ds, normalise = _model_and_data(cfg, url)
+        host_images = _images(cfg, ds, samples, hosts)
+        t = np.zeros(len(members))
+        for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
+            part = members[start : start + DONOR_CHUNK]
+            masks = evidence_masks(torch.as_tensor(store.relevance(part)), scfg.transfer_top, cfg.dataset.image_size)
+            donors = _images(cfg, ds, samples, part)
+            t[start : start + len(part)] = transfer(model, normalise, donors, masks, host_images, c)
+        store.write_array(f"classes/{c}/transfer", t, {"fingerprint": fingerprint})
     s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     flagged = s.score >= scfg.flag_threshold
@@ -131,8 +140,9 @@ def run(ctx: Context) -> dict:
     ids = list(ctx.store.group["classes"].attrs["ids"])
     classes = ctx.store.read_table("classes").set_index("class_id")
     hosts = host_pool(ctx, ids)
-    items = [(c, classes.at[c, "class_key"], classes.at[c, "class_name"], hosts[c]) for c in ids]
-    results = ctx.tasks.map(score_one, items, "score", ctx.cfg, ctx.url)
+    stored = ctx.finished_classes(ids, "transfer")
+    items = [(c, classes.at[c, "class_key"], classes.at[c, "class_name"], hosts[c], c in stored) for c in ids]
+    results = ctx.tasks.map(score_one, items, "score", ctx.cfg, ctx.url, ctx.fingerprint)
     class_scores = pd.DataFrame([r for r, _ in results]).sort_values(
         "clever_hans_score", ascending=False, kind="stable"
     )
@@ -147,4 +157,5 @@ def run(ctx: Context) -> dict:
         "flagged_samples": int(sample_scores["is_clever_hans"].sum()),
         "top_class": None if top is None else str(top["class_name"]),
         "top_score": None if top is None else round(float(top["clever_hans_score"]), 4),
+        "classes_resumed": len(stored),
     }
