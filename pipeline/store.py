@@ -32,6 +32,28 @@ from fsspec.implementations.local import LocalFileSystem
 from pipeline.errors import UserError
 
 STORE_VERSION = 1
+# the stage that writes each table (arrays: see writer_of), for messages that say what to rerun
+TABLE_WRITERS = {
+    "samples": "index", "classes": "index", "attribute_failures": "attribute", "class_scores": "score",
+    "sample_scores": "score", "manifest": "clean", "cleaned": "clean",
+}  # fmt: skip
+
+
+def writer_of(name: str) -> str:
+    """The stage that writes table or array `name` ('' if unknown)."""
+    if name.startswith("attribution/"):
+        return "attribute"
+    if name.startswith("classes/"):
+        leaf = name.rsplit("/", 1)[1]
+        if leaf == "transfer":
+            return "score"
+        return "distances" if leaf in ("members", "empty") or leaf.startswith("knn_") else "cluster"
+    return TABLE_WRITERS.get(name, "")
+
+
+def _rerun(name: str) -> str:
+    stage = writer_of(name)
+    return f"rerun `unhans {stage} --force` to write it again" if stage else "rerun the stage that writes it"
 
 
 class Store:
@@ -119,7 +141,13 @@ class Store:
         if not self.exists(rel):
             return None
         with self.fs.open(self.path(rel), "rb") as fh:
-            return json.loads(fh.read())
+            data = fh.read()
+        try:
+            return json.loads(data)
+        except ValueError as exc:  # truncated or overwritten
+            stage = rel[len("stages/") : -len(".json")] if rel.startswith("stages/") else ""
+            fix = f"delete it and stage {stage!r} runs again (`unhans {stage}`)" if stage else "delete it"
+            raise UserError(f"{self.url}/{rel} is corrupted (not JSON: {exc}); {fix}") from None
 
     def list(self, rel: str) -> list[str]:
         """Relative paths of the files directly under folder `rel`, sorted ([] if none)."""
@@ -152,8 +180,11 @@ class Store:
         rel = f"tables/{name}.parquet"
         if not self.exists(rel):
             raise UserError(f"table {name!r} is missing from {self.url}; run the stage that writes it")
-        with self.fs.open(self.path(rel), "rb") as fh:
-            return pd.read_parquet(fh)
+        try:
+            with self.fs.open(self.path(rel), "rb") as fh:
+                return pd.read_parquet(fh)
+        except (OSError, ValueError) as exc:  # truncated or overwritten
+            raise UserError(f"table {name!r} at {self.url}/{rel} cannot be read ({exc}); {_rerun(name)}") from None
 
     def has_table(self, name: str) -> bool:
         return self.exists(f"tables/{name}.parquet")
@@ -177,29 +208,61 @@ class Store:
         return arr
 
     def write_array(self, name: str, data: np.ndarray, attrs: dict | None = None) -> zarr.Array:
-        """Write a small array whole, as one chunk."""
+        """Write a small array whole, as one chunk; its attributes last, so an array killed mid-write
+        never carries the attributes (e.g. a fingerprint) of a finished one."""
         data = np.asarray(data)
-        arr = self.create_array(name, data.shape, data.shape or (1,), data.dtype, attrs)
+        arr = self.create_array(name, data.shape, data.shape or (1,), data.dtype)
         if data.size:
             arr[...] = data
+        if attrs:
+            arr.attrs.update(attrs)
         return arr
+
+    def _node(self, name: str) -> Any:
+        try:
+            return self.group[name]
+        except KeyError:
+            raise
+        except Exception as exc:  # corrupted zarr.json of the array or a group above it
+            raise UserError(f"array {name!r} in {self._zarr_url} is corrupted ({exc}); {_rerun(name)}") from None
 
     def array(self, name: str) -> zarr.Array:
         try:
-            node = self.group[name]
+            node = self._node(name)
         except KeyError:
             raise UserError(f"array {name!r} is missing from {self.url}; run the stage that writes it") from None
         return node  # type: ignore[return-value]
 
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """Turn a chunk file that does not decode (garbled, truncated) into a UserError naming the array."""
+        try:
+            yield
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(
+                f"array {name!r} in {self._zarr_url} has a chunk that cannot be read ({exc}); {_rerun(name)}"
+            ) from None
+
     def relevance(self, indices: np.ndarray) -> np.ndarray:
-        """Relevance maps (n, r, r) float32 of the given samples (stored as float16 x scale)."""
-        maps = self.array("attribution/relevance").get_orthogonal_selection((indices, slice(None), slice(None)))
-        scale = self.array("attribution/relevance_scale").get_orthogonal_selection((indices,))
+        """Relevance maps (n, r, r) float32 of the given samples (stored as float16 x scale).
+
+        Every map attribute writes with a scale other than 1 has max |value| 1, so such a map of
+        zeros is a lost chunk file (zarr reads it as the fill value): a UserError, like a garbled one."""
+        with self._reading("attribution/relevance"):
+            maps = self.array("attribution/relevance").get_orthogonal_selection((indices, slice(None), slice(None)))
+        with self._reading("attribution/relevance_scale"):
+            scale = self.array("attribution/relevance_scale").get_orthogonal_selection((indices,))
+        lost = (scale != 1) & ~maps.any(axis=(1, 2))
+        if lost.any():
+            raise UserError(
+                f"the relevance maps of samples {np.asarray(indices)[lost][:5].tolist()} are missing from "
+                f"{self._zarr_url}/attribution/relevance (a chunk file was lost); {_rerun('attribution/relevance')}"
+            )
         return maps.astype(np.float32) * scale[:, None, None]
 
     def has_array(self, name: str) -> bool:
         try:
-            self.group[name]
+            self._node(name)
         except KeyError:
             return False
         return True

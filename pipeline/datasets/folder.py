@@ -39,6 +39,9 @@ def probe(path: str) -> str:
             w, h = im.size
             if w < 1 or h < 1:
                 return "image has no pixels"
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and w * h > limit:  # PIL itself only warns up to twice the limit
+                return f"too large: {w}x{h} pixels exceed the limit of {limit} (a decompression bomb?)"
     except UnidentifiedImageError:
         return "not an image PIL can read"
     except Image.DecompressionBombError as exc:
@@ -105,6 +108,11 @@ class FolderDataset(ImageDataset):
                 files = files[: self.limit_per_class]
             paths += files
             labels += [self.label_of[f]] * len(files)
+        if not paths:
+            raise UserError(
+                f"no images found under {self.root}: its {len(self.folders)} class folders hold no files ending in "
+                f"{' '.join(sorted(IMAGE_EXTENSIONS))}"
+            )
         with ThreadPoolExecutor(max_workers=8) as pool:
             reasons = list(pool.map(probe, paths, chunksize=64))
         return pd.DataFrame(

@@ -135,22 +135,31 @@ def torchvision_cache_file(spec: ModelSpec) -> Path | None:
 
 def load_state(source: bytes | str | Path) -> dict:
     """Load a state dict safely (weights_only); unwraps {'state_dict': ...} / {'model': ...}."""
+    what = source if not isinstance(source, bytes) else "the checkpoint"
     try:
         obj = torch.load(
             io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True
         )
     except FileNotFoundError:
         raise UserError(f"weights file {source} does not exist; set model.weights to an existing file") from None
-    except Exception as exc:
+    except Exception as exc:  # not a checkpoint, truncated, a pickled whole model, a folder, ...
         raise UserError(
-            f"cannot load weights from {source if not isinstance(source, bytes) else 'the checkpoint'}: {exc}"
+            f"cannot load weights from {what} ({_load_error(exc)}); "
+            "it must be a state dict saved with torch.save(model.state_dict(), path)"
         ) from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
-        raise UserError("the weights file does not hold a state dict")
+        raise UserError(f"{what} does not hold a state dict (a dict of parameter names to tensors)")
     return obj
+
+
+def _load_error(exc: Exception) -> str:
+    """torch.load's reason in one sentence, without its advice to load unsafely (weights_only=False)."""
+    text = str(exc).split("WeightsUnpickler error:", 1)[-1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0].split(". ", 1)[0].rstrip(".") if lines else type(exc).__name__
 
 
 def build_model(model_cfg, n_classes: int, in_channels: int, image_size: int, checkpoint: bytes | None) -> nn.Module:

@@ -7,6 +7,7 @@ from PIL import Image
 from pipeline.config import load_config
 from pipeline.datasets import build_dataset
 from pipeline.datasets.folder import imagenet_classes
+from pipeline.datasets.photos import natural_photos
 from pipeline.errors import UserError
 from tests.conftest import make_runner
 
@@ -57,6 +58,8 @@ def write_bad_files(root):
     Image.fromarray(rgb[..., 0]).save(d / "grey.png")
     Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(d / "sixteen.png")
     Image.fromarray(rgb[:2, :3]).save(d / "tiny.png")
+    # a genuinely large photo (24 MP): legal, decoded at reduced size (JPEG draft)
+    Image.fromarray(natural_photos()["astronaut"]).resize((6000, 4000), Image.BILINEAR).save(d / "huge.jpg")
     (root / "n07920052").mkdir(exist_ok=True)  # a class folder with no images
     return d
 
@@ -73,13 +76,13 @@ def test_bad_files_are_recorded_and_the_rest_attributed(tmp_path):
     reason = {s.rsplit("/", 1)[1]: v for s, v in samples["reason"].items()}
     assert reason["empty.jpg"] == "empty file"
     assert "not an image" in reason["text.jpg"]
-    assert all(reason[f] == "" for f in ["good.jpg", "cmyk.jpg", "grey.png", "sixteen.png", "tiny.png"])
+    assert all(reason[f] == "" for f in ["good.jpg", "cmyk.jpg", "grey.png", "sixteen.png", "tiny.png", "huge.jpg"])
     # the truncated JPEG passes the header check and fails at decoding: recorded, not fatal
     status = r.store.array("attribution/status")[:]
     names = [s.rsplit("/", 1)[1] for s in r.store.read_table("samples")["source"]]
     by_name = dict(zip(names, status))
     assert by_name["truncated.jpg"] == 2 and by_name["empty.jpg"] == 1 and by_name["good.jpg"] == 0
-    assert by_name["cmyk.jpg"] == by_name["sixteen.png"] == by_name["tiny.png"] == 0
+    assert by_name["cmyk.jpg"] == by_name["sixteen.png"] == by_name["tiny.png"] == by_name["huge.jpg"] == 0
     failures = r.store.read_table("attribute_failures")
     assert list(failures["source"].str.rsplit("/", n=1).str[1]) == ["truncated.jpg"]
     classes = r.store.read_table("classes")
@@ -89,3 +92,34 @@ def test_bad_files_are_recorded_and_the_rest_attributed(tmp_path):
 def test_missing_dataset_path_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="is not a folder"):
         build_dataset(folder_cfg(tmp_path / "nowhere"))
+
+
+def test_images_over_the_pixel_limit_are_skipped_at_index(tmp_path, monkeypatch):
+    """PIL raises DecompressionBombError only above twice Image.MAX_IMAGE_PIXELS and merely warns
+    between 1x and 2x; the header check skips everything above the limit, with the reason."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # read by the index stage's probe threads
+    d = tmp_path / "train" / "cat"
+    d.mkdir(parents=True)
+    for name, (h, w) in {"fits.png": (100, 100), "over.png": (100, 150), "bomb.jpg": (200, 150)}.items():
+        Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(d / name)
+    r = make_runner(tmp_path, "imagenet", [f"dataset.path={tmp_path / 'train'}", "dataset.class_index=sorted"])
+    with pytest.warns(Image.DecompressionBombWarning):  # over.png is in PIL's warn-only band
+        r.run("index")
+    samples = r.store.read_table("samples")
+    got = dict(zip(samples["source"].str.rsplit("/", n=1).str[1], zip(samples["status"], samples["reason"])))
+    assert got["fits.png"] == ("ok", "")
+    assert got["over.png"][0] == got["bomb.jpg"][0] == "skipped"
+    assert got["over.png"][1].startswith("too large: 150x100 pixels exceed the limit of 10000")
+    assert got["bomb.jpg"][1].startswith("too large:") and "decompression bomb" in got["bomb.jpg"][1]
+    assert r.record("index")["counts"]["skipped"] == 2
+
+
+def test_class_folders_without_any_image_are_one_clear_error(tmp_path):
+    root = tmp_path / "train"
+    for name in ("apple", "zebra"):
+        (root / name).mkdir(parents=True)
+        (root / name / "notes.txt").write_text("no pictures here")
+    r = make_runner(tmp_path, "imagenet", [f"dataset.path={root}", "dataset.class_index=sorted"])
+    with pytest.raises(UserError, match=f"no images found under {root}: its 2 class folders hold no files ending in"):
+        r.run("index")
+    assert not r.store.has_table("samples")
