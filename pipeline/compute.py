@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -50,18 +49,6 @@ def worker_device(device: torch.device) -> torch.device:
     return torch.device("cuda", slot % torch.cuda.device_count())
 
 
-def decode_workers(requested: int) -> int:
-    """Image-decoding processes for this process: none inside a daemonic process (which may not fork
-    children; Dask workers are daemonic unless `distributed.worker.daemon` is False), else `requested`."""
-    if requested and multiprocessing.current_process().daemon:
-        log.warning(
-            "decoding in the worker process itself: daemonic Dask workers cannot start decoders "
-            "(set distributed.worker.daemon: false in the Dask config of your workers)"
-        )
-        return 0
-    return requested
-
-
 def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
@@ -100,11 +87,7 @@ def dask_client(cfg) -> Iterator[Any]:
         with client:
             yield client
         return
-    import dask
-
-    # non-daemonic workers may start image-decoding processes of their own (attribute.num_workers)
-    with dask.config.set({"distributed.worker.daemon": False}):
-        cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, Client(cluster) as client:
         yield client
 

@@ -181,7 +181,11 @@ class AttributeConfig(Section):
     chunk_size: int = Field(1024, ge=1, description="rows per zarr chunk: the unit of writing and resuming")
     resolution: int = Field(32, ge=4, description="side of the stored relevance maps (power of 2)")
     features: bool = Field(True, description="store penultimate features (float16)")
-    num_workers: int = Field(0, ge=0, description="image decoding worker processes")
+    num_workers: int = Field(0, ge=0, description="image decoding threads (file-backed datasets)")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the LRP pass (errors against float32: benchmarks/precision.py)"
+    )
+    channels_last: bool = Field(False, description="NHWC activations (faster convolutions on GPUs)")
 
     @field_validator("composite")
     @classmethod

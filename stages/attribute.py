@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from pipeline.attribution import LRP, sum_pool
-from pipeline.compute import decode_workers, progress, resolve_device, worker_device
+from pipeline.compute import progress, resolve_device, worker_device
 from pipeline.datasets import build_dataset, iter_batches
 from pipeline.errors import UserError
 from pipeline.models import MODELS, model_for_run
@@ -100,9 +100,9 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
     # writes finish even if the run is stopped, so every chunk flagged done is complete
     writer, pending = ThreadPoolExecutor(1), []
     try:
-        with LRP(model, spec, acfg.composite, ds.channels, device, features=acfg.features) as lrp:
-            workers = decode_workers(acfg.num_workers)
-            stream = iter_batches(ds, samples, [b for _, b in batches], cfg.poison, workers, pin)
+        with LRP(model, spec, acfg.composite, ds.channels, device, acfg.features, acfg.precision,
+                 acfg.channels_last) as lrp:  # fmt: skip
+            stream = iter_batches(ds, samples, [b for _, b in batches], cfg.poison, acfg.num_workers, pin)
             remaining = Counter(c for c, _ in batches)
             chunk_rows = {}
             bar = progress(stream, "attribute", total=len(batches), unit="batch")
@@ -161,14 +161,15 @@ def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) 
 
 def _fill_rows(rows: dict[str, np.ndarray], local: np.ndarray, ok: np.ndarray, out: dict, res: int) -> None:
     """Put one batch's LRP output into its chunk's rows; failed samples keep zeros / -1."""
-    rel = sum_pool(out["relevance"], res).float().cpu().numpy()
+    relevance = out["relevance"].float()  # pooled and summed in float32 whatever attribute.precision is
+    rel = sum_pool(relevance, res).cpu().numpy()
     tgt = out["target"].cpu()
     logits = out["logits"].float().cpu()
     scale = np.abs(rel).reshape(len(rel), -1).max(1)
     scale = np.where(ok & (scale > 0), scale, 1.0).astype(np.float32)
     rows["relevance"][local] = np.where(ok[:, None, None], rel / scale[:, None, None], 0.0)
     rows["relevance_scale"][local] = scale
-    rows["relevance_sum"][local] = np.where(ok, out["relevance"].sum((1, 2, 3)).float().cpu().numpy(), 0.0)
+    rows["relevance_sum"][local] = np.where(ok, relevance.sum((1, 2, 3)).cpu().numpy(), 0.0)
     rows["logit"][local] = np.where(ok, logits.gather(1, tgt[:, None])[:, 0].numpy(), 0.0)
     rows["prediction"][local] = np.where(ok, logits.argmax(1).numpy(), -1)
     rows["target"][local] = np.where(ok, tgt.numpy(), -1)

@@ -104,7 +104,7 @@ def run(ctx: Context) -> dict:
         "report_id": f"{cfg.name}/{score_fp}",
         "score_fingerprint": score_fp,
         "provenance": _provenance_html(prov),
-        "num_workers": 0 if ctx.tasks.distributed else cfg.attribute.num_workers,
+        "num_workers": cfg.attribute.num_workers,
         "out": str(out.resolve()),
     }
     (out / "assets").mkdir(exist_ok=True)

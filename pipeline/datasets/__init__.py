@@ -8,8 +8,11 @@ list or scan the dataset again.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,26 +62,6 @@ def build_dataset(cfg) -> ImageDataset:
     return DATASETS.get(cfg.kind)(cfg)
 
 
-class _SourceList(torch.utils.data.Dataset):
-    def __init__(self, ds: ImageDataset, sources: Sequence[str]) -> None:
-        self.ds, self.sources = ds, list(sources)
-
-    def __len__(self) -> int:
-        return len(self.sources)
-
-    def __getitem__(self, i: int):
-        x, reason = self.ds.load_one(self.sources[i])
-        if x is None:
-            x = torch.zeros(self.ds.channels, self.ds.image_size, self.ds.image_size)
-        return x, reason
-
-
-def _collate(items):
-    xs, reasons = zip(*items)
-    ok = np.array([r == "" for r in reasons])
-    return torch.stack(xs), ok, list(reasons)
-
-
 def iter_batches(
     ds: ImageDataset,
     samples: pd.DataFrame,
@@ -91,35 +74,44 @@ def iter_batches(
 
     Artifacts planned in `samples` by the index stage (columns artifact, art_*) are painted in with
     `poison` (the config's poison section; None paints nothing), see pipeline.poison.paint.
-    File-backed datasets decode in `num_workers` processes; in-memory ones slice directly.
+    File-backed datasets decode in `num_workers` threads, two batches ahead of the consumer (PIL
+    decodes and resizes with the GIL released: threads scale like processes, start at once, and
+    work inside daemonic Dask workers); in-memory ones slice directly. `pin_memory` pins each batch
+    for non-blocking copies to the GPU.
     """
+    sources = samples["source"].to_numpy()
     if ds.in_memory or num_workers == 0:
-        loaded = (ds.load(samples["source"].to_numpy()[idx]) for idx in batches)
+        loaded = (ds.load(sources[idx]) for idx in batches)
     else:
-        flat = np.concatenate(batches) if len(batches) else np.zeros(0, int)
-        loader = torch.utils.data.DataLoader(
-            _SourceList(ds, samples["source"].to_numpy()[flat]),
-            batch_sampler=_fixed_batches([len(b) for b in batches]),
-            num_workers=num_workers,
-            collate_fn=_collate,
-            pin_memory=pin_memory,
-            persistent_workers=False,
-        )
-        loaded = iter(loader)
+        loaded = _decoded_in_threads(ds, sources, batches, num_workers)
     for idx, (x, ok, reasons) in zip(batches, loaded):
         if poison is not None and "artifact" in samples:
             from pipeline.poison import paint
 
             paint(x, samples.iloc[idx], poison)
-        yield idx, x, ok, reasons
+        yield idx, (x.pin_memory() if pin_memory else x), ok, reasons
 
 
-def _fixed_batches(sizes: list[int]) -> list[list[int]]:
-    out, start = [], 0
-    for s in sizes:
-        out.append(list(range(start, start + s)))
-        start += s
-    return out
+def _decoded_in_threads(
+    ds: ImageDataset, sources: np.ndarray, batches: Sequence[np.ndarray], workers: int, ahead: int = 2
+) -> Iterator[tuple[torch.Tensor, np.ndarray, list[str]]]:
+    blank = torch.zeros(ds.channels, ds.image_size, ds.image_size)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        todo = iter(batches)
+        queued = deque([pool.submit(ds.load_one, s) for s in sources[idx]] for idx in islice(todo, ahead))
+        try:
+            while queued:
+                futures = queued.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    queued.append([pool.submit(ds.load_one, s) for s in sources[nxt]])
+                items = [f.result() for f in futures]
+                x = torch.stack([blank if img is None else img for img, _ in items])
+                yield x, np.array([img is not None for img, _ in items]), [r for _, r in items]
+        finally:  # stopped early: drop what is queued
+            for futures in queued:
+                for f in futures:
+                    f.cancel()
 
 
 # register the built-in datasets

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import stages.attribute as attribute_stage
-from tests.conftest import make_runner
+from tests.conftest import FAST_DEMO, make_runner
 
 SMALL = ["dataset.limit_per_class=20", "train.epochs=1", "attribute.batch_size=8", "attribute.chunk_size=16"]
 ARRAYS = [
@@ -108,3 +108,24 @@ def test_sigkilled_attribute_run_resumes_to_the_same_store(tmp_path, imagenet_fo
         np.testing.assert_array_equal(
             full.store.array(f"attribution/{name}")[:], killed.store.array(f"attribution/{name}")[:], err_msg=name
         )
+
+
+def test_bfloat16_attribution_stays_close_to_float32(tmp_path, demo_run, copy_of):
+    """attribute.precision=bfloat16 through the stage, on the demo's trained model: the stored maps stay
+    within the error benchmarks/precision.py measures (median cosine to float32 about 0.999)."""
+    from pipeline.config import load_config
+    from pipeline.runner import Runner
+
+    copy_of(demo_run.store.url, tmp_path / "run")
+    cfg = load_config("demo", FAST_DEMO + [f"run_dir={tmp_path / 'run'}", "attribute.precision=bfloat16"])
+    r = Runner(cfg)
+    assert r.state("train") == "done" and r.state("attribute") == "stale"
+    r.run("attribute")
+    ok = np.flatnonzero(demo_run.store.array("attribution/status")[:] == 0)
+    a = demo_run.store.relevance(ok).reshape(len(ok), -1).astype(np.float64)
+    b = r.store.relevance(ok).reshape(len(ok), -1).astype(np.float64)
+    live = np.linalg.norm(a, axis=1) > 0
+    cos = (a * b).sum(1)[live] / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))[live]
+    assert np.median(cos) > 0.995 and np.quantile(cos, 0.01) > 0.95
+    pred_a, pred_b = (s.store.array("attribution/prediction")[:][ok] for s in (demo_run, r))
+    assert (pred_a == pred_b).mean() > 0.98
