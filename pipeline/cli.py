@@ -167,6 +167,9 @@ def verify(
     class_id: Annotated[
         list[int] | None, typer.Option("--class-id", help="P-ClArC for these classes (default: the flagged ones)")
     ] = None,
+    pclarc_direction: Annotated[
+        str, typer.Option("--pclarc-direction", help="transfer (evidence pasted into other classes) or group")
+    ] = "transfer",
 ) -> None:
     """Flip rate and clean accuracy of the original, retrained-on-cleaned and P-ClArC-corrected models."""
 
@@ -175,7 +178,7 @@ def verify(
         from pipeline.verify import verify as run_verify
 
         cfg, poison_cfg, split = resolve(config, set_ or [], run_dir, poison_from)
-        table = run_verify(cfg, poison_cfg, split, retrain, class_id or None)
+        table = run_verify(cfg, poison_cfg, split, retrain, class_id or None, pclarc_direction)
         typer.echo(summary(table, cfg, poison_cfg))
         typer.echo(f"written: {cfg.run_url}/verify.csv, {cfg.run_url}/verify.md")
 

@@ -2,24 +2,34 @@
 without retraining.
 
 For a flagged class c, the artifact direction v is a concept activation vector in the space of the
-penultimate features (the input of the model's last nn.Linear, stored by the attribute stage as
-`attribution/features`): the normalised difference between the mean feature of the flagged group
-of class c (`in_group` in sample_scores) and the mean feature of the rest of class c. The clean
-reference z is the mean projection h.v of the rest of class c. The corrected model replaces, at
-inference, the last Linear layer's input h by
+penultimate features h (the input of the model's last nn.Linear). Two estimates (`direction`):
+
+- `transfer` (the default): the mean feature shift that the flagged group's evidence causes in images
+  of other classes. Each of up to 64 group members' evidence (its top `score.transfer_top` relevance
+  cells, the masks the score stage pastes) is pasted into the same 64 correctly classified images of
+  other classes, and v = mean h(composite) - mean h(host). The hosts' own content cancels, so v is the
+  artifact's own direction, also in a backdoor, where the group's images show other classes. Its
+  reference z is the mean projection h.v of the clean samples (not flagged) of all classes.
+- `group`: the difference between the mean stored feature (`attribution/features`) of the flagged
+  group and that of the rest of class c (the CAV of the P-ClArC paper), with the rest of class c's
+  mean projection as z. In a backdoor it also carries what the group's images show, and moving
+  inputs along it can make the shortcut stronger.
+
+The corrected model replaces, at inference, the last Linear layer's input h by
 
     h - (h.v - z) v
 
-so every sample looks, along v, like an average clean member of class c, and every component
-orthogonal to v is kept. Several classes are applied one after the other in the order stored.
+so every sample looks, along v, like an average clean sample, and every component orthogonal to v
+is kept. Several classes are applied one after the other in the order stored. What a shortcut
+moves along v, the class it points to may need too: the projection can cost accuracy (measured).
 
-The direction is a difference of means, not a linear SVM or logistic-regression normal: the
-flagged group is often a few dozen samples in a 128- to 2048-dimensional feature space, where a
-max-margin direction fits noise in the orthogonal dimensions, while the difference of means has no
-hyperparameter and is the CAV the P-ClArC paper projects out.
+Both are differences of means, not a linear SVM or logistic-regression normal: the flagged group is
+often a few dozen samples in a 128- to 2048-dimensional feature space, where a max-margin direction
+fits noise in the orthogonal dimensions; a difference of means has no hyperparameter. Measured on
+the poisoning harness with `unhans verify` (README "Verification").
 
 Export: `files/pclarc.pt` in the run store, a torch file (loadable with weights_only=True) holding
-{arch, layer, class, direction (K, D), reference (K,)}. Load the corrected model of a run with
+{arch, layer, class, direction_method, direction (K, D), reference (K,)}. Load the corrected model of a run with
 
     from pipeline.config import load_config
     from pipeline.pclarc import corrected_model
@@ -97,11 +107,79 @@ def estimate(features: np.ndarray, in_group: np.ndarray) -> tuple[np.ndarray, fl
     return v, float((f[~g] @ v).mean())
 
 
-def fit_pclarc(cfg, store, class_ids: list[int] | None = None, model: nn.Module | None = None) -> dict[str, Any]:
+DIRECTIONS = ("transfer", "group")
+TRANSFER_PAIRS = 64  # donors from the group and hosts from other classes: 64 x 64 composites per class
+
+
+def transfer_direction(cfg, store, model: nn.Module, c: int, group: np.ndarray) -> np.ndarray:
+    """Mean penultimate-feature shift caused by pasting group members' evidence into other classes'
+    correctly classified images (seeded choice of donors and hosts), unnormalised."""
+    from pipeline.datasets import iter_batches
+    from pipeline.models import MODELS, penultimate_layer
+    from pipeline.scores import evidence_masks
+
+    ds = _dataset(cfg)
+    samples = store.read_table("samples")
+    labels = samples["label"].to_numpy()
+    ok = store.array("attribution/status")[:] == 0
+    right = ok & (store.array("attribution/prediction")[:] == labels) & (labels != c)
+    if not right.any():
+        raise UserError(f"P-ClArC for class {c}: no correctly classified image of another class to paste into")
+    rng = np.random.default_rng([cfg.seed, c])
+    hosts = np.sort(rng.choice(np.flatnonzero(right), min(TRANSFER_PAIRS, int(right.sum())), replace=False))
+    donors = np.sort(rng.choice(group, min(TRANSFER_PAIRS, len(group)), replace=False))
+    mean, std = MODELS.get(cfg.model.arch).norm(ds.channels)
+    workers = cfg.attribute.num_workers
+    [(_, x_host, _, _), (_, x_don, _, _)] = list(iter_batches(ds, samples, [hosts, donors], cfg.poison, workers))
+    masks = evidence_masks(torch.as_tensor(store.relevance(donors)), cfg.score.transfer_top, cfg.dataset.image_size)
+    grabbed: list[torch.Tensor] = []
+    handle = penultimate_layer(model).register_forward_pre_hook(lambda _m, a: grabbed.append(a[0].flatten(1)))
+    try:
+        with torch.no_grad():
+            model.eval()
+            model((x_host - mean) / std)
+            f_host = grabbed.pop().double().mean(0)
+            shift = torch.zeros_like(f_host)
+            for x, m in zip(x_don, masks):
+                model((x_host * (1 - m) + x * m - mean) / std)
+                shift += grabbed.pop().double().mean(0) - f_host
+    finally:
+        handle.remove()
+    return (shift / len(donors)).numpy()
+
+
+REFERENCE_SAMPLES = 50_000  # clean samples whose mean feature is the transfer direction's reference
+
+
+def clean_mean_feature(cfg, store, sample_scores) -> np.ndarray:
+    """Mean stored penultimate feature of the attributed samples not flagged, over all classes (a seeded
+    subsample of at most REFERENCE_SAMPLES)."""
+    status = store.array("attribution/status")[:]
+    flagged = np.zeros(len(status), bool)
+    flagged[sample_scores.loc[sample_scores["is_clever_hans"].astype(bool), "index"].to_numpy(np.int64)] = True
+    clean = np.flatnonzero((status == 0) & ~flagged)
+    if len(clean) > REFERENCE_SAMPLES:
+        clean = np.sort(np.random.default_rng(cfg.seed).choice(clean, REFERENCE_SAMPLES, replace=False))
+    f = store.array("attribution/features").get_orthogonal_selection((clean, slice(None)))
+    return f.astype(np.float64).mean(0)
+
+
+def _dataset(cfg):
+    from pipeline.datasets import build_dataset
+
+    return build_dataset(cfg.dataset)
+
+
+def fit_pclarc(
+    cfg, store, class_ids: list[int] | None = None, model: nn.Module | None = None, direction: str = "transfer"
+) -> dict[str, Any]:
     """The correction of a finished run for `class_ids` (default: all flagged classes; may be empty);
     written to files/pclarc.pt and returned. A class without an isolated group is an error. `model`:
-    the run's model if already built (only its last Linear layer's name is read)."""
+    the run's model if already built; `direction`: transfer or group (module docstring)."""
     from pipeline.models import model_for_run, penultimate_layer
+
+    if direction not in DIRECTIONS:
+        raise UserError(f"P-ClArC direction {direction!r}: choose one of {', '.join(DIRECTIONS)}")
 
     if not store.has_array("attribution/features"):
         raise UserError("P-ClArC needs the penultimate features: rerun attribute with attribute.features=true")
@@ -110,6 +188,8 @@ def fit_pclarc(cfg, store, class_ids: list[int] | None = None, model: nn.Module 
     if class_ids is None:
         class_ids = [int(c) for c in cs.index[cs["is_clever_hans"].astype(bool)]]
     features = store.array("attribution/features")
+    if model is None:
+        model = model_for_run(cfg, store, *_n_classes_channels(cfg))
     directions, references = [], []
     for c in class_ids:
         rows = ss[ss["class_id"] == c]
@@ -120,14 +200,21 @@ def fit_pclarc(cfg, store, class_ids: list[int] | None = None, model: nn.Module 
         idx = rows["index"].to_numpy(np.int64)
         order = np.argsort(idx)
         f = features.get_orthogonal_selection((idx[order], slice(None))).astype(np.float32)
-        v, z = estimate(f, rows["in_group"].to_numpy(bool)[order])
+        in_group = rows["in_group"].to_numpy(bool)[order]
+        v, z = estimate(f, in_group)
+        if direction == "transfer":
+            v = transfer_direction(cfg, store, model, c, idx[order][in_group])
+            norm = np.linalg.norm(v)
+            if norm == 0:
+                raise UserError(f"P-ClArC for class {c}: pasting the group's evidence changes no feature")
+            v = v / norm
+            z = float(clean_mean_feature(cfg, store, ss) @ v)
         directions.append(v)
         references.append(z)
     dim = features.shape[1]
-    if model is None:
-        model = model_for_run(cfg, store, *_n_classes_channels(cfg))
     correction = {
         "arch": cfg.model.arch,
+        "direction_method": direction,
         "layer": _layer_name(model, penultimate_layer(model)),
         "class": [int(c) for c in class_ids],
         "direction": torch.tensor(np.array(directions, np.float32).reshape(-1, dim)),
@@ -140,9 +227,7 @@ def fit_pclarc(cfg, store, class_ids: list[int] | None = None, model: nn.Module 
 
 
 def _n_classes_channels(cfg) -> tuple[int, int]:
-    from pipeline.datasets import build_dataset
-
-    ds = build_dataset(cfg.dataset)
+    ds = _dataset(cfg)
     return len(ds.classes), ds.channels
 
 

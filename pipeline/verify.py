@@ -117,17 +117,21 @@ def verify(
     split: str,
     retrain: bool = True,
     class_ids: list[int] | None = None,
+    direction: str = "transfer",
 ) -> pd.DataFrame:
-    """Run the chain up to clean if needed, measure the three models, write <run>/verify.csv and .md."""
+    """Run the chain up to clean if needed, measure the three models, write <run>/verify.csv and .md.
+    `direction`: how P-ClArC estimates the artifact direction (pipeline.pclarc.DIRECTIONS)."""
     from pipeline.runner import Runner
 
     runner = Runner(cfg)
     with runner.locked():  # held while verify writes into the store, as a stage run would
         runner.run_all(until="clean")
-        return _verify(runner, poison, split, retrain, class_ids)
+        return _verify(runner, poison, split, retrain, class_ids, direction)
 
 
-def _verify(runner, poison: PoisonConfig, split: str, retrain: bool, class_ids: list[int] | None) -> pd.DataFrame:
+def _verify(
+    runner, poison: PoisonConfig, split: str, retrain: bool, class_ids: list[int] | None, direction: str
+) -> pd.DataFrame:
     from pipeline.compute import resolve_device
     from pipeline.models import MODELS, model_for_run
     from pipeline.pclarc import apply_pclarc, fit_pclarc
@@ -170,11 +174,12 @@ def _verify(runner, poison: PoisonConfig, split: str, retrain: bool, class_ids: 
         model, n = retrain_on_cleaned(cfg, store, device)
         row("retrained on cleaned", model, n, f"{n_train - n} samples left out")
 
-    correction = fit_pclarc(cfg, store, class_ids, original)
+    correction = fit_pclarc(cfg, store, class_ids, original, direction)
     classes = correction["class"]
     if classes:
         corrected = apply_pclarc(model_for_run(cfg, store, n_classes, channels), correction)
-        row("P-ClArC", corrected, None, f"classes {', '.join(map(str, classes))}; saved to files/pclarc.pt")
+        note = f"classes {', '.join(map(str, classes))}, {direction} direction; saved to files/pclarc.pt"
+        row("P-ClArC", corrected, None, note)
     else:
         row("P-ClArC", None, None, "skipped: no flagged class (choose one with --class-id)")
 
