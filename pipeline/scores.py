@@ -24,8 +24,9 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   SD_FLOOR (two percentage points) keeps classes whose evidence never transfers from dividing by ~0.
 - Sample score = t_i; a sample is flagged when its class is flagged and it is in the chosen group.
 
-Cost: one forward pass per (sample, host): `transfer_hosts` forward passes per image, a fraction
-of the LRP pass (which costs about three forward passes per image).
+Cost: one forward pass per (sample, host): `transfer_hosts` forward passes per image. One LRP pass
+costs about six forward passes in FLOPs (VGG-16 and ResNet-50, benchmarks/costs.py), so the 16
+default hosts cost about 2.7 LRP passes: on a GPU the score is the most expensive stage.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
+import numpy as np
 import pytest
 
+from pipeline.config import load_config
 from pipeline.errors import UserError
+from pipeline.runner import Runner
 from tests.conftest import make_runner
 
 SMALL = ["dataset.limit_per_class=30", "train.epochs=1", "attribute.batch_size=32"]
@@ -81,3 +84,27 @@ def test_a_second_run_on_the_same_store_is_refused(tmp_path):
     # the holder is dead now: its lock is stale and taken over
     r.run("index")
     assert r.state("index") == "done" and not (tmp_path / "run" / "LOCK").exists()
+
+
+def test_a_store_on_an_fsspec_url_holds_the_same_run(tmp_path):
+    """The chain on a memory:// store (fsspec; not a local path: atomic writes go through fs.mv) gives
+    the tables and arrays of a local store."""
+    import uuid
+
+    sets = ["dataset.limit_per_class=20", "train.epochs=1", "distances.metric=euclidean"]
+    local = make_runner(tmp_path / "local", overrides=sets)
+    local.run_all(until="clean")
+    cfg = load_config("demo", sets + [f"report_dir={tmp_path / 'report'}"])
+    remote = Runner(cfg, f"memory://unhans-{uuid.uuid4().hex[:8]}/run")
+    remote.run_all(until="clean")
+    assert remote.store.absolute_url.startswith("memory://")
+    assert all(remote.state(s) in ("done", "disabled") for s in remote.stages if s != "report")
+    for name in ("samples", "class_scores", "sample_scores", "manifest"):
+        assert (
+            local.store.read_table(name)
+            .drop(columns=["source"], errors="ignore")
+            .equals(remote.store.read_table(name).drop(columns=["source"], errors="ignore"))
+        ), name
+    np.testing.assert_array_equal(
+        local.store.array("attribution/relevance")[:], remote.store.array("attribution/relevance")[:]
+    )

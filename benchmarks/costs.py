@@ -1,0 +1,525 @@
+"""Per-stage cost as a function of N (samples) and n (class size), and a cost model for ImageNet.
+
+Three measurements, all taken in this run on this machine (the output says which CPU, how many
+threads and the load average while each part ran):
+
+ lrp     VGG-16 and ResNet-50 at 224 px (random weights: the cost does not depend on their values)
+         through pipeline.attribution.LRP with the imagenet config's composite and the ModelSpec's
+         canonizers: CPU seconds per image (process CPU time, batch --batch, --batches batches, best
+         of --repeats), and the FLOPs per image of the LRP pass and of a plain forward pass, counted by
+         torch.utils.flop_counter (conv and matmul FLOPs, 2 per multiply-add, of every aten op
+         dispatched: zennit's modified forward passes inside its backward hooks included).
+ stages  the whole chain on Fashion-MNIST (small CNN trained 1 epoch by the train stage, the default
+         invariant Wasserstein distances) at three N (n = N/10 per class), one torch/BLAS/faiss
+         thread: process CPU time (self + children) and wall time of every stage.
+ decode  pipeline.datasets.folder.FolderDataset.decode (PIL draft decoding, resize to 256, centre
+         crop to 224) of ImageNet-sized JPEGs (500 x 375, quality 90, crops of the photos shipped in
+         installed packages) and the index stage's header probe: CPU seconds per image on one core.
+
+Cost model (ImageNet-1k: N = 1,281,167 images, K = 1,000 classes of n = N/K on average; the model's
+weights are given, so no train stage). One worker = one GPU with C CPU cores (--cores-per-gpu).
+
+    attribute  max(N F_lrp / R,  N (t_dec + t_att) / C)       decoding runs in attribute.num_workers threads
+                                                             beside the GPU
+    distances  K a_d n^b_d / C                               per-class fits t(n) = a n^b over the
+    cluster    K a_c n^b_c / C                               three Fashion-MNIST sizes (32 x 32 maps
+                                                             at both scales, so they carry over)
+    score      N h F_fwd / R  +  ((N + h K) t_dec + K a_s n^b_s) / C      h = 16 hosts per sample
+    report     (N t_dec + K a_r n^b_r) / C
+    index      N (t_probe + t_idx)            in the driver, one core
+    clean      N t_clean                      in the driver, one core
+
+F_lrp, F_fwd: measured FLOPs per image; R: ASSUMED sustained GPU throughput (--gpu-tflops; no GPU was
+measured unless --device cuda); t_dec, t_probe: measured per image and core; t_att, t_idx, t_clean:
+marginal CPU seconds per sample on Fashion-MNIST (slope of t = c0 + c1 N; they include the small
+    CNN's own work, an upper bound); a, b:
+fitted. On G GPUs (--gpus, a Dask cluster, `compute.workers`/`compute.scheduler`): attribute is
+sharded by chunks and the per-class stages are mapped over classes, so those terms divide by G
+(linear scaling, the store on a shared filesystem or an fsspec URL that every worker reads and
+writes); index and clean run in the driver and do not. The CPU-only columns replace N F_lrp / R by
+N t_lrp / C and N h F_fwd / R by N h t_fwd / C (measured CPU seconds per image and core).
+
+    python benchmarks/costs.py                       # everything (~8 min of one core)
+    python benchmarks/costs.py --quick               # tiny sizes: a smoke run (~1 min)
+    python benchmarks/costs.py --only lrp --json /tmp/lrp.json
+    python benchmarks/costs.py --only stages --load /tmp/lrp.json --gpu-tflops 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.attribution import LRP, sum_pool  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.datasets.folder import FolderDataset, imagenet_classes, probe  # noqa: E402
+from pipeline.datasets.photos import natural_photos  # noqa: E402
+from pipeline.models import MODELS  # noqa: E402
+from pipeline.runner import Runner  # noqa: E402
+
+IMAGENET_N, IMAGENET_K = 1_281_167, 1000
+ARCHS = ("vgg16", "resnet50")
+PER_CLASS = ("distances", "cluster", "score", "report")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _GlobalOnly(contextlib.nullcontext):
+    parents = {"Global"}
+
+
+class FlopCounter(FlopCounterMode):
+    """FlopCounterMode without its per-module tracker: the tracker puts multi-grad hooks on module inputs,
+    and torch.autograd.grad with respect to a leaf input (what pipeline.attribution.LRP does) then fails
+    ('A leaf node was passed to _will_engine_execute_node ...'). Totals only."""
+
+    def __init__(self) -> None:
+        super().__init__(display=False)
+        self.mod_tracker = _GlobalOnly()
+
+    def by_op(self) -> dict[str, int]:
+        return {str(k).removeprefix("aten."): v for k, v in self.get_flop_counts().get("Global", {}).items()}
+
+
+def cpu_seconds() -> float:
+    """Process CPU time (user + system) of this process and its finished children."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def machine() -> str:
+    cpu = platform.processor() or "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def load() -> str:
+    return "load average {:.2f} / {:.2f} / {:.2f} (1 / 5 / 15 min)".format(*os.getloadavg())
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """n torch, BLAS and OpenMP (faiss) threads inside the block."""
+    from threadpoolctl import threadpool_limits
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    with contextlib.suppress(ImportError):
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def fit_power(ns, ts) -> tuple[float, float]:
+    """t = a n^b by least squares in log-log; (a, b)."""
+    x, y = np.log(np.asarray(ns, float)), np.log(np.maximum(np.asarray(ts, float), 1e-4))
+    b, loga = np.polyfit(x, y, 1)
+    return float(np.exp(loga)), float(b)
+
+
+def fit_linear(Ns, ts) -> tuple[float, float]:
+    """t = c0 + c1 N by least squares; (c0, c1), the marginal cost c1 clamped at 0."""
+    c1, c0 = np.polyfit(np.asarray(Ns, float), np.asarray(ts, float), 1)
+    return float(c0), max(float(c1), 0.0)
+
+
+def hours(s: float) -> str:
+    if s != s:  # nan: not measured
+        return "-"
+    if s < 60:
+        return f"{s:.1f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h" if s < 48 * 3600 else f"{s / 3600:.0f} h ({s / 86400:.1f} d)"
+
+
+# ----------------------------------------------------------------------------- 1. LRP per image
+
+
+def measure_lrp(arch: str, args) -> dict:
+    """FLOPs and seconds per image of one LRP pass and of one plain forward pass, 224 px."""
+    import torchvision
+
+    device = torch.device(args.device)
+    composite = load_config("imagenet").attribute.composite
+    spec = MODELS.get(arch)
+    # spec.build refuses to run without ImageNet weights; the cost does not depend on their values
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=1000).eval().to(device)
+    gen = torch.Generator().manual_seed(0)
+    S, B = args.image_size, args.batch
+    xs = [torch.rand(B, 3, S, S, generator=gen) for _ in range(args.batches)]
+    ys = [torch.randint(0, 1000, (B,), generator=gen) for _ in range(args.batches)]
+    mean, std = (t.to(device) for t in spec.norm(3))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def forward(x: torch.Tensor) -> None:
+        with torch.no_grad():
+            model((x.to(device) - mean) / std)
+
+    def timed(fn, repeats: int) -> tuple[float, float]:
+        """Best (CPU seconds, wall seconds) per image over `repeats` passes over all batches."""
+        fn(xs[0])  # warm-up: allocations, hook set-up, kernel selection
+        sync()
+        best_cpu = best_wall = float("inf")
+        for _ in range(repeats):
+            c0, w0 = time.process_time(), time.perf_counter()
+            for x in xs:
+                fn(x)
+            sync()
+            n = B * len(xs)
+            best_cpu = min(best_cpu, (time.process_time() - c0) / n)
+            best_wall = min(best_wall, (time.perf_counter() - w0) / n)
+        return best_cpu, best_wall
+
+    with FlopCounter() as fc:
+        forward(xs[0])
+    fwd_flops = fc.get_total_flops() / B
+    fwd_cpu, fwd_wall = timed(forward, args.repeats)
+    with LRP(model, spec, composite, 3, device) as lrp:
+        with FlopCounter() as fc:
+            out = lrp(xs[0], ys[0])
+        lrp_flops, ops = fc.get_total_flops() / B, {k: v / B for k, v in fc.by_op().items()}
+        rel = out["relevance"].flatten(1).sum(1)
+        logit = out["logits"].gather(1, out["target"][:, None])[:, 0]
+        conservation = float((rel / logit).median())
+        lrp_cpu, lrp_wall = timed(lambda x: sum_pool(lrp(x, ys[0][: len(x)])["relevance"], 32), args.repeats)
+    return {
+        "arch": arch,
+        "composite": composite,
+        "canonizers": [type(c).__name__ for c in spec.canonizers()],
+        "image_size": S,
+        "batch": B,
+        "batches": args.batches,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "lrp_flops": lrp_flops,
+        "fwd_flops": fwd_flops,
+        "lrp_ops": ops,
+        "lrp_cpu_s": lrp_cpu,
+        "lrp_wall_s": lrp_wall,
+        "fwd_cpu_s": fwd_cpu,
+        "fwd_wall_s": fwd_wall,
+        "conservation": conservation,
+    }
+
+
+def print_lrp(rows: list[dict]) -> None:
+    r0 = rows[0]
+    dev = r0["device"]
+    per = "wall s/img" if dev != "cpu" else "CPU s/img"
+    print(f"\n### LRP per image ({dev}, {r0['threads']} torch thread(s), {r0['image_size']} px, batch {r0['batch']} "
+          f"x {r0['batches']} batches, best of {r0['repeats']}; random weights)\n")  # fmt: skip
+    print(f"| model | composite (canonizers) | LRP GFLOP/img | forward GFLOP/img | LRP / forward | LRP {per} | "
+          f"forward {per} | LRP GFLOP/s | forward GFLOP/s | LRP wall s/img | relevance sum / logit |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t_l = r["lrp_cpu_s"] if dev == "cpu" else r["lrp_wall_s"]
+        t_f = r["fwd_cpu_s"] if dev == "cpu" else r["fwd_wall_s"]
+        print(f"| {r['arch']} | {r['composite']} ({', '.join(r['canonizers'])}) | {r['lrp_flops'] / 1e9:.1f} | "
+              f"{r['fwd_flops'] / 1e9:.2f} | {r['lrp_flops'] / r['fwd_flops']:.2f} | {t_l:.3f} | {t_f:.3f} | "
+              f"{r['lrp_flops'] / t_l / 1e9:.1f} | {r['fwd_flops'] / t_f / 1e9:.1f} | {r['lrp_wall_s']:.3f} | "
+              f"{r['conservation']:.4f} |")  # fmt: skip
+    for r in rows:
+        ops = ", ".join(f"{k} {v / r['fwd_flops']:.2f}" for k, v in sorted(r["lrp_ops"].items()))
+        print(f"\n{r['arch']}: LRP FLOPs by op, in forward passes: {ops}")
+
+
+# ----------------------------------------------------------------------------- 2. stages on Fashion-MNIST
+
+
+def measure_stages(sizes: list[int], args) -> list[dict]:
+    """CPU and wall seconds of every stage of the chain on Fashion-MNIST, for each total N."""
+    rows = []
+    for N in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            overrides = [
+                f"dataset.limit_per_class={N // 10}",
+                f"train.epochs={args.epochs}",
+                f"compute.threads={args.threads}",
+                "compute.workers=0",
+                "distances.metric=wasserstein",
+                f"run_dir={tmp}/run",
+                f"report_dir={tmp}/report",
+            ]
+            runner = Runner(load_config("fashion-mnist", overrides))
+            stages = {}
+            print(f"  N = {N:,}: {load()}", file=sys.stderr, flush=True)
+            with threads(args.threads):
+                for name in runner.stages:
+                    c0, w0 = cpu_seconds(), time.perf_counter()
+                    rec = runner.run(name)
+                    if rec is None:
+                        continue
+                    stages[name] = {"cpu": cpu_seconds() - c0, "wall": time.perf_counter() - w0}
+                    print(f"    {name}: {stages[name]['cpu']:.1f} s CPU", file=sys.stderr, flush=True)
+            samples = runner.store.read_table("samples")
+            n_classes = int(samples["label"].nunique())
+        rows.append({"N": len(samples), "classes": n_classes, "n": len(samples) / n_classes, "stages": stages,
+                     "threads": args.threads, "epochs": args.epochs, "load": os.getloadavg()[0]})  # fmt: skip
+    return rows
+
+
+def print_stages(rows: list[dict]) -> None:
+    Ns = [r["N"] for r in rows]
+    names = [s for s in rows[-1]["stages"]]
+    print(f"\n### Stages on Fashion-MNIST (32 px, small CNN trained {rows[0]['epochs']} epoch(s), Wasserstein "
+          f"distances; {rows[0]['threads']} thread(s); process CPU seconds, wall in brackets)\n")  # fmt: skip
+    print("| stage | " + " | ".join(f"N = {N:,}" for N in Ns) + " | ms / sample (largest N) | marginal ms / sample "
+          "(t = c0 + c1 N) | exponent in N |")  # fmt: skip
+    print("|---|" + "---|" * (len(Ns) + 3))
+    for s in names:
+        ts = [r["stages"][s]["cpu"] for r in rows]
+        cells = [f"{r['stages'][s]['cpu']:.2f} ({r['stages'][s]['wall']:.2f})" for r in rows]
+        _, b = fit_power(Ns, ts)
+        c0, c1 = fit_linear(Ns, ts)
+        per = ts[-1] / Ns[-1] * 1e3
+        print(f"| {s} | " + " | ".join(cells) + f" | {per:.3f} | {c1 * 1e3:.3f} (c0 = {c0:.2f} s) | {b:.2f} |")
+    ns = [r["n"] for r in rows]
+    print(
+        "\nPer-class stages, CPU seconds per class (the stage's time / classes), fitted t(n) = a n^b (the fit "
+        "carries each stage's fixed cost, spread over the classes; the last column is the marginal cost alone):\n"
+    )
+    print("| stage | " + " | ".join(f"n = {n:,.0f}" for n in ns) + " | a | b | a n^b at n = 1,281 | c1 x 1,281 |")
+    print("|---|" + "---|" * (len(ns) + 4))
+    for s in PER_CLASS:
+        if s not in rows[-1]["stages"]:
+            continue
+        ts = [r["stages"][s]["cpu"] / r["classes"] for r in rows]
+        a, b = fit_power(ns, ts)
+        _, c1 = fit_linear(Ns, [r["stages"][s]["cpu"] for r in rows])
+        print(f"| {s} | " + " | ".join(f"{t:.3f}" for t in ts) + f" | {a:.3g} | {b:.2f} | {a * 1281**b:.2f} | "
+              f"{c1 * 1281:.2f} |")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- 3. decoding
+
+
+def measure_decode(args) -> dict:
+    """CPU seconds per image of FolderDataset.decode and of the index stage's header probe, one core."""
+    rng = np.random.default_rng(0)
+    photos = list(natural_photos().values())
+    W, H = args.jpeg_size
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "train"
+        paths = []
+        wnids = [c.key for c in imagenet_classes()[:4]]
+        for i in range(args.images):
+            img = photos[i % len(photos)]
+            h, w = img.shape[:2]
+            ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            d = root / wnids[i % len(wnids)]
+            d.mkdir(parents=True, exist_ok=True)
+            p = d / f"{i}.JPEG"
+            Image.fromarray(np.ascontiguousarray(img[y : y + ch, x : x + cw])).resize((W, H), Image.BILINEAR).save(
+                p, quality=90
+            )
+            paths.append(str(p))
+        kib = np.mean([os.path.getsize(p) for p in paths]) / 1024
+        ds = FolderDataset(load_config("imagenet", [f"dataset.path={root}"]).dataset)
+        out = ds.decode(paths[0])
+
+        def best(fn) -> tuple[float, float]:
+            bc = bw = float("inf")
+            for _ in range(args.repeats):
+                c0, w0 = time.process_time(), time.perf_counter()
+                for p in paths:
+                    fn(p)
+                bc = min(bc, (time.process_time() - c0) / len(paths))
+                bw = min(bw, (time.perf_counter() - w0) / len(paths))
+            return bc, bw
+
+        with threads(1):
+            dec_cpu, dec_wall = best(ds.decode)
+            probe_cpu, _ = best(probe)
+    return {"width": W, "height": H, "kib": kib, "images": len(paths), "out_shape": list(out.shape),
+            "resize": ds.resize, "decode_s": dec_cpu, "decode_wall_s": dec_wall, "probe_s": probe_cpu}  # fmt: skip
+
+
+def print_decode(d: dict) -> None:
+    print(f"\n### JPEG decoding (FolderDataset.decode: draft, resize to {d['resize']}, crop to {d['out_shape'][-1]}; "
+          f"one core, best of passes over {d['images']} files in the page cache)\n")  # fmt: skip
+    print("| JPEG | mean size | decode CPU ms/img | decode wall ms/img | images/s per core | header probe ms/file |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {d['width']} x {d['height']}, quality 90 | {d['kib']:.0f} KiB | {d['decode_s'] * 1e3:.2f} | "
+          f"{d['decode_wall_s'] * 1e3:.2f} | {1 / d['decode_s']:.0f} | {d['probe_s'] * 1e3:.3f} |")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- cost model
+
+
+def cost_model(m: dict, args) -> None:
+    N, K, G, C, h = args.imagenet_n, args.imagenet_k, args.gpus, args.cores_per_gpu, args.hosts
+    n = N / K
+    R = args.gpu_tflops * 1e12
+    st, dec = m["stages"], m["decode"]
+    # per-sample stages: the marginal cost c1 of t = c0 + c1 N (c0: reading Fashion-MNIST's files and the like)
+    per_sample = {s: fit_linear([r["N"] for r in st], [r["stages"][s]["cpu"] for r in st])[1]
+                  for s in ("index", "attribute", "clean")}  # fmt: skip
+    fits = {}
+    for s in PER_CLASS:
+        fits[s] = fit_power([r["n"] for r in st], [r["stages"][s]["cpu"] / r["classes"] for r in st])
+    t_class = {s: a * n**b for s, (a, b) in fits.items()}
+    t_dec, t_probe = dec["decode_s"], dec["probe_s"]
+    gpu_measured = m["lrp"][0]["device"] != "cpu"
+
+    print(f"\n### Cost model: ImageNet-1k ({N:,} images, {K:,} classes of n = {n:,.0f} on average), no train stage\n")
+    if gpu_measured:
+        print(f"GPU seconds per image MEASURED on {m['lrp'][0]['device']} (the lrp part's wall time).")
+    else:
+        print(f"GPU: ASSUMED sustained {args.gpu_tflops:g} TFLOP/s of the counted conv/matmul FLOPs per GPU "
+              "(--gpu-tflops; not measured: no GPU here). The FLOPs per image are measured; GPU times scale "
+              "as 1 / throughput.")  # fmt: skip
+    print(f"CPU: {C} cores per GPU worker (--cores-per-gpu), per-core costs measured here; {G} GPUs = a Dask "
+          f"cluster of {G} such workers, linear scaling, the store on a shared filesystem (or an fsspec URL); "
+          "index and clean run in the driver. Per-class CPU stages use t(n) = a n^b fitted on Fashion-MNIST "
+          "(n = " + ", ".join(f"{r['n']:,.0f}" for r in st) + "): "
+          + ", ".join(f"{s} b = {fits[s][1]:.2f}" for s in PER_CLASS) + ".")  # fmt: skip
+    print("Per-sample CPU terms (t_att, t_idx, t_clean) are marginal costs (slope of t = c0 + c1 N). Wasserstein "
+          "distances run in torch on the worker's GPU when it has one; the CPU projection is an upper bound "
+          "for them.\n")  # fmt: skip
+
+    for r in m["lrp"]:
+        arch = r["arch"]
+        if gpu_measured:
+            g_att, g_score = N * r["lrp_wall_s"], N * h * r["fwd_wall_s"]
+        else:
+            g_att, g_score = N * r["lrp_flops"] / R, N * h * r["fwd_flops"] / R
+        # CPU only: core-seconds (not known when the lrp part ran on a GPU)
+        c_att, c_score = (N * r["lrp_cpu_s"], N * h * r["fwd_cpu_s"]) if not gpu_measured else (np.nan, np.nan)
+        cpu = {
+            "attribute": N * (t_dec + per_sample["attribute"]),
+            "distances": K * t_class["distances"],
+            "cluster": K * t_class["cluster"],
+            "score": (N + h * K) * t_dec + K * t_class["score"],
+            "report": N * t_dec + K * t_class["report"],
+        }
+        driver = {"index": N * (t_probe + per_sample["index"]), "clean": N * per_sample["clean"]}
+        rows = []  # stage, what, 1 GPU, G GPUs, CPU-only C cores, CPU-only G x C cores
+        rows.append(("index", f"N x ({t_probe * 1e3:.2f} ms probe + {per_sample['index'] * 1e3:.3f} ms), driver",
+                     driver["index"], driver["index"], driver["index"], driver["index"]))  # fmt: skip
+        one = max(g_att, cpu["attribute"] / C)
+        cpu_only = (c_att + cpu["attribute"]) / C
+        rows.append(("attribute", f"max(N x {r['lrp_flops'] / 1e9:.0f} GFLOP / R, N x ({t_dec * 1e3:.1f} ms decode + "
+                     f"{per_sample['attribute'] * 1e3:.2f} ms) / C); CPU only: N x {r['lrp_cpu_s']:.2f} s / C",
+                     one, one / G, cpu_only, cpu_only / G))  # fmt: skip
+        for s in ("distances", "cluster"):
+            a, b = fits[s]
+            rows.append((s, f"K x {a:.3g} n^{b:.2f} s / C", cpu[s] / C, cpu[s] / C / G, cpu[s] / C, cpu[s] / C / G))
+        one = g_score + cpu["score"] / C
+        cpu_only = (c_score + cpu["score"]) / C
+        rows.append(("score", f"N x {h} x {r['fwd_flops'] / 1e9:.1f} GFLOP / R + ((N + {h}K) x decode + "
+                     f"K x {t_class['score']:.2f} s) / C; CPU only: N x {h} x {r['fwd_cpu_s']:.3f} s / C",
+                     one, one / G, cpu_only, cpu_only / G))  # fmt: skip
+        rows.append(("report", f"(N x decode + K x {t_class['report']:.2f} s) / C", cpu["report"] / C,
+                     cpu["report"] / C / G, cpu["report"] / C, cpu["report"] / C / G))  # fmt: skip
+        rows.append(("clean", f"N x {per_sample['clean'] * 1e3:.3f} ms, driver", driver["clean"], driver["clean"],
+                     driver["clean"], driver["clean"]))  # fmt: skip
+        print(f"#### {arch} ({r['composite']}; LRP {r['lrp_flops'] / 1e9:.0f} GFLOP/img, "
+              f"forward {r['fwd_flops'] / 1e9:.1f} GFLOP/img)\n")  # fmt: skip
+        print(f"| stage | cost | 1 GPU + {C} cores | {G} GPUs (Dask) | CPU only, {C} cores | "
+              f"CPU only, {G} x {C} cores |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for name, what, *ts in rows:
+            print(f"| {name} | {what} | " + " | ".join(hours(t) for t in ts) + " |")
+        tot = [sum(row[i] for row in rows) for i in range(2, 6)]
+        print("| **total** | | " + " | ".join(f"**{hours(t)}**" for t in tot) + " |")
+        ips_att = 1 / r["lrp_wall_s"] if gpu_measured else R / r["lrp_flops"]
+        ips_score = 1 / (h * r["fwd_wall_s"]) if gpu_measured else R / (h * r["fwd_flops"])
+        print(f"\nDecoding to keep one GPU busy: attribute {ips_att:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
+              f"{ips_att * t_dec:.1f} cores; score {ips_score:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
+              f"{ips_score * t_dec:.1f} cores (donors; {h} hosts per class are decoded once).\n")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["lrp", "stages", "decode"], help="run one part (the model needs all three)")
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    ap.add_argument("--json", help="write the measurements to this file")
+    ap.add_argument("--load", help="measurements of parts not run now, from an earlier --json")
+    # lrp
+    ap.add_argument("--device", default="cpu", help="LRP part: cpu, or cuda to measure GPU seconds per image")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--batches", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="best of this many passes (lrp and decode)")
+    # stages
+    ap.add_argument("--sizes", type=int, nargs=3, default=[2_500, 5_000, 10_000], help="total N, 10 classes")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch/BLAS/faiss threads for the lrp and stages parts")
+    # decode
+    ap.add_argument("--images", type=int, default=200, help="JPEGs decoded")
+    ap.add_argument("--jpeg-size", type=int, nargs=2, default=[500, 375], metavar=("W", "H"))
+    # model
+    ap.add_argument("--gpu-tflops", type=float, default=40.0,
+                    help="ASSUMED sustained GPU TFLOP/s on conv/matmul FLOPs (default 40: an H100 running the "
+                         "fp32 models with cuDNN's default TF32 convolutions, about what fp32/TF32 ResNet-50 "
+                         "training sustains there, less for zennit's hooks)")  # fmt: skip
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--cores-per-gpu", type=int, default=8)
+    ap.add_argument("--hosts", type=int, default=16, help="score.transfer_hosts: forward passes per sample")
+    ap.add_argument("--imagenet-n", type=int, default=IMAGENET_N)
+    ap.add_argument("--imagenet-k", type=int, default=IMAGENET_K)
+    args = ap.parse_args()
+    if args.quick:
+        args.batch, args.batches, args.repeats = 1, 1, 1
+        args.sizes, args.images = [200, 400, 800], 20
+
+    m = json.loads(Path(args.load).read_text()) if args.load else {}
+    print(f"Measured on: {machine()}; {load()} at start.")
+    if args.only in (None, "lrp"):
+        with threads(args.threads):
+            m["lrp"] = [measure_lrp(a, args) for a in ARCHS]
+        print_lrp(m["lrp"])
+        print(f"\n(lrp part ended at {load()})")
+    if args.only in (None, "stages"):
+        m["stages"] = measure_stages(args.sizes, args)
+        print_stages(m["stages"])
+        print(f"\n(stages part ended at {load()})")
+    if args.only in (None, "decode"):
+        m["decode"] = measure_decode(args)
+        print_decode(m["decode"])
+        print(f"\n(decode part ended at {load()})")
+    m["machine"] = machine()
+    if args.json:
+        Path(args.json).write_text(json.dumps(m, indent=1))
+    if all(k in m for k in ("lrp", "stages", "decode")):
+        cost_model(m, args)
+    else:
+        print("\n(cost model: needs the lrp, stages and decode measurements; run all parts or pass --load)")
+
+
+if __name__ == "__main__":
+    main()
