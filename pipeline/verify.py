@@ -15,9 +15,15 @@ the other classes, correctly classified when clean, that the model assigns to th
 the artifact is stamped on; same host selection, subsample and stamping seeds) and the clean accuracy
 on the held-out images of all classes. Held-out = the dataset's test split (flip_split "test"), or the
 training images that carry no artifact and keep their label (flip_split "train", e.g. the digits,
-which have no test split: there the accuracy is on images the models were trained on). A re-audit
-(the flagged classes' Clever Hans scores under the corrected model) is not done here: it reruns
-attribution and scoring for the whole run and is left out as too slow.
+which have no test split: there the accuracy is on images the models were trained on).
+
+Re-audit, for any dataset (no known artifact needed): the Clever Hans score of each flagged class
+(and each --class-id) recomputed under each model. The run's evidence (each member's top relevance
+cells under the original model: where it looked) is pasted into the same hosts as in the score stage,
+the transfer is measured with the model under test, and the class is scored over the same clusters
+(pipeline.scores.score_class). Under the original model this reproduces the score stage's score; a
+model that no longer follows the shortcut gives the group no excess transfer. The attribution is not
+recomputed under the new models (that would be a new audit: `unhans audit` with the new weights).
 """
 
 from __future__ import annotations
@@ -91,6 +97,28 @@ def measure(model: nn.Module, cfg: Config, poison: PoisonConfig, ds, rows, hosts
     }
 
 
+def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) -> dict[int, float]:
+    """Each class's Clever Hans score with the transfers measured under `model` (module docstring)."""
+    from pipeline.datasets import build_dataset
+    from pipeline.models import MODELS
+    from pipeline.scores import score_class
+    from stages.score import class_clusters, class_transfer, host_pool
+
+    if not class_ids:
+        return {}
+    model = model.to(device).eval()
+    samples = store.read_table("samples")
+    ds = build_dataset(cfg.dataset)
+    mean, std = (t.to(device) for t in MODELS.get(cfg.model.arch).norm(ds.channels))
+    hosts = host_pool(cfg, store, class_ids)
+    out = {}
+    for c in class_ids:
+        members, W, labels, ks, _ = class_clusters(store, c)
+        t = class_transfer(cfg, store, samples, model, lambda x: (x - mean) / std, ds, c, members, hosts[c])
+        out[c] = score_class(W, labels, ks, t, cfg.score.max_group_fraction, cfg.score.min_group).score
+    return out
+
+
 def retrain_on_cleaned(cfg: Config, store, device: torch.device) -> tuple[nn.Module, int]:
     """The train stage's training (settings, seed) on tables/cleaned; saved to files/model_cleaned.pt."""
     from pipeline.datasets import build_dataset
@@ -146,13 +174,20 @@ def _verify(
     where = "test split" if split == "test" else "unpoisoned training images"
     out = []
 
+    flagged = store.read_table("class_scores")
+    audit_ids = sorted({int(c) for c in flagged.loc[flagged["is_clever_hans"].astype(bool), "class_id"]}
+                       | set(class_ids or []))  # fmt: skip
+
     def row(name: str, model: nn.Module | None, trained_on: int | None, note: str) -> None:
         m = measure(model, cfg, poison, ds, rows, hosts, device) if model is not None else {}
+        scores = reaudit(cfg, store, model, audit_ids, device) if model is not None else {}
         out.append(
             {
                 "model": name,
                 "flip_rate": m.get("flip_rate", float("nan")),
                 "clean_accuracy": m.get("clean_accuracy", float("nan")),
+                "reaudit_score": max(scores.values()) if scores else float("nan"),
+                "reaudit": "; ".join(f"{c}: {v:.3f}" for c, v in scores.items()),
                 "n_flip_hosts": m.get("n_flip_hosts", 0),
                 "n_accuracy": m.get("n_accuracy", 0),
                 "trained_on": trained_on,
@@ -197,11 +232,15 @@ def summary(table: pd.DataFrame, cfg: Config, poison: PoisonConfig) -> str:
         f"run {cfg.name}: artifact {poison.kind} {poison.regime} -> class {poison.target}; "
         f"held out: {table['held_out'].iloc[0]}",
         "",
-        "| model | flip rate | clean accuracy | trained on | note |",
-        "|---|---|---|---|---|",
+        "| model | flip rate | clean accuracy | re-audit score (class: score) | trained on | note |",
+        "|---|---|---|---|---|---|",
     ]
     for _, r in table.iterrows():
         trained = "-" if pd.isna(r["trained_on"]) else str(int(r["trained_on"]))
-        lines.append(f"| {r['model']} | {num(r['flip_rate'])} | {num(r['clean_accuracy'])} | {trained} | {r['note']} |")
-    lines += ["", "re-audit of the corrected model (class scores under P-ClArC): not done (too slow)."]
+        lines.append(
+            f"| {r['model']} | {num(r['flip_rate'])} | {num(r['clean_accuracy'])} | {r['reaudit'] or '-'} | "
+            f"{trained} | {r['note']} |"
+        )
+    lines += ["", f"re-audit: the flagged classes' scores with the transfers measured under each model "
+              f"(flag threshold {cfg.score.flag_threshold:g})"]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -45,6 +45,27 @@ def _images(cfg, ds, samples: pd.DataFrame, idx: np.ndarray) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def class_transfer(cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray):
+    """Transfer t (n,) of class c's members: each member's evidence (from its stored relevance map)
+    pasted into the host images, under `model` (pipeline.scores.transfer)."""
+    host_images = _images(cfg, ds, samples, hosts)
+    t = np.zeros(len(members))
+    for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
+        part = members[start : start + DONOR_CHUNK]
+        masks = evidence_masks(torch.as_tensor(store.relevance(part)), cfg.score.transfer_top, cfg.dataset.image_size)
+        donors = _images(cfg, ds, samples, part)
+        t[start : start + len(part)] = transfer(model, normalise, donors, masks, host_images, c)
+    return t
+
+
+def class_clusters(store, c: int):
+    """Class c's members, kNN affinity, k-means labels for each k and the ks."""
+    members = store.array(f"classes/{c}/members")[:]
+    W = knn_affinity(store.array(f"classes/{c}/knn_idx")[:], store.array(f"classes/{c}/knn_dist")[:])
+    lab_arr = store.array(f"classes/{c}/labels")
+    return members, W, lab_arr[:], lab_arr.attrs["k"], lab_arr.attrs["n_clusters"]
+
+
 ScoreItem = tuple[int, str, str, np.ndarray, bool]
 
 
@@ -56,22 +77,12 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     store = Store(url)
     scfg = cfg.score
     samples = store.read_table("samples")
-    members = store.array(f"classes/{c}/members")[:]
-    W = knn_affinity(store.array(f"classes/{c}/knn_idx")[:], store.array(f"classes/{c}/knn_dist")[:])
-    lab_arr = store.array(f"classes/{c}/labels")
-    ks, n_clusters = lab_arr.attrs["k"], lab_arr.attrs["n_clusters"]
-    labels = lab_arr[:]
+    members, W, labels, ks, n_clusters = class_clusters(store, c)
     if stored:
         t = store.array(f"classes/{c}/transfer")[:].astype(np.float64)
     else:
         model, ds, normalise = _model_and_data(cfg, url)
-        host_images = _images(cfg, ds, samples, hosts)
-        t = np.zeros(len(members))
-        for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
-            part = members[start : start + DONOR_CHUNK]
-            masks = evidence_masks(torch.as_tensor(store.relevance(part)), scfg.transfer_top, cfg.dataset.image_size)
-            donors = _images(cfg, ds, samples, part)
-            t[start : start + len(part)] = transfer(model, normalise, donors, masks, host_images, c)
+        t = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
         store.write_array(f"classes/{c}/transfer", t, {"fingerprint": fingerprint})
     s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
@@ -110,22 +121,22 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     return row, sample_rows
 
 
-def host_pool(ctx: Context, ids: list[int]) -> dict[int, np.ndarray]:
+def host_pool(cfg, store, ids: list[int]) -> dict[int, np.ndarray]:
     """Per class, `transfer_hosts` seeded images of the other classes that the model gets right."""
-    samples = ctx.store.read_table("samples")
-    pred = ctx.store.array("attribution/prediction")[:]
-    status = ctx.store.array("attribution/status")[:]
+    samples = store.read_table("samples")
+    pred = store.array("attribution/prediction")[:]
+    status = store.array("attribution/status")[:]
     labels = samples["label"].to_numpy()
     right = (status == 0) & (pred == labels)
     if "artifact" in samples:  # hosts are clean images (in a poisoned run the truth is known)
         right &= ~samples["artifact"].to_numpy(bool)
-    m = ctx.cfg.score.transfer_hosts
+    m = cfg.score.transfer_hosts
     out = {}
     for c in ids:
         ok = right & (labels != c)
         if not ok.any():
             ok = labels != c
-        rng = np.random.default_rng([ctx.cfg.seed, c])
+        rng = np.random.default_rng([cfg.seed, c])
         # stratified over the other classes (round robin in a seeded order), so no single class that
         # looks like c can dominate the hosts
         by_class = [rng.permutation(np.flatnonzero(ok & (labels == o))) for o in rng.permutation(np.unique(labels[ok]))]
@@ -139,7 +150,7 @@ def run(ctx: Context) -> dict:
     """Class ranking and per-sample artifact scores."""
     ids = list(ctx.store.group["classes"].attrs["ids"])
     classes = ctx.store.read_table("classes").set_index("class_id")
-    hosts = host_pool(ctx, ids)
+    hosts = host_pool(ctx.cfg, ctx.store, ids)
     stored = ctx.finished_classes(ids, "transfer")
     items = [(c, classes.at[c, "class_key"], classes.at[c, "class_name"], hosts[c], c in stored) for c in ids]
     results = ctx.tasks.map(score_one, items, "score", ctx.cfg, ctx.url, ctx.fingerprint)

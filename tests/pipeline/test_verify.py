@@ -148,6 +148,10 @@ def test_verify_end_to_end_on_a_backdoor(tmp_path):
     assert retrained["clean_accuracy"] > 0.8
     assert int(retrained["trained_on"]) == len(cleaned)
     assert store.exists("verify.md") and store.exists(PCLARC_FILE) and store.exists("files/model_cleaned.pt")
+    # the re-audit of the flagged class under the original model is the score stage's own score
+    stored = store.read_table("class_scores").set_index("class_id").at[2, "clever_hans_score"]
+    assert orig["reaudit_score"] == pytest.approx(stored, rel=1e-6, abs=1e-9)
+    assert table["reaudit"].str.startswith("2: ").all()
     # the flip rate of the original model is validate's, measured the same way
     cpu = torch.device("cpu")
     assert orig["flip_rate"] == pytest.approx(flip_rate(cfg, cfg.poison, samples, "train", cpu))
