@@ -131,8 +131,9 @@ class TaskMapper:
 
         client = self.client()
         threads = self.cfg.threads or 1
-        shared_f = [client.scatter(x, broadcast=True) for x in shared]
-        futures = [client.submit(_call_with_threads, fn, threads, *shared_f, it, pure=False) for it in items]
+        # the shared arguments (config, store URL, ...) are small: each task carries its own copy rather
+        # than a scattered one, so a task stays runnable on any worker after another one is lost
+        futures = [client.submit(_call_with_threads, fn, threads, *shared, it, pure=False) for it in items]
         for _ in progress(as_completed(futures), desc, total=len(futures), unit="task"):
             pass
         return client.gather(futures)

@@ -192,6 +192,9 @@ def method_scores(cfg: Config) -> dict[str, tuple[pd.Series, dict[int, pd.Series
     ss = store.read_table("sample_scores")
     out = {"unhans": (cs["clever_hans_score"], {c: g.set_index("index")["clever_hans_score"]
                                                  for c, g in ss.groupby("class_id")})}  # fmt: skip
+    if "label_issue_score" in ss:  # the score stage's label issues, ranked by their share of a class
+        out["unhans_label_issues"] = (cs["label_issue_fraction"], {c: g.set_index("index")["label_issue_score"]
+                                                                   for c, g in ss.groupby("class_id")})  # fmt: skip
     ids = list(store.group["classes"].attrs["ids"])
     features = store.array("attribution/features") if store.has_array("attribution/features") else None
     for name in BASELINES:
@@ -307,6 +310,9 @@ def summary(results: pd.DataFrame) -> str:
         u = g.loc["unhans"]
         cells = [sc, u["poison"], f"{u['flip_rate']:.2f}", f"{u['mask_share']:.2f} ({u['mask_area']:.2f})"]
         for m in methods:
+            if m not in g.index:  # a scenario measured before this method existed
+                cells += ["-", "-"]
+                continue
             r = g.loc[m]
             cells += [f"{int(r['rank'])}", "-" if np.isnan(r["auroc"]) else f"{r['auroc']:.3f}"]
         cells.append(f"{u['target_score']:.3f} ({u['top_score']:.3f})")

@@ -155,12 +155,16 @@ def run(ctx: Context) -> dict:
 
     cols = ["index", "cluster", "clever_hans_score", "is_clever_hans", "class_id"]
     cols += ["in_group"] if "in_group" in scores else []
+    label_issues = "is_label_issue" in scores  # reported for curators; no automatic decision
+    cols += ["label_issue_score", "is_label_issue"] if label_issues else []
     m = samples[["index", "source", "label", "class_key", "class_name", "status"]].merge(
         scores[cols], on="index", how="left"
     )
     m["cluster"] = m["cluster"].fillna(-1).astype(int)
     m["clever_hans_score"] = m["clever_hans_score"].fillna(0.0)
     m["is_clever_hans"] = m["is_clever_hans"].fillna(False).astype(bool)
+    if label_issues:
+        m["is_label_issue"] = m["is_label_issue"].fillna(False).astype(bool)
     m["decision"] = "keep"
     m["reason"] = ""
     m["relabel_to"] = pd.array([pd.NA] * len(m), dtype="Int64")

@@ -1,8 +1,10 @@
 """score: rank classes by Clever Hans score and score every sample (the method: pipeline.scores).
 
-Writes tables class_scores (one row per analysed class, ranked) and sample_scores (one row
-per analysed sample: cluster, in_group, clever_hans_score = the sample's
-transfer, is_clever_hans), cleanlab-style.
+Writes tables class_scores (one row per analysed class, ranked; label_issue_fraction) and
+sample_scores (one row per analysed sample: cluster, in_group, clever_hans_score = the sample's
+transfer, is_clever_hans; and, apart from shortcuts, label issues: self_confidence = p(label),
+label_issue_score = 1 - p(label), is_label_issue), cleanlab-style. A backdoor the model did not
+learn leaves mislabelled images, not a Clever Hans: they show up as label issues.
 """
 
 from __future__ import annotations
@@ -45,17 +47,23 @@ def _images(cfg, ds, samples: pd.DataFrame, idx: np.ndarray) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
-def class_transfer(cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray):
-    """Transfer t (n,) of class c's members: each member's evidence (from its stored relevance map)
-    pasted into the host images, under `model` (pipeline.scores.transfer)."""
+def class_transfer(
+    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Transfer t (n,) of class c's members (each member's evidence, from its stored relevance map,
+    pasted into the host images, under `model`: pipeline.scores.transfer) and their self-confidence
+    p(c | member) (n,), the model's probability of their label (one more forward pass each)."""
     host_images = _images(cfg, ds, samples, hosts)
-    t = np.zeros(len(members))
+    t, conf = np.zeros(len(members)), np.zeros(len(members))
+    dev = next(model.parameters()).device
     for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
         part = members[start : start + DONOR_CHUNK]
         masks = evidence_masks(torch.as_tensor(store.relevance(part)), cfg.score.transfer_top, cfg.dataset.image_size)
         donors = _images(cfg, ds, samples, part)
         t[start : start + len(part)] = transfer(model, normalise, donors, masks, host_images, c)
-    return t
+        with torch.no_grad():
+            conf[start : start + len(part)] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
+    return t, conf
 
 
 def class_clusters(store, c: int):
@@ -80,10 +88,16 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     members, W, labels, ks, n_clusters = class_clusters(store, c)
     if stored:
         t = store.array(f"classes/{c}/transfer")[:].astype(np.float64)
+        conf = store.array(f"classes/{c}/self_confidence")[:].astype(np.float64)
     else:
         model, ds, normalise = _model_and_data(cfg, url)
-        t = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
+        t, conf = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
+        store.write_array(f"classes/{c}/self_confidence", conf)
         store.write_array(f"classes/{c}/transfer", t, {"fingerprint": fingerprint})
+    # label issues, cleanlab-style: predicted as another class and less sure of the label than the
+    # class's average member (the per-class threshold of confident learning)
+    predicted_other = store.array("attribution/prediction").get_orthogonal_selection((members,)) != c
+    label_issue = predicted_other & (conf < conf.mean())
     s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     flagged = s.score >= scfg.flag_threshold
@@ -103,6 +117,7 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
         "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
         "is_clever_hans": flagged,
+        "label_issue_fraction": float(label_issue.mean()),
     }
     sample_rows = pd.DataFrame(
         {
@@ -112,6 +127,9 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
             "in_group": s.group,
             "clever_hans_score": t,
             "is_clever_hans": s.group & flagged,
+            "self_confidence": conf,
+            "label_issue_score": 1.0 - conf,
+            "is_label_issue": label_issue,
         }
     )
     if "artifact" in samples:  # a poisoned run knows the truth: record how well the scores find it

@@ -127,7 +127,7 @@ def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     res = CliRunner().invoke(app, ["validate", "--spec", str(spec), "--root", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
     out = pd.read_csv(tmp_path / "runs" / "results.csv")
-    assert set(out["method"]) == {"unhans", *BASELINES.names()}
+    assert set(out["method"]) == {"unhans", "unhans_label_issues", *BASELINES.names()}
     row = out[out["method"] == "unhans"].iloc[0]
     assert row["flip_rate"] > 0.5  # the digits model follows a tint backdoor
     assert abs(row["n_poisoned"] - 0.2 * row["n_target"]) <= 1  # 20% of the (relabelled) target class

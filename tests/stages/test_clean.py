@@ -58,7 +58,8 @@ def test_curator_decisions_are_applied_on_top_of_the_automatic_ones(demo_run, ru
     assert res.exit_code == 0, res.output
     m = pd.read_parquet(run_copy / "tables" / "manifest.parquet")
     assert list(m.columns) == ["index", "source", "label", "class_key", "class_name", "cluster", "clever_hans_score",
-                               "is_clever_hans", "decision", "reason", "relabel_to"]  # fmt: skip
+                               "is_clever_hans", "label_issue_score", "is_label_issue", "decision", "reason",
+                               "relabel_to"]  # fmt: skip
     cls = scores["class_id"].reindex(m["index"]).to_numpy()
     group = (cls == 3) & scores["in_group"].reindex(m["index"]).fillna(False).to_numpy(bool)
     relabel = (cls == 0) & (m["cluster"] == 0).to_numpy()

@@ -36,3 +36,42 @@ def test_interrupted_score_resumes_by_class_to_the_same_tables(tmp_path, monkeyp
     assert sorted(redone) == sorted(set(range(10)) - set(calls))
     for name in ("class_scores", "sample_scores"):
         assert full.store.read_table(name).equals(part.store.read_table(name)), name
+
+
+def test_unlearned_backdoor_images_are_label_issues(tmp_path):
+    """A backdoor the model does not learn (a faint text stamp on few images) leaves relabelled images:
+    the score stage reports them as label issues (cleanlab-style self-confidence), apart from shortcuts."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.datasets import build_dataset, iter_batches
+    from pipeline.models import MODELS, model_for_run
+
+    sets = ["poison={kind: text, regime: backdoor, target: 1, fraction: 0.2, strength: 0.3, seed: 2}",
+            "train.epochs=8", "dataset.limit_per_class=60", "distances.metric=euclidean"]  # fmt: skip
+    r = make_runner(tmp_path, overrides=sets)
+    r.run_all(until="score")
+    ss = r.store.read_table("sample_scores").set_index("index")
+    samples = r.store.read_table("samples")
+    relabelled = (samples["label"] != samples["original_label"]).to_numpy()
+    target = ss[ss["class_id"] == 1]
+    truth = relabelled[target.index.to_numpy()]
+    assert truth.sum() >= 5
+    auroc = roc_auc_score(truth, target["label_issue_score"])
+    assert auroc > 0.8
+    assert np.allclose(ss["label_issue_score"], 1 - ss["self_confidence"])
+    pred = r.store.array("attribution/prediction")[:][ss.index.to_numpy()]
+    assert (pred[ss["is_label_issue"].to_numpy()] != ss["class_id"].to_numpy()[ss["is_label_issue"].to_numpy()]).all()
+    # self-confidence is the model's probability of the label, measured directly here
+    cfg = r.cfg
+    ds = build_dataset(cfg.dataset)
+    idx = target.index.to_numpy()[:20]
+    [(_, x, _, _)] = list(iter_batches(ds, samples, [idx], cfg.poison))
+    model = model_for_run(cfg, r.store, len(ds.classes), ds.channels)
+    mean, std = MODELS.get(cfg.model.arch).norm(ds.channels)
+    with torch.no_grad():
+        p = torch.softmax(model((x - mean) / std), 1)[:, 1].numpy()
+    assert np.allclose(p, target["self_confidence"].to_numpy()[:20], atol=1e-5)
+    cs = r.store.read_table("class_scores").set_index("class_id")
+    assert cs["label_issue_fraction"].idxmax() == 1
