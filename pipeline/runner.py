@@ -229,7 +229,16 @@ class Runner:
         ctx = Context(self.cfg, self.store, device, self.tasks, resume=resume, fingerprint=fp)
         log.info("%s: %s", name, "resuming" if resume else "running")
         t0 = time.perf_counter()
-        counts = spec.fn(ctx) or {}
+        try:
+            counts = spec.fn(ctx) or {}
+        except RuntimeError as exc:  # a chunk file of the store that no longer decodes (garbled, truncated)
+            if "decompress" not in str(exc).lower():
+                raise
+            inputs = ", ".join(f"`unhans {i} --force`" for i in self.active_inputs(spec)) or "a fresh --run-dir"
+            raise UserError(
+                f"stage {name!r} cannot read a chunk of the store at {self.store.url} ({exc}); the file is "
+                f"damaged: rerun the stage that wrote it ({inputs}), then `unhans {name}`"
+            ) from None
         seconds = round(time.perf_counter() - t0, 2)
         rec = {
             "stage": name,

@@ -126,3 +126,19 @@ def test_corrupted_array_metadata_names_the_array(damaged, tmp_path):
     msg = r"array 'attribution/status' in .* is corrupted \(.*\); rerun `unhans attribute --force`"
     with pytest.raises(UserError, match=msg):
         r.run("distances")
+
+
+def test_garbled_class_array_chunk_names_the_stage_and_what_to_rerun(damaged, tmp_path):
+    """A chunk of a small array that no longer decompresses stops the stage that reads it with one
+    clear error (not zarr's traceback); rerunning the stage that wrote it repairs the run."""
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run("distances")
+    chunk = damaged / "store.zarr" / "classes" / "0" / "knn_idx" / "c" / "0" / "0"
+    chunk.write_bytes(os.urandom(chunk.stat().st_size))
+    msg = r"stage 'cluster' cannot read a chunk of the store .*`unhans distances --force`"
+    with pytest.raises(UserError, match=msg):
+        r.run("cluster")
+    cli("cluster", "-c", "demo", "--run-dir", str(damaged), *sum([["--set", s] for s in SMALL], []))
+    r.run("distances", force=True)
+    r.run("cluster")
+    assert states(r)["cluster"] == "done"
