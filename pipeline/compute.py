@@ -101,6 +101,7 @@ class TaskMapper:
         self.cfg = cfg
         self._stack: contextlib.ExitStack | None = None
         self._client = None
+        self.calls = 0  # map calls so far (the runner asks whether a stage started any task)
 
     @property
     def distributed(self) -> bool:
@@ -125,6 +126,7 @@ class TaskMapper:
 
     def map(self, fn: Callable, items: list, desc: str, *shared: Any) -> list:
         """[fn(*shared, item) for item in items], in order."""
+        self.calls += 1
         if not self.distributed:
             return [fn(*shared, it) for it in progress(items, desc, total=len(items), unit="task")]
         from dask.distributed import as_completed

@@ -229,11 +229,17 @@ class Runner:
         ctx = Context(self.cfg, self.store, device, self.tasks, resume=resume, fingerprint=fp)
         log.info("%s: %s", name, "resuming" if resume else "running")
         t0 = time.perf_counter()
+        writes, calls = Store.writes, self.tasks.calls
         try:
             counts = spec.fn(ctx) or {}
-        except RuntimeError as exc:  # a chunk file of the store that no longer decodes (garbled, truncated)
-            if "decompress" not in str(exc).lower():
+        except BaseException as exc:
+            if old is not None and Store.writes == writes and self.tasks.calls == calls:
+                # failed before writing anything (bad weights, bad input, ...): the outputs are as they
+                # were, so is their record (a done stage stays done)
+                self.store.write_json(f"stages/{name}.json", old)
+            if not (isinstance(exc, RuntimeError) and "decompress" in str(exc).lower()):
                 raise
+            # a chunk file of the store that no longer decodes (garbled, truncated)
             inputs = ", ".join(f"`unhans {i} --force`" for i in self.active_inputs(spec)) or "a fresh --run-dir"
             raise UserError(
                 f"stage {name!r} cannot read a chunk of the store at {self.store.url} ({exc}); the file is "

@@ -59,6 +59,8 @@ def _rerun(name: str) -> str:
 class Store:
     """Read and write one run's outputs; stages touch the run only through this API."""
 
+    writes = 0  # writes through any Store of this process (the runner asks whether a stage wrote anything)
+
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
@@ -123,6 +125,7 @@ class Store:
         return self.fs.exists(self.path(rel))
 
     def _atomic_write(self, rel: str, data: bytes) -> None:
+        Store.writes += 1
         final = self.path(rel)
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
@@ -157,6 +160,7 @@ class Store:
 
     def delete(self, rel: str) -> None:
         if self.exists(rel):
+            Store.writes += 1
             self.fs.rm(self.path(rel), recursive=True)
 
     # ---- bytes (checkpoints) ----------------------------------------------------------------
@@ -200,6 +204,7 @@ class Store:
         fill_value: Any = 0,
     ) -> zarr.Array:
         """Create (replacing any old one) a chunked array; chunks align to write batches."""
+        Store.writes += 1
         arr = self.group.create_array(
             name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value, overwrite=True
         )
@@ -269,6 +274,7 @@ class Store:
 
     def delete_array(self, name: str) -> None:
         if self.has_array(name):
+            Store.writes += 1
             del self.group[name]
 
 

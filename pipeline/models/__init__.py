@@ -197,5 +197,7 @@ def model_for_run(cfg, store, n_classes: int, in_channels: int) -> nn.Module:
     """The model a run explains: its train stage's checkpoint when it trains one, else the configured weights."""
     spec = MODELS.get(cfg.model.arch)
     trained = cfg.train.enabled and spec.trainable and not cfg.model.weights
+    if trained and not store.exists("files/model.pt"):
+        raise UserError(f"the trained model {store.url}/files/model.pt is missing; rerun `unhans train --force`")
     checkpoint = store.read_bytes("files/model.pt") if trained else None
     return build_model(cfg.model, n_classes, in_channels, cfg.dataset.image_size, checkpoint)

@@ -108,3 +108,19 @@ def test_a_store_on_an_fsspec_url_holds_the_same_run(tmp_path):
     np.testing.assert_array_equal(
         local.store.array("attribution/relevance")[:], remote.store.array("attribution/relevance")[:]
     )
+
+
+def test_a_stage_that_fails_before_writing_keeps_its_done_record(tmp_path):
+    """`unhans attribute --force` stopped by bad input before it writes anything leaves the finished
+    attributions usable: the record stays done (it used to turn partial and block every later stage)."""
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run_all(until="attribute")
+    rec = r.record("attribute")
+    checkpoint = tmp_path / "run" / "files" / "model.pt"
+    checkpoint.rename(tmp_path / "model.pt")
+    with pytest.raises(UserError, match=r"files/model.pt is missing; rerun `unhans train --force`"):
+        r.run("attribute", force=True)
+    assert r.record("attribute") == rec and states(r)["attribute"] == "done"
+    (tmp_path / "model.pt").rename(checkpoint)
+    r.run("distances")  # the chain goes on from the kept attributions
+    assert states(r)["distances"] == "done"
