@@ -241,6 +241,9 @@ class ScoreConfig(Section):
     min_group: int = Field(3, ge=1, description="smallest suspicious group, samples")
     transfer_top: float = Field(0.03, gt=0, le=1, description="share of relevance cells pasted as a sample's evidence")
     transfer_hosts: int = Field(16, ge=1, description="images of other classes each sample's evidence is pasted into")
+    global_hosts: int = Field(
+        4, ge=0, description="of those, how many take each sample's per-channel mean and spread (0: no global probe)"
+    )
 
 
 class ReportConfig(Section):

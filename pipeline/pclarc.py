@@ -8,8 +8,11 @@ penultimate features h (the input of the model's last nn.Linear). Two estimates 
   of other classes. Each of up to 64 group members' evidence (its top `score.transfer_top` relevance
   cells, the masks the score stage pastes) is pasted into the same 64 correctly classified images of
   other classes, and v = mean h(composite) - mean h(host). The hosts' own content cancels, so v is the
-  artifact's own direction, also in a backdoor, where the group's images show other classes. Its
-  reference z is the mean projection h.v of the clean samples (not flagged) of all classes.
+  artifact's own direction, also in a backdoor, where the group's images show other classes. Where
+  the score stage found the group through its global look (class_scores group_probe = global: a
+  tint, a colour cast), the donors' per-channel statistics are imposed on the hosts instead of
+  pasting pixels (pipeline/scores.py, the two probes). Its reference z is the mean projection h.v
+  of the clean samples (not flagged) of all classes.
 - `group`: the difference between the mean stored feature (`attribution/features`) of the flagged
   group and that of the rest of class c (the CAV of the P-ClArC paper), with the rest of class c's
   mean projection as z. In a backdoor it also carries what the group's images show, and moving
@@ -111,12 +114,13 @@ DIRECTIONS = ("transfer", "group")
 TRANSFER_PAIRS = 64  # donors from the group and hosts from other classes: 64 x 64 composites per class
 
 
-def transfer_direction(cfg, store, model: nn.Module, c: int, group: np.ndarray) -> np.ndarray:
+def transfer_direction(cfg, store, model: nn.Module, c: int, group: np.ndarray, probe: str = "evidence") -> np.ndarray:
     """Mean penultimate-feature shift caused by pasting group members' evidence into other classes'
-    correctly classified images (seeded choice of donors and hosts), unnormalised."""
+    correctly classified images, or by imposing their global look (`probe` global), seeded choice of
+    donors and hosts; unnormalised."""
     from pipeline.datasets import iter_batches
     from pipeline.models import MODELS, penultimate_layer
-    from pipeline.scores import evidence_masks
+    from pipeline.scores import evidence_masks, paste, restyle
 
     ds = _dataset(cfg)
     samples = store.read_table("samples")
@@ -141,7 +145,8 @@ def transfer_direction(cfg, store, model: nn.Module, c: int, group: np.ndarray) 
             f_host = grabbed.pop().double().mean(0)
             shift = torch.zeros_like(f_host)
             for x, m in zip(x_don, masks):
-                model((x_host * (1 - m) + x * m - mean) / std)
+                comp = restyle(x[None], x_host) if probe == "global" else paste(x[None], m[None], x_host)
+                model((comp[0] - mean) / std)
                 shift += grabbed.pop().double().mean(0) - f_host
     finally:
         handle.remove()
@@ -203,7 +208,8 @@ def fit_pclarc(
         in_group = rows["in_group"].to_numpy(bool)[order]
         v, z = estimate(f, in_group)
         if direction == "transfer":
-            v = transfer_direction(cfg, store, model, c, idx[order][in_group])
+            probe = str(cs.at[c, "group_probe"]) if "group_probe" in cs else "evidence"
+            v = transfer_direction(cfg, store, model, c, idx[order][in_group], probe)
             norm = np.linalg.norm(v)
             if norm == 0:
                 raise UserError(f"P-ClArC for class {c}: pasting the group's evidence changes no feature")

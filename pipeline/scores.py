@@ -11,6 +11,14 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   t_i = mean_h [p_c(h (1 - M_i) + x_i M_i) - p_c(h)], in [-1, 1]. An artifact (a patch, a stamp,
   a trigger) is a small, self-contained cue: pasted anywhere, it drags the prediction to c. The
   typical evidence of a class (an object's parts) transfers much less out of its context.
+- Global transfer (the second probe): a shortcut spread over the whole image (a tint, a colour cast,
+  an exposure or contrast change) has no small set of pixels to paste. The donor's per-channel mean
+  and spread are imposed on `global_hosts` host images (each host standardised per channel, then
+  rescaled to the donor's statistics: the host's shapes stay, the donor's global look travels), and
+  g_i is the mean rise of p_c as above. Images of a class differ little in these statistics, so g
+  is close to 0 for almost every sample (demo control: below 0.05 class score everywhere) and large
+  where a global look carries the class on its own (demo tint backdoor: 2.4, per-sample AUROC 1.0,
+  where the pasted evidence scored 0.67 and 0.45). A sample's transfer is max(t_i, g_i).
 - Class score: over the spectral clusterings of the class (k = 2..k_max, cluster stage) and their
   clusters G no larger than `max_group_fraction` of the class, the largest
       (mean t over G - mean t over the rest) / max(sd of t over the rest, SD_FLOOR) x (1 - conductance(G)),
@@ -24,9 +32,10 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   SD_FLOOR (two percentage points) keeps classes whose evidence never transfers from dividing by ~0.
 - Sample score = t_i; a sample is flagged when its class is flagged and it is in the chosen group.
 
-Cost: one forward pass per (sample, host): `transfer_hosts` forward passes per image. One LRP pass
-costs about six forward passes in FLOPs (VGG-16 and ResNet-50, benchmarks/costs.py), so the 16
-default hosts cost about 2.7 LRP passes: on a GPU the score is the most expensive stage.
+Cost: one forward pass per (sample, host): `transfer_hosts` + `global_hosts` forward passes per
+image. One LRP pass costs about six forward passes in FLOPs (VGG-16 and ResNet-50,
+benchmarks/costs.py), so the default 16 + 4 hosts cost about 3.3 LRP passes: on a GPU the score is
+the most expensive stage.
 """
 
 from __future__ import annotations
@@ -67,16 +76,30 @@ def evidence_masks(maps: torch.Tensor, top: float, image_size: int) -> torch.Ten
     return F.interpolate(m, size=(image_size, image_size), mode="nearest") if r != image_size else m
 
 
+def paste(x: torch.Tensor, masks: torch.Tensor, hosts: torch.Tensor) -> torch.Tensor:
+    """Evidence probe: images x (b, C, S, S) through masks (b, 1, S, S) onto hosts (m, C, S, S) -> (b, m, C, S, S)."""
+    return hosts[None] * (1 - masks[:, None]) + x[:, None] * masks[:, None]
+
+
+def restyle(x: torch.Tensor, hosts: torch.Tensor) -> torch.Tensor:
+    """Global probe: hosts (m, C, S, S) with the per-channel mean and spread of each image of x
+    (b, C, S, S) -> (b, m, C, S, S), clipped to [0, 1]."""
+    mu_h, sd_h = hosts.mean((2, 3), keepdim=True), hosts.std((2, 3), keepdim=True).clamp_min(1e-3)
+    mu_x, sd_x = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+    return (((hosts - mu_h) / sd_h)[None] * sd_x[:, None] + mu_x[:, None]).clamp(0, 1)
+
+
 def transfer(
     model: torch.nn.Module,
     normalise,
     images: torch.Tensor,
-    masks: torch.Tensor,
     hosts: torch.Tensor,
     c: int,
+    masks: torch.Tensor | None = None,
     batch: int = 512,
 ) -> np.ndarray:
-    """t_i for images (n, C, S, S) in [0, 1] with masks (n, 1, S, S) pasted into hosts (m, C, S, S)."""
+    """Transfer to class c of images (n, C, S, S) in [0, 1] into hosts (m, C, S, S): with masks
+    (n, 1, S, S) the evidence probe t_i (pasted pixels), without them the global probe g_i."""
     m = len(hosts)
     dev = next(model.parameters()).device
     hosts = hosts.to(dev)
@@ -85,8 +108,8 @@ def transfer(
         out = []
         per = max(1, batch // m)
         for s in range(0, len(images), per):
-            x, mk = images[s : s + per].to(dev), masks[s : s + per].to(dev)
-            comp = hosts[None] * (1 - mk[:, None]) + x[:, None] * mk[:, None]  # (b, m, C, S, S)
+            x = images[s : s + per].to(dev)
+            comp = restyle(x, hosts) if masks is None else paste(x, masks[s : s + per].to(dev), hosts)
             p = F.softmax(model(normalise(comp.flatten(0, 1))), 1)[:, c].reshape(len(x), m).mean(1)
             out.append((p - base).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

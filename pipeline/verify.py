@@ -114,7 +114,7 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     out = {}
     for c in class_ids:
         members, W, labels, ks, _ = class_clusters(store, c)
-        t, _ = class_transfer(cfg, store, samples, model, lambda x: (x - mean) / std, ds, c, members, hosts[c])
+        t = class_transfer(cfg, store, samples, model, lambda x: (x - mean) / std, ds, c, members, hosts[c]).combined
         out[c] = score_class(W, labels, ks, t, cfg.score.max_group_fraction, cfg.score.min_group).score
     return out
 

@@ -357,6 +357,10 @@ def render_class(cfg: Config, url: str, common: dict, item: tuple) -> tuple[int,
     summary[0] += " (flagged)" if row.get("is_clever_hans") else ""
     if group.any():
         summary.append(f"most isolated group: {int(group.sum())} of {n} samples")
+        if row.get("group_probe") == "global":
+            summary.append("the group's transfer comes from its global look (colour, brightness, contrast)")
+        elif row.get("group_probe") == "evidence":
+            summary.append("the group's transfer comes from the pasted pixels of its top relevance")
     if row.get("conductance") is not None:
         summary.append(f"conductance {esc(_num(row['conductance']))}")
     summary.append(f"the eigengap chooses k = {k} clusters")

@@ -1,13 +1,16 @@
 """score: rank classes by Clever Hans score and score every sample (the method: pipeline.scores).
 
-Writes tables class_scores (one row per analysed class, ranked; label_issue_fraction) and
-sample_scores (one row per analysed sample: cluster, in_group, clever_hans_score = the sample's
-transfer, is_clever_hans; and, apart from shortcuts, label issues: self_confidence = p(label),
-label_issue_score = 1 - p(label), is_label_issue), cleanlab-style. A backdoor the model did not
-learn leaves mislabelled images, not a Clever Hans: they show up as label issues.
+Writes tables class_scores (one row per analysed class, ranked; group_probe: which probe carries
+the chosen group's transfer; label_issue_fraction) and sample_scores (one row per analysed sample:
+cluster, in_group, clever_hans_score = the sample's transfer = max(evidence_transfer,
+global_transfer), is_clever_hans; and, apart from shortcuts, label issues: self_confidence =
+p(label), label_issue_score = 1 - p(label), is_label_issue), cleanlab-style. A backdoor the model
+did not learn leaves mislabelled images, not a Clever Hans: they show up as label issues.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -47,23 +50,37 @@ def _images(cfg, ds, samples: pd.DataFrame, idx: np.ndarray) -> torch.Tensor:
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+class Transfers(NamedTuple):
+    evidence: np.ndarray  # (n,) pasted evidence (pipeline.scores, evidence probe)
+    global_: np.ndarray  # (n,) per-channel statistics (global probe; zeros when score.global_hosts = 0)
+    confidence: np.ndarray  # (n,) p(label | member)
+
+    @property
+    def combined(self) -> np.ndarray:
+        """The transfer the class is scored on."""
+        return np.maximum(self.evidence, self.global_)
+
+
 def class_transfer(
     cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Transfer t (n,) of class c's members (each member's evidence, from its stored relevance map,
-    pasted into the host images, under `model`: pipeline.scores.transfer) and their self-confidence
-    p(c | member) (n,), the model's probability of their label (one more forward pass each)."""
+) -> Transfers:
+    """Class c's members' transfers under `model` (pipeline.scores.transfer: each member's evidence,
+    from its stored relevance map, pasted into the hosts; its global look imposed on the first
+    `score.global_hosts` hosts) and their self-confidence p(c | member), one more forward pass each."""
     host_images = _images(cfg, ds, samples, hosts)
-    t, conf = np.zeros(len(members)), np.zeros(len(members))
+    global_hosts = host_images[: cfg.score.global_hosts]
+    t, g, conf = (np.zeros(len(members)) for _ in range(3))
     dev = next(model.parameters()).device
     for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
-        part = members[start : start + DONOR_CHUNK]
+        part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
         masks = evidence_masks(torch.as_tensor(store.relevance(part)), cfg.score.transfer_top, cfg.dataset.image_size)
         donors = _images(cfg, ds, samples, part)
-        t[start : start + len(part)] = transfer(model, normalise, donors, masks, host_images, c)
+        t[at] = transfer(model, normalise, donors, host_images, c, masks)
+        if len(global_hosts):
+            g[at] = transfer(model, normalise, donors, global_hosts, c)
         with torch.no_grad():
-            conf[start : start + len(part)] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
-    return t, conf
+            conf[at] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
+    return Transfers(t, g, conf)
 
 
 def class_clusters(store, c: int):
@@ -75,6 +92,7 @@ def class_clusters(store, c: int):
 
 
 ScoreItem = tuple[int, str, str, np.ndarray, bool]
+_TRANSFER_ARRAYS = ("transfer_evidence", "transfer_global", "self_confidence")  # Transfers' fields, in order
 
 
 def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
@@ -87,19 +105,21 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     samples = store.read_table("samples")
     members, W, labels, ks, n_clusters = class_clusters(store, c)
     if stored:
-        t = store.array(f"classes/{c}/transfer")[:].astype(np.float64)
-        conf = store.array(f"classes/{c}/self_confidence")[:].astype(np.float64)
+        tr = Transfers(*(store.array(f"classes/{c}/{a}")[:].astype(np.float64) for a in _TRANSFER_ARRAYS))
     else:
         model, ds, normalise = _model_and_data(cfg, url)
-        t, conf = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
-        store.write_array(f"classes/{c}/self_confidence", conf)
-        store.write_array(f"classes/{c}/transfer", t, {"fingerprint": fingerprint})
+        tr = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
+        for array, values in zip(_TRANSFER_ARRAYS, tr):
+            store.write_array(f"classes/{c}/{array}", values)
+        store.write_array(f"classes/{c}/transfer", tr.combined, {"fingerprint": fingerprint})  # last: marks done
+    t, conf = tr.combined, tr.confidence
     # label issues, cleanlab-style: predicted as another class and less sure of the label than the
     # class's average member (the per-class threshold of confident learning)
     predicted_other = store.array("attribution/prediction").get_orthogonal_selection((members,)) != c
     label_issue = predicted_other & (conf < conf.mean())
     s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
+    g_over_e = (tr.global_[s.group] - tr.evidence[s.group]).mean() if s.group.any() else 0.0
     flagged = s.score >= scfg.flag_threshold
     row = {
         "class_id": c,
@@ -114,6 +134,7 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
         "group_fraction": s.group_size / len(members),
         "conductance": s.conductance,
         "group_transfer": s.group_transfer,
+        "group_probe": "global" if s.group.any() and g_over_e > 0 else "evidence",
         "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
         "is_clever_hans": flagged,
@@ -126,6 +147,8 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
             "cluster": labels[ks.index(n_clusters)],
             "in_group": s.group,
             "clever_hans_score": t,
+            "evidence_transfer": tr.evidence,
+            "global_transfer": tr.global_,
             "is_clever_hans": s.group & flagged,
             "self_confidence": conf,
             "label_issue_score": 1.0 - conf,
@@ -156,10 +179,11 @@ def host_pool(cfg, store, ids: list[int]) -> dict[int, np.ndarray]:
             ok = labels != c
         rng = np.random.default_rng([cfg.seed, c])
         # stratified over the other classes (round robin in a seeded order), so no single class that
-        # looks like c can dominate the hosts
+        # looks like c can dominate the hosts; kept in that order, so the first few (the global
+        # probe's) come from different classes too
         by_class = [rng.permutation(np.flatnonzero(ok & (labels == o))) for o in rng.permutation(np.unique(labels[ok]))]
         picks = [p[r] for r in range(max(map(len, by_class), default=0)) for p in by_class if r < len(p)][:m]
-        out[c] = np.sort(np.array(picks, dtype=np.int64))
+        out[c] = np.array(picks, dtype=np.int64)
     return out
 
 

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from pipeline.scores import evidence_masks, score_class, transfer
+from pipeline.scores import evidence_masks, restyle, score_class, transfer
 
 
 class CornerModel(torch.nn.Module):
@@ -41,8 +41,44 @@ def test_transfer_is_high_only_for_evidence_the_model_follows():
     maps = torch.zeros(4, 8, 8)
     maps[:2, 0:2, 0:2] = 1.0  # their relevance is on the cue
     maps[2:, 4:6, 4:6] = 1.0
-    t = transfer(model, lambda x: x, images, evidence_masks(maps, 4 / 64, S), hosts, c=1)
+    t = transfer(model, lambda x: x, images, hosts, 1, evidence_masks(maps, 4 / 64, S))
     assert t[:2].min() > 0.9 and np.abs(t[2:]).max() < 0.01
+
+
+class TintModel(torch.nn.Module):
+    """Two classes: logit of class 1 = 40 x (mean of the darkest decile of pixels - 0.2): a bright
+    background, wherever the shapes are (a global tint)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        dark = flat.sort(1).values[:, : flat.shape[1] // 10].mean(1)
+        return torch.stack([torch.zeros_like(dark), 40 * self.w * (dark - 0.2)], 1)
+
+
+def test_global_probe_carries_a_tint_and_evidence_pasting_does_not():
+    model, S = TintModel(), 16
+    g = torch.Generator().manual_seed(0)
+    hosts = torch.zeros(4, 1, S, S)
+    for i, hosts_i in enumerate(hosts):  # dark images with a bright shape each, in different places
+        hosts_i[0, 2 * i : 2 * i + 6, 3:9] = 1.0
+    images = torch.zeros(4, 1, S, S)
+    images[:, 0, 5:11, 5:11] = torch.rand(4, 6, 6, generator=g) * 0.5 + 0.5
+    images[:2] = 0.3 + 0.7 * images[:2]  # two donors are tinted: dark pixels lifted to 0.3
+    maps = torch.zeros(4, 8, 8)
+    maps[:, 2:6, 2:6] = 1.0  # relevance on the shape: what the evidence probe pastes
+    glob = transfer(model, lambda x: x, images, hosts, 1)
+    ev = transfer(model, lambda x: x, images, hosts, 1, evidence_masks(maps, 16 / 64, S))
+    assert glob[:2].min() > 0.9 and np.abs(glob[2:]).max() < 0.01
+    assert np.abs(ev).max() < 0.01  # pasting the shape does not lift the background
+    # the host keeps its shapes: restyling only moves its per-channel mean and spread
+    r = restyle(images[:1], hosts)[0]  # (a tinted donor: nothing is clipped)
+    assert torch.allclose(r.mean((2, 3)), images[0].mean((1, 2)).expand(4, 1), atol=1e-5)
+    assert torch.allclose(r.std((2, 3)), images[0].std((1, 2)).expand(4, 1), atol=1e-5)
+    assert (torch.corrcoef(torch.stack([r[0].flatten(), hosts[0].flatten()]))[0, 1] > 0.999).item()
 
 
 def _two_blocks(n: int, group: np.ndarray) -> sp.csr_matrix:

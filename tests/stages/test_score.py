@@ -16,12 +16,12 @@ def test_interrupted_score_resumes_by_class_to_the_same_tables(tmp_path, monkeyp
 
     part = make_runner(tmp_path / "part", overrides=SMALL)
     part.run_all(until="cluster")
-    real, calls = score_stage.transfer, []
+    real, calls = score_stage.transfer, []  # transfer(model, normalise, images, hosts, c, ...)
 
     def dying(*args):
-        if len(calls) == 4:
+        if args[4] not in calls and len(calls) == 4:
             raise KeyboardInterrupt  # stopped during the fifth class
-        calls.append(args[-1])
+        calls.append(args[4]) if args[4] not in calls else None
         return real(*args)
 
     monkeypatch.setattr(score_stage, "transfer", dying)
@@ -29,11 +29,11 @@ def test_interrupted_score_resumes_by_class_to_the_same_tables(tmp_path, monkeyp
         part.run("score")
     assert part.state("score") == "partial"
 
-    redone = []
-    monkeypatch.setattr(score_stage, "transfer", lambda *a: redone.append(a[-1]) or real(*a))
+    redone = set()
+    monkeypatch.setattr(score_stage, "transfer", lambda *a: redone.add(a[4]) or real(*a))
     rec = part.run("score")
     assert rec["counts"]["classes_resumed"] == 4
-    assert sorted(redone) == sorted(set(range(10)) - set(calls))
+    assert redone == set(range(10)) - set(calls)
     for name in ("class_scores", "sample_scores"):
         assert full.store.read_table(name).equals(part.store.read_table(name)), name
 
@@ -75,3 +75,24 @@ def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     assert np.allclose(p, target["self_confidence"].to_numpy()[:20], atol=1e-5)
     cs = r.store.read_table("class_scores").set_index("class_id")
     assert cs["label_issue_fraction"].idxmax() == 1
+
+
+def test_a_learned_global_tint_is_found_by_the_global_probe(tmp_path):
+    """A tint backdoor (other digits, brightened, relabelled 2) has no small set of pixels to paste:
+    the global probe carries it. The class ranks first, its group's transfer is global, and the
+    tinted images score above the class's own."""
+    from sklearn.metrics import roc_auc_score
+
+    sets = ["poison={kind: tint, regime: backdoor, target: 2, fraction: 0.2, seed: 4}",
+            "dataset.limit_per_class=80", "distances.metric=euclidean"]  # fmt: skip
+    r = make_runner(tmp_path, overrides=sets)
+    r.run_all(until="score")
+    cs = r.store.read_table("class_scores").set_index("class_id")
+    ss = r.store.read_table("sample_scores")
+    samples = r.store.read_table("samples")
+    target = ss[ss["class_id"] == 2]
+    truth = samples["artifact"].to_numpy(bool)[target["index"].to_numpy()]
+    assert cs.index[0] == 2 and cs.at[2, "group_probe"] == "global", cs[["clever_hans_score", "group_probe"]]
+    assert roc_auc_score(truth, target["global_transfer"]) > 0.95
+    assert roc_auc_score(truth, target["clever_hans_score"]) > 0.95
+    assert (ss["clever_hans_score"] == ss[["evidence_transfer", "global_transfer"]].max(axis=1)).all()
