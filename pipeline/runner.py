@@ -218,6 +218,8 @@ class Runner:
         if self.state(name) == "done" and not force:
             log.info("%s: up to date (fingerprint %s), skipped", name, fp)
             return old
+        if "attribute" in self.active_inputs(spec):
+            self.store.check_attribution()  # lost chunk files read as fill values: stop before using them
         resume = bool(old and old.get("fingerprint") == fp and not old.get("complete") and not force)
         started = datetime.now(UTC).isoformat(timespec="seconds")
         self.store.write_json(

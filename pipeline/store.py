@@ -265,6 +265,35 @@ class Store:
             )
         return maps.astype(np.float32) * scale[:, None, None]
 
+    def check_attribution(self) -> None:
+        """Lost chunk files of the attribute stage's per-sample arrays (zarr reads a missing chunk as
+        its fill value, silently): `status` then reads 1 (skipped) for samples the index stage kept,
+        and `relevance_scale` reads 1.0 for a whole chunk of attributed samples, although a non-zero
+        map has scale 1 only if its largest |relevance| is exactly 1. Either is one UserError naming
+        the samples and the rerun. Status codes as in stages/attribute.py: 0 ok, 1 skipped."""
+        if not self.has_array("attribution/status"):
+            return
+        with self._reading("attribution/status"):
+            status = self.array("attribution/status")[:]
+        kept = self.read_table("samples")["status"].to_numpy() == "ok"
+        self._fill_read("attribution/status", np.flatnonzero(kept & (status == 1)))
+        arr = self.array("attribution/relevance_scale")
+        with self._reading("attribution/relevance_scale"):
+            unit = arr[:] == 1
+        chunk, ok = np.arange(len(status)) // arr.chunks[0], status == 0
+        n_ok, n_unit = np.bincount(chunk, ok), np.bincount(chunk, ok & unit)
+        for c in np.flatnonzero((n_ok >= 2) & (n_unit == n_ok)):  # suspects: is any of their maps non-zero?
+            rows = np.flatnonzero(ok & (chunk == c))
+            if self.array("attribution/relevance").get_orthogonal_selection((rows,)).any():
+                self._fill_read("attribution/relevance_scale", rows)
+
+    def _fill_read(self, name: str, lost: np.ndarray) -> None:
+        if len(lost):
+            raise UserError(
+                f"{name} of samples {lost[:5].tolist()} reads as its fill value in {self._zarr_url} (a chunk "
+                f"file was lost); {_rerun(name)}"
+            )
+
     def has_array(self, name: str) -> bool:
         try:
             self._node(name)

@@ -108,16 +108,21 @@ def test_lost_or_garbled_relevance_chunk_stops_distances_with_what_to_rerun(dama
     assert r.record("distances")["counts"]["samples"] == 100
 
 
-def test_lost_status_chunk_reads_as_skipped(damaged, tmp_path):
-    """attribution/status is filled with SKIPPED (1): a lost status chunk drops its samples from the
-    analysis as if index had skipped them, rather than feeding zero maps onward."""
-    (damaged / "store.zarr" / "attribution" / "status" / "c" / "1").unlink()
+@pytest.mark.parametrize("array", ["status", "relevance_scale"])
+def test_lost_status_or_scale_chunk_stops_the_next_stage_with_what_to_rerun(damaged, tmp_path, array):
+    """zarr reads a missing chunk as the fill value: status as 'skipped' (its samples would drop out
+    silently), relevance_scale as 1.0 (maps in the wrong units). The runner checks both before a
+    stage that reads the attribution."""
+    (damaged / "store.zarr" / "attribution" / array / "c" / "1").unlink()
     r = make_runner(tmp_path, overrides=SMALL)
-    status = r.store.array("attribution/status")[:]
-    assert (status[32:64] == 1).all() and (status[:32] == 0).all() and (status[64:] == 0).all()
+    msg = rf"attribution/{array} of samples \[32, 33, 34, 35, 36\] reads as its fill value in .*"
+    msg += r" \(a chunk file was lost\)"
+    with pytest.raises(UserError, match=msg + r"; rerun `unhans attribute --force` to write it again"):
+        r.run("distances")
+    assert states(r)["attribute"] == "done" and states(r)["distances"] == "missing"  # nothing else touched
+    r.run("attribute", force=True)
     r.run("distances")
-    assert r.record("distances")["counts"]["samples"] == 68
-    assert states(r)["attribute"] == "done"  # not detected: rerun `unhans attribute --force` to bring them back
+    assert r.record("distances")["counts"]["samples"] == 100
 
 
 def test_corrupted_array_metadata_names_the_array(damaged, tmp_path):
