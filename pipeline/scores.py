@@ -30,6 +30,14 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   sleeves make a shirt a T-shirt) have large raw excesses but also a wide spread, while a planted
   artifact's group stands out from a class's usual transfer by more than twice as many spreads.
   SD_FLOOR (two percentage points) keeps classes whose evidence never transfers from dividing by ~0.
+- Significance: the score is also compared with its own null, the best group score when the
+  class's transfers are randomly permuted over its members (`permutations` draws; a Gumbel tail
+  fitted to them gives p-values below 1 / draws), and the p-values of all classes are turned into
+  Benjamini-Hochberg q-values. A small class can hold a chance group whose standardised excess is
+  large (1 of 1,000 random classes of 8 images crossed 1.5 with a group of 3: benchmarks/
+  imagenet_scale.py); its null is as wide, so its q-value is not small. Large classes always have
+  some structure that goes with transfer (p far below 1e-3 for every Fashion-MNIST class), so there
+  the score's threshold decides: a class is flagged when score >= `flag_threshold` and q <= `fdr`.
 - Sample score = t_i; a sample is flagged when its class is flagged and it is in the chosen group.
 
 Cost: one forward pass per (sample, host): `transfer_hosts` + `global_hosts` forward passes per
@@ -44,6 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.special import gammaln
 import torch
 import torch.nn.functional as F
 
@@ -62,6 +71,7 @@ class ClassScore:
     group_transfer: float  # mean transfer inside the group
     rest_transfer: float  # mean transfer in the rest of the class
     group: np.ndarray  # (n,) bool
+    p_value: float = float("nan")  # under the permutation null (score_class with permutations)
 
 
 def evidence_masks(maps: torch.Tensor, top: float, image_size: int) -> torch.Tensor:
@@ -115,21 +125,102 @@ def transfer(
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
-def score_class(
-    W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarray, max_group_fraction: float, min_group: int = 3
-) -> ClassScore:
-    """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k; t (n,) transfer."""
+def candidate_groups(
+    W: sp.csr_matrix, labels: np.ndarray, ks: list[int], max_group_fraction: float, min_group: int = 3
+) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray, np.ndarray]:
+    """The clusters that may be a Clever Hans group: (k, cluster) ids, member masks G (n, m) bool, their
+    separation 1 - conductance (m,) and conductance (m,). In clustering order (k, then cluster)."""
     n = W.shape[0]
-    best = ClassScore(0.0, ks[0], -1, 0, 1.0, float("nan"), float(np.mean(t)) if n else 0.0, np.zeros(n, bool))
+    ids, cols, phis = [], [], []
     for k, lab in zip(ks, labels):
         for c in range(k):
             g = lab == c
-            size = int(g.sum())
-            if size < min_group or size > max_group_fraction * n:
-                continue
-            phi = conductance(W, g)
-            tg, tr = float(t[g].mean()), float(t[~g].mean())
-            s = (tg - tr) / max(float(t[~g].std()), SD_FLOOR) * (1.0 - phi)
-            if s > best.score:
-                best = ClassScore(s, k, c, size, phi, tg, tr, g)
+            if min_group <= g.sum() <= max_group_fraction * n:
+                ids.append((k, c))
+                cols.append(g)
+                phis.append(conductance(W, g))
+    G = np.stack(cols, 1) if cols else np.zeros((n, 0), bool)
+    phi = np.asarray(phis, np.float64)
+    return ids, G, 1.0 - phi, phi
+
+
+def group_scores(T: np.ndarray, G: np.ndarray, separation: np.ndarray) -> np.ndarray:
+    """Scores (B, m) of the m candidate groups for B transfer vectors T (B, n): (mean inside - mean of
+    the rest) / max(sd of the rest, SD_FLOOR) x separation."""
+    Gf = G.astype(np.float64)
+    size = Gf.sum(0)
+    rest = G.shape[0] - size
+    inside, inside_sq = T @ Gf, (T * T) @ Gf
+    total, total_sq = T.sum(1, keepdims=True), (T * T).sum(1, keepdims=True)
+    mean_g, mean_r = inside / size, (total - inside) / rest
+    sd_r = np.sqrt(np.maximum((total_sq - inside_sq) / rest - mean_r**2, 0.0))
+    return (mean_g - mean_r) / np.maximum(sd_r, SD_FLOOR) * separation
+
+
+def score_class(
+    W: sp.csr_matrix,
+    labels: np.ndarray,
+    ks: list[int],
+    t: np.ndarray,
+    max_group_fraction: float,
+    min_group: int = 3,
+    permutations: int = 0,
+    seed: int | list[int] = 0,
+) -> ClassScore:
+    """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k; t (n,) transfer.
+    With `permutations` > 0, also the class's p-value (see `null_p_value`)."""
+    n = W.shape[0]
+    best = ClassScore(0.0, ks[0], -1, 0, 1.0, float("nan"), float(np.mean(t)) if n else 0.0, np.zeros(n, bool))
+    ids, G, sep, phi = candidate_groups(W, labels, ks, max_group_fraction, min_group)
+    if not ids:
+        best.p_value = 1.0 if permutations else float("nan")
+        return best
+    scores = group_scores(np.asarray(t, np.float64)[None], G, sep)[0]
+    j = int(np.argmax(scores))
+    if permutations:
+        rng = np.random.default_rng(seed)
+        null = group_scores(np.stack([rng.permutation(t) for _ in range(permutations)]), G, sep).max(1)
+        best.p_value = null_p_value(float(scores[j]), null, n, int(G[:, j].sum()))
+    if scores[j] > 0:
+        g = G[:, j]
+        k, c = ids[j]
+        best = ClassScore(
+            float(scores[j]), k, c, int(g.sum()), float(phi[j]), float(t[g].mean()), float(t[~g].mean()), g,
+            best.p_value,
+        )  # fmt: skip
     return best
+
+
+def null_p_value(observed: float, null: np.ndarray, n: int, size: int) -> float:
+    """P(max group score >= observed) when the transfers are unrelated to the clusters: `null` holds
+    the best group score of a class of n under random permutations of its transfers. Its tail is
+    extrapolated by a Gumbel law fitted by moments (the maximum over many groups), so p-values below
+    1 / len(null) stay distinct (a 1,000-class run corrected for multiple testing needs them); never
+    below the share of draws that reached the observed score, nor below 1 / C(n, size): the chance
+    that a permutation puts the same values into the chosen group, which gives it the same score (a
+    tiny class's null is discrete and bounded, where a fitted tail would be too small)."""
+    floor = max(float(np.mean(null >= observed)), float(np.exp(-_log_comb(n, size))))
+    sd = float(null.std())
+    if sd == 0:
+        return 1.0 if observed <= float(null.mean()) else floor
+    beta = sd * np.sqrt(6) / np.pi
+    mu = float(null.mean()) - np.euler_gamma * beta
+    return max(float(-np.expm1(-np.exp(-(observed - mu) / beta))), floor)
+
+
+def _log_comb(n: int, k: int) -> float:
+    return float(gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1))
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """q-values: the smallest false discovery rate at which each p-value would be called significant."""
+    p = np.asarray(p, np.float64)
+    m = len(p)
+    if not m:
+        return p
+    order = np.argsort(p)
+    q = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(q[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out

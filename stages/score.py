@@ -1,11 +1,12 @@
 """score: rank classes by Clever Hans score and score every sample (the method: pipeline.scores).
 
-Writes tables class_scores (one row per analysed class, ranked; group_probe: which probe carries
-the chosen group's transfer; label_issue_fraction) and sample_scores (one row per analysed sample:
-cluster, in_group, clever_hans_score = the sample's transfer = max(evidence_transfer,
-global_transfer), is_clever_hans; and, apart from shortcuts, label issues: self_confidence =
-p(label), label_issue_score = 1 - p(label), is_label_issue), cleanlab-style. A backdoor the model
-did not learn leaves mislabelled images, not a Clever Hans: they show up as label issues.
+Writes tables class_scores (one row per analysed class, ranked; p_value and q_value of the score;
+group_probe: which probe carries the chosen group's transfer; label_issue_fraction) and
+sample_scores (one row per analysed sample: cluster, in_group, clever_hans_score = the sample's
+transfer = max(evidence_transfer, global_transfer), is_clever_hans; and, apart from shortcuts,
+label issues: self_confidence = p(label), label_issue_score = 1 - p(label), is_label_issue),
+cleanlab-style. A backdoor the model did not learn leaves mislabelled images, not a Clever Hans:
+they show up as label issues.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pipeline.compute import resolve_device, worker_device
 from pipeline.datasets import build_dataset, iter_batches
 from pipeline.models import MODELS, model_for_run
 from pipeline.runner import Context, stage
-from pipeline.scores import evidence_masks, score_class, transfer
+from pipeline.scores import benjamini_hochberg, evidence_masks, score_class, transfer
 from pipeline.spectral import knn_affinity
 from pipeline.store import Store
 
@@ -117,10 +118,9 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     # class's average member (the per-class threshold of confident learning)
     predicted_other = store.array("attribution/prediction").get_orthogonal_selection((members,)) != c
     label_issue = predicted_other & (conf < conf.mean())
-    s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group)
+    s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group, scfg.permutations, [cfg.seed, c])
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     g_over_e = (tr.global_[s.group] - tr.evidence[s.group]).mean() if s.group.any() else 0.0
-    flagged = s.score >= scfg.flag_threshold
     row = {
         "class_id": c,
         "class_key": key,
@@ -137,7 +137,7 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
         "group_probe": "global" if s.group.any() and g_over_e > 0 else "evidence",
         "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
-        "is_clever_hans": flagged,
+        "p_value": s.p_value,
         "label_issue_fraction": float(label_issue.mean()),
     }
     sample_rows = pd.DataFrame(
@@ -149,7 +149,6 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
             "clever_hans_score": t,
             "evidence_transfer": tr.evidence,
             "global_transfer": tr.global_,
-            "is_clever_hans": s.group & flagged,
             "self_confidence": conf,
             "label_issue_score": 1.0 - conf,
             "is_label_issue": label_issue,
@@ -200,7 +199,19 @@ def run(ctx: Context) -> dict:
         "clever_hans_score", ascending=False, kind="stable"
     )
     class_scores.insert(0, "rank", np.arange(1, len(class_scores) + 1))
+    # flagged: a large score that is also significant over all classes (pipeline.scores, Significance)
+    p = class_scores["p_value"].to_numpy(np.float64)
+    q = benjamini_hochberg(p) if ctx.cfg.score.permutations else np.full(len(p), np.nan)
+    significant = (q <= ctx.cfg.score.fdr) | np.isnan(q)
+    flagged = (class_scores["clever_hans_score"].to_numpy() >= ctx.cfg.score.flag_threshold) & significant
+    at = class_scores.columns.get_loc("p_value") + 1
+    class_scores.insert(at, "q_value", q)
+    class_scores.insert(at + 1, "is_clever_hans", flagged)
     sample_scores = pd.concat([s for _, s in results], ignore_index=True).sort_values("index", kind="stable")
+    flagged_ids = class_scores.loc[class_scores["is_clever_hans"], "class_id"].to_numpy()
+    at = sample_scores.columns.get_loc("clever_hans_score") + 1
+    in_flagged = sample_scores["class_id"].isin(flagged_ids)
+    sample_scores.insert(at, "is_clever_hans", sample_scores["in_group"] & in_flagged)
     ctx.store.write_table("class_scores", class_scores)
     ctx.store.write_table("sample_scores", sample_scores)
     top = class_scores.iloc[0] if len(class_scores) else None

@@ -121,3 +121,68 @@ def test_the_excess_counts_in_spreads_of_the_class_usual_transfer():
     narrow = np.where(group, 0.4, 0.1 + 0.05 * rng.standard_normal(n))
     s_wide, s_narrow = (score_class(W, labels, [2], t, 0.5).score for t in (wide, narrow))
     assert s_narrow > 3 * s_wide > 0
+
+
+def test_vectorised_group_scores_equal_the_formula_group_by_group():
+    from pipeline.scores import SD_FLOOR, candidate_groups, group_scores
+    from pipeline.spectral import conductance
+
+    rng = np.random.default_rng(1)
+    n = 50
+    group = rng.random(n) < 0.3
+    W = _two_blocks(n, group)
+    labels = np.stack([rng.integers(0, 2, n), rng.integers(0, 4, n)])
+    t = rng.normal(0.1, 0.05, n)
+    ids, G, sep, phi = candidate_groups(W, labels, [2, 4], 0.5, 3)
+    got = group_scores(t[None], G, sep)[0]
+    for j, (k, c) in enumerate(ids):
+        g = labels[[2, 4].index(k)] == c
+        want = (t[g].mean() - t[~g].mean()) / max(t[~g].std(), SD_FLOOR) * (1 - conductance(W, g))
+        assert got[j] == pytest.approx(want, rel=1e-9)
+
+
+def _random_class(rng, n: int):
+    """A kNN graph and k-means clusterings of n random points, as the cluster stage makes them."""
+    from sklearn.cluster import KMeans
+
+    from pipeline.spectral import knn_affinity
+
+    x = rng.normal(size=(n, 5))
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    idx = np.argsort(d, 1)[:, 1:6]
+    labels = np.stack([KMeans(k, n_init=3, random_state=0).fit_predict(x) for k in (2, 3, 4)])
+    return knn_affinity(idx, np.take_along_axis(d, idx, 1)), labels
+
+
+def test_p_values_are_calibrated_when_transfer_ignores_the_clusters():
+    """Under the null (transfers unrelated to the clusters) p < 0.05 about 5% of the time."""
+    rng = np.random.default_rng(0)
+    W, labels = _random_class(rng, 30)
+    p = np.array([score_class(W, labels, [2, 3, 4], rng.normal(size=30), 0.5, 3, 200, i).p_value for i in range(300)])
+    assert 0.02 <= (p < 0.05).mean() <= 0.1 and 0.12 <= (p < 0.2).mean() <= 0.3
+
+
+def test_a_chance_group_in_a_tiny_class_is_not_significant_where_a_real_one_is():
+    """A class of 8 with 3 high transfers in one cluster scores like a real group, but its own null
+    is as wide: not significant. The same excess in a group of 30 in a class of 200 is."""
+    rng = np.random.default_rng(3)
+    W, labels = _random_class(rng, 8)
+    g = labels[0] == labels[0][0] if (labels[0] == labels[0][0]).sum() <= 4 else labels[0] != labels[0][0]
+    t = np.where(g, 0.3, 0.0) + rng.normal(0, 0.02, 8)
+    small = score_class(W, labels, [2, 3, 4], t, 0.5, 3, 200, 0)
+    n = 200
+    group = np.zeros(n, bool)
+    group[:30] = True
+    t = np.where(group, 0.3, 0.0) + rng.normal(0, 0.02, n)
+    big = score_class(_two_blocks(n, group), group.astype(int)[None], [2], t, 0.5, 3, 200, 0)
+    assert small.score > 1.5 and big.score > 1.5
+    assert small.p_value > 0.01 and big.p_value < 1e-6
+
+
+def test_benjamini_hochberg_q_values():
+    from pipeline.scores import benjamini_hochberg
+
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.06, 0.0533, 0.5 -> running min from the top: 0.04, 0.0533, 0.0533, 0.5
+    assert np.allclose(benjamini_hochberg(p), [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    assert benjamini_hochberg(np.array([])).shape == (0,)
