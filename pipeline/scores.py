@@ -52,9 +52,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.special import gammaln
 import torch
 import torch.nn.functional as F
+from scipy.special import gammaln
 
 from pipeline.spectral import conductance
 
