@@ -233,6 +233,8 @@ def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) 
         share, area = mask_share(maps, m)
     else:
         share = area = float("nan")
+    cs = store.read_table("class_scores")
+    flagged = set(cs.loc[cs["is_clever_hans"].astype(bool), "class_id"].astype(int))
     rows = []
     for method, (class_scores, sample_scores) in method_scores(cfg).items():
         auroc = ap = float("nan")
@@ -252,6 +254,9 @@ def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) 
                 "mask_area": area,
                 "n_poisoned": int(len(poisoned)),
                 "n_target": int((samples["label"] == target).sum()),
+                # the score stage's flags (unhans only: the baselines have no decision rule)
+                "target_flagged": (target in flagged and not control) if method == "unhans" else np.nan,
+                "other_flagged": len(flagged - ({target} if not control else set())) if method == "unhans" else np.nan,
             }
         )
     return pd.DataFrame(rows)
@@ -303,7 +308,7 @@ def summary(results: pd.DataFrame) -> str:
     head = ["scenario", "poison", "flip rate", "relevance in mask (area)"]
     for m in methods:
         head += [f"{m} rank", f"{m} AUROC"]
-    head += ["unhans score (top)"]
+    head += ["unhans score (top)", "unhans flagged"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for sc, g in results.groupby("scenario", sort=False):
         g = g.set_index("method")
@@ -316,6 +321,7 @@ def summary(results: pd.DataFrame) -> str:
             r = g.loc[m]
             cells += [f"{int(r['rank'])}", "-" if np.isnan(r["auroc"]) else f"{r['auroc']:.3f}"]
         cells.append(f"{u['target_score']:.3f} ({u['top_score']:.3f})")
+        cells.append(_flags(u))
         lines.append("| " + " | ".join(cells) + " |")
     poisoned = results[~results["control"]]
     followed = poisoned[poisoned["flip_rate"] >= FOLLOWED]
@@ -340,4 +346,22 @@ def summary(results: pd.DataFrame) -> str:
             f"- unhans: control top score {ctrl['top_score'].max():.3f}; poisoned target scores "
             f"min {pu['target_score'].min():.3f}, median {pu['target_score'].median():.3f}"
         )
+    uf, allu = followed[followed["method"] == "unhans"], results[results["method"] == "unhans"]
+    if "target_flagged" in results and allu["target_flagged"].notna().any():
+        lines.append(
+            f"- unhans flags (score >= threshold and q <= fdr): the target in "
+            f"{int(pu['target_flagged'].astype(bool).sum())} of {len(pu)} poisoned scenarios "
+            f"({int(uf['target_flagged'].astype(bool).sum())} of the {len(uf)} followed ones); other classes "
+            f"flagged: {int(allu['other_flagged'].sum())} over all {len(allu)} scenarios, control included"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _flags(u: pd.Series) -> str:
+    """The flagged classes of one scenario, in words (target / other classes)."""
+    if "target_flagged" not in u or pd.isna(u["target_flagged"]):
+        return "-"
+    parts = (["target"] if bool(u["target_flagged"]) else []) + (
+        [f"{int(u['other_flagged'])} other"] if u["other_flagged"] else []
+    )
+    return " + ".join(parts) or "none"

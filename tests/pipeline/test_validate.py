@@ -64,10 +64,13 @@ def test_summary_counts_first_ranks_and_states_the_control_margin():
         for m in ("unhans", "spray_euclidean"):
             rows.append(dict(scenario=sc, poison="p", control=control, method=m, rank=rank, target_score=score,
                              top_score=max(score, 0.1 if control else score), auroc=auroc, ap=auroc, flip_rate=0.5,
-                             mask_share=0.3, mask_area=0.1))  # fmt: skip
+                             mask_share=0.3, mask_area=0.1, target_flagged=rank == 1 if m == "unhans" else np.nan,
+                             other_flagged=int(control) if m == "unhans" else np.nan))  # fmt: skip
     text = summary(pd.DataFrame(rows))
     assert "unhans: target ranked first in 1 of 2 poisoned scenarios; median AUROC 0.945" in text
     assert "control top score 0.100; poisoned target scores min 0.200" in text
+    assert "the target in 1 of 2 poisoned scenarios (1 of the 2 followed ones); other classes flagged: 1" in text
+    assert "| 0.020 (0.100) | 1 other |" in text and "| 0.300 (0.300) | target |" in text
 
 
 def _planted_features(n=300, seed=0):
@@ -131,6 +134,7 @@ def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     row = out[out["method"] == "unhans"].iloc[0]
     assert row["flip_rate"] > 0.5  # the digits model follows a tint backdoor
     assert abs(row["n_poisoned"] - 0.2 * row["n_target"]) <= 1  # 20% of the (relabelled) target class
-    assert 1 <= row["rank"] <= 10 and 0.0 <= row["auroc"] <= 1.0
+    # the global probe finds the tint: ranked first, flagged, the tinted images on top
+    assert row["rank"] == 1 and row["auroc"] > 0.9 and row["target_flagged"], row
     assert "| tint |" in (tmp_path / "runs" / "results.md").read_text()
     assert "target ranked first in" in res.output
