@@ -59,9 +59,10 @@ def main() -> None:
     cs = runner.store.read_table("class_scores")
     top = cs.iloc[0]
     over = cs[cs["clever_hans_score"] >= cfg.score.flag_threshold]
+    q_over = over["q_value"].min() if len(over) else float("nan")
     print(f"\nscore: top class {top['class_key']} {top['clever_hans_score']:.3f} (group of {top['group_size']}, "
           f"p = {top['p_value']:.2g}, q = {top['q_value']:.2g}); {len(over)} classes at or above flag_threshold "
-          f"{cfg.score.flag_threshold:g} (smallest q among them: {over['q_value'].min() if len(over) else float('nan'):.2g}), "
+          f"{cfg.score.flag_threshold:g} (smallest q among them: {q_over:.2g}), "
           f"{int(cs['is_clever_hans'].sum())} flagged (q <= {cfg.score.fdr:g} too)")  # fmt: skip
     pages = len(list((root / "report").glob("class-*.html")))
     print(f"\nreport: {root / 'report' / 'index.html'} ({pages} class pages)")
