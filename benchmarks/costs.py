@@ -24,7 +24,8 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
     distances  K a_d n^b_d / C                               per-class fits t(n) = a n^b over the
     cluster    K a_c n^b_c / C                               three Fashion-MNIST sizes (32 x 32 maps
                                                              at both scales, so they carry over)
-    score      N h F_fwd / R  +  ((N + h K) t_dec + K a_s n^b_s) / C      h = 16 hosts per sample
+    score      N h F_fwd / R  +  ((N + h K) t_dec + K a_s n^b_s) / C      h = 21 forward passes per sample
+                                                             (16 evidence hosts, 4 global, 1 self-confidence)
     report     (N t_dec + K a_r n^b_r) / C
     index      N (t_probe + t_idx)            in the driver, one core
     clean      N t_clean                      in the driver, one core
@@ -66,7 +67,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.attribution import LRP, sum_pool  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import ScoreConfig, load_config  # noqa: E402
 from pipeline.datasets.folder import FolderDataset, imagenet_classes, probe  # noqa: E402
 from pipeline.datasets.photos import natural_photos  # noqa: E402
 from pipeline.models import MODELS  # noqa: E402
@@ -489,7 +490,10 @@ def main() -> None:
                          "training sustains there, less for zennit's hooks)")  # fmt: skip
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--cores-per-gpu", type=int, default=8)
-    ap.add_argument("--hosts", type=int, default=16, help="score.transfer_hosts: forward passes per sample")
+    score = ScoreConfig()
+    ap.add_argument("--hosts", type=int, default=score.transfer_hosts + score.global_hosts + 1,
+                    help="forward passes per sample in the score stage (default: score.transfer_hosts + "
+                         "score.global_hosts + 1 for the self-confidence)")  # fmt: skip
     ap.add_argument("--imagenet-n", type=int, default=IMAGENET_N)
     ap.add_argument("--imagenet-k", type=int, default=IMAGENET_K)
     args = ap.parse_args()
