@@ -16,9 +16,10 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   and spread are imposed on `global_hosts` host images (each host standardised per channel, then
   rescaled to the donor's statistics: the host's shapes stay, the donor's global look travels), and
   g_i is the mean rise of p_c as above. Images of a class differ little in these statistics, so g
-  is close to 0 for almost every sample (demo control: below 0.05 class score everywhere) and large
-  where a global look carries the class on its own (demo tint backdoor: 2.4, per-sample AUROC 1.0,
-  where the pasted evidence scored 0.67 and 0.45). A sample's transfer is max(t_i, g_i).
+  is close to 0 for almost every sample (the clean controls' top scores of `unhans validate` did not
+  change when it came in) and large where a global look carries the class on its own (the digits'
+  tint backdoor: rank 8 and per-sample AUROC 0.49 with pasted evidence alone, rank 1, score 3.1 and
+  AUROC 1.0 with both). A sample's transfer is max(t_i, g_i).
 - Class score: over the spectral clusterings of the class (k = 2..k_max, cluster stage) and their
   clusters G no larger than `max_group_fraction` of the class, the largest
       (mean t over G - mean t over the rest) / max(sd of t over the rest, SD_FLOOR) x (1 - conductance(G)),
@@ -36,7 +37,8 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   Benjamini-Hochberg q-values. A small class can hold a chance group whose standardised excess is
   large (1 of 1,000 random classes of 8 images crossed 1.5 with a group of 3: benchmarks/
   imagenet_scale.py); its null is as wide, so its q-value is not small. Large classes always have
-  some structure that goes with transfer (p far below 1e-3 for every Fashion-MNIST class), so there
+  some structure that goes with transfer (p <= 0.025 for every class of every Fashion-MNIST
+  validation scenario), so there
   the score's threshold decides: a class is flagged when score >= `flag_threshold` and q <= `fdr`.
 - Sample score = t_i; a sample is flagged when its class is flagged and it is in the chosen group.
 
