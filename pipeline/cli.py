@@ -142,13 +142,16 @@ def validate(
     scenario: Annotated[list[str] | None, typer.Option("--scenario", help="run only these scenarios")] = None,
     set_: SetOpt = None,
     root: Annotated[str | None, typer.Option("--root", help="folder of the scenario runs")] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", help="run seeds (repeatable; default: the spec's seeds)")
+    ] = None,
 ) -> None:
-    """Poison, train and audit every scenario of a spec; print detection against the baselines."""
+    """Poison, train and audit every scenario of a spec once per seed; print detection against the baselines."""
 
     def go() -> None:
         from pipeline.validate import run_validation, summary
 
-        results = run_validation(spec, root, scenario, set_ or [])
+        results = run_validation(spec, root, scenario, set_ or [], seed)
         typer.echo(summary(results))
 
     _guard(go)
@@ -161,7 +164,9 @@ def verify(
     run_dir: RunDirOpt = None,
     poison_from: Annotated[
         str | None,
-        typer.Option("--poison-from", help="SPEC:SCENARIO: the run and artifact of a validation scenario"),
+        typer.Option(
+            "--poison-from", help="SPEC:SCENARIO: the run (the spec's first seed) and artifact of a validation scenario"
+        ),
     ] = None,
     retrain: Annotated[bool, typer.Option("--retrain/--no-retrain", help="retrain on the cleaned list")] = True,
     class_id: Annotated[

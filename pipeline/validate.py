@@ -55,6 +55,7 @@ class Spec:
     set: list[str]
     flip_split: str  # test: the dataset's held-out split; train: unpoisoned training images
     scenarios: list[Scenario]
+    seeds: list[int]  # run seeds: each scenario is trained and audited once per seed
 
 
 def load_spec(name_or_path: str) -> Spec:
@@ -64,9 +65,11 @@ def load_spec(name_or_path: str) -> Spec:
         known = ", ".join(sorted(q.stem for q in SPEC_DIR.glob("*.yaml")))
         raise UserError(f"no validation spec {name_or_path!r}; known: {known} (or give a YAML path)")
     data = yaml.safe_load(path.read_text()) or {}
-    unknown = set(data) - {"name", "base", "set", "flip_split", "scenarios"}
+    unknown = set(data) - {"name", "base", "set", "flip_split", "scenarios", "seeds"}
     if unknown or "base" not in data or not data.get("scenarios"):
-        raise UserError(f"{path}: needs base and scenarios (allowed keys: name, base, set, flip_split, scenarios)")
+        raise UserError(
+            f"{path}: needs base and scenarios (allowed keys: name, base, set, flip_split, scenarios, seeds)"
+        )
     scenarios = []
     for i, s in enumerate(data["scenarios"]):
         extra = set(s) - {"name", "poison", "control", "set"}
@@ -79,16 +82,29 @@ def load_spec(name_or_path: str) -> Spec:
     split = data.get("flip_split", "test")
     if split not in ("test", "train"):
         raise UserError(f"{path}: flip_split must be test or train")
-    return Spec(str(data.get("name", path.stem)), str(data["base"]), list(data.get("set", [])), split, scenarios)
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and x >= 0 for x in seeds):
+        raise UserError(f"{path}: seeds must be a list of non-negative integers, e.g. [0, 1, 2]")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{path}: seeds must be unique")
+    name = str(data.get("name", path.stem))
+    return Spec(name, str(data["base"]), list(data.get("set", [])), split, scenarios, list(seeds))
 
 
-def scenario_config(spec: Spec, sc: Scenario, root: Path, extra: list[str]) -> tuple[Config, PoisonConfig]:
-    """The run's config (poison applied unless control) and the scenario's artifact."""
+def scenario_config(
+    spec: Spec, sc: Scenario, root: Path, extra: list[str], seed: int | None = None
+) -> tuple[Config, PoisonConfig]:
+    """The run's config (poison applied unless control; run seed `seed`, default the spec's first) and
+    the scenario's artifact. The run lives in <root>/<scenario>/seed-<seed>. The seed sets the
+    training (initialisation, batch order), the score's hosts and the clusterings; the planted
+    artifact (poison.seed) is the same for every seed, so seeds are replicates on the same data."""
     cfg = load_config(spec.base, spec.set + sc.set + extra)
     poison = PoisonConfig.model_validate(sc.poison)
-    cfg.name = f"{spec.name}-{sc.name}"
-    cfg.run_dir = str(root / sc.name)
-    cfg.report_dir = str(root / sc.name / "report")
+    cfg.seed = spec.seeds[0] if seed is None else seed
+    cfg.name = f"{spec.name}-{sc.name}-seed{cfg.seed}"
+    run = root / sc.name / f"seed-{cfg.seed}"
+    cfg.run_dir = str(run)
+    cfg.report_dir = str(run / "report")
     cfg.poison = None if sc.control else poison
     return cfg, poison
 
@@ -272,26 +288,50 @@ def describe(p: PoisonConfig, control: bool) -> str:
     return f"{p.kind} {p.regime} -> {p.target}, {p.fraction:.0%}, {where}"
 
 
-def run_validation(spec_name: str, root: str | None, only: list[str] | None, extra: list[str]) -> pd.DataFrame:
+def randomised(p: PoisonConfig) -> bool:
+    """The artifact's position or size varies from image to image."""
+    return p.position == "random" or p.size_jitter > 0
+
+
+def run_validation(
+    spec_name: str, root: str | None, only: list[str] | None, extra: list[str], seeds: list[int] | None = None
+) -> pd.DataFrame:
+    """Run every chosen scenario once per seed (the spec's seeds, or `seeds`) and evaluate each run;
+    returns (and writes to <root>/results.csv, results.md) the rows of every run of the spec found."""
     from pipeline.runner import Runner
 
     spec = load_spec(spec_name)
+    if any(e.split("=", 1)[0].strip() == "seed" for e in extra):
+        raise UserError("validate sets the run seed itself: use --seed N (repeatable) instead of --set seed=N")
+    if seeds:
+        spec.seeds = list(dict.fromkeys(seeds))
     out = Path(root or f"runs/validate/{spec.name}")
     chosen = [s for s in spec.scenarios if not only or s.name in only]
     if only and len(chosen) != len(set(only)):
         missing = set(only) - {s.name for s in spec.scenarios}
         raise UserError(f"unknown scenario(s) {', '.join(sorted(missing))}; known: {[s.name for s in spec.scenarios]}")
     for sc in chosen:
-        cfg, poison = scenario_config(spec, sc, out, extra)
-        log.info("validate: scenario %s (%s) in %s", sc.name, describe(poison, sc.control), cfg.run_url)
-        Runner(cfg).run_all(until="score")
-        df = evaluate(cfg, poison, sc.control, spec.flip_split)
-        df.insert(0, "scenario", sc.name)
-        df.insert(1, "poison", describe(poison, sc.control))
-        df.insert(2, "control", sc.control)
-        df.to_csv(Path(cfg.run_url) / "validation.csv", index=False)
-    # the table covers every scenario of the spec evaluated so far, so --scenario runs add up
-    done = [out / s.name / "validation.csv" for s in spec.scenarios if (out / s.name / "validation.csv").exists()]
+        for seed in spec.seeds:
+            cfg, poison = scenario_config(spec, sc, out, extra, seed)
+            log.info(
+                "validate: scenario %s, seed %d (%s) in %s", sc.name, seed, describe(poison, sc.control), cfg.run_url
+            )
+            Runner(cfg).run_all(until="score")
+            df = evaluate(cfg, poison, sc.control, spec.flip_split)
+            df.insert(0, "scenario", sc.name)
+            df.insert(1, "seed", seed)
+            df.insert(2, "poison", describe(poison, sc.control))
+            df.insert(3, "control", sc.control)
+            df.insert(4, "randomised", randomised(poison) and not sc.control)
+            df.to_csv(Path(cfg.run_url) / "validation.csv", index=False)
+    # the table covers every run of the spec's scenarios and seeds evaluated so far, so runs of
+    # single scenarios or seeds add up
+    done = [
+        f
+        for sc in spec.scenarios
+        for seed in spec.seeds
+        if (f := out / sc.name / f"seed-{seed}" / "validation.csv").exists()
+    ]
     results = pd.concat([pd.read_csv(f) for f in done], ignore_index=True)
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(summary(results))
@@ -302,66 +342,106 @@ def _median(x: pd.Series) -> str:
     return "-" if x.isna().all() else f"{np.nanmedian(x):.3f}"
 
 
+def _joined(values, fmt: str) -> str:
+    """Per-seed values of one scenario, in seed order: '1/1/2'."""
+    return "/".join("-" if pd.isna(v) else format(v, fmt) for v in values)
+
+
 def summary(results: pd.DataFrame) -> str:
-    """Markdown: one row per scenario with unhans' numbers and each baseline's rank and AUROC."""
+    """Markdown: one row per scenario (per-seed ranks and flip rates joined by '/', median AUROC over
+    the seeds), then one line per method over all runs (a run = one scenario with one seed) and over
+    the runs whose model follows the artifact (flip rate >= FOLLOWED), and the paired comparisons."""
+    results = results.copy()
+    if "seed" not in results:  # a results table written before seeds existed: one run per scenario
+        results["seed"] = 0
+    if "randomised" not in results:
+        results["randomised"] = False
+    results = results.sort_values("seed", kind="stable")
     methods = list(dict.fromkeys(results["method"]))
+    n_seeds = results["seed"].nunique()
     head = ["scenario", "poison", "flip rate", "relevance in mask (area)"]
     for m in methods:
         head += [f"{m} rank", f"{m} AUROC"]
     head += ["unhans score (top)", "unhans flagged"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for sc, g in results.groupby("scenario", sort=False):
-        g = g.set_index("method")
-        u = g.loc["unhans"]
-        cells = [sc, u["poison"], f"{u['flip_rate']:.2f}", f"{u['mask_share']:.2f} ({u['mask_area']:.2f})"]
+        u = g[g["method"] == "unhans"]
+        cells = [
+            sc,
+            u["poison"].iloc[0],
+            _joined(u["flip_rate"], ".2f"),
+            f"{np.nanmedian(u['mask_share']):.2f} ({np.nanmedian(u['mask_area']):.2f})"
+            if u["mask_share"].notna().any()
+            else "nan (nan)",
+        ]
         for m in methods:
-            if m not in g.index:  # a scenario measured before this method existed
+            r = g[g["method"] == m]
+            if r.empty:  # a scenario measured before this method existed
                 cells += ["-", "-"]
                 continue
-            r = g.loc[m]
-            cells += [f"{int(r['rank'])}", "-" if np.isnan(r["auroc"]) else f"{r['auroc']:.3f}"]
-        cells.append(f"{u['target_score']:.3f} ({u['top_score']:.3f})")
+            cells += [_joined(r["rank"].astype(int), "d"), _median(r["auroc"])]
+        cells.append(f"{np.median(u['target_score']):.3f} ({u['top_score'].max():.3f})")
         cells.append(_flags(u))
         lines.append("| " + " | ".join(cells) + " |")
-    poisoned = results[~results["control"]]
+    poisoned = results[~results["control"].astype(bool)]
     followed = poisoned[poisoned["flip_rate"] >= FOLLOWED]
-    n_followed = followed["scenario"].nunique()
+    runs = lambda d: f"{len(d)} runs" if n_seeds > 1 else f"{len(d)} scenarios"  # noqa: E731
+    nf = len(followed[followed["method"] == "unhans"])
     lines.append("")
+    seeds_note = f" ({poisoned['scenario'].nunique()} scenarios x {n_seeds} seeds)" if n_seeds > 1 else ""
     for m in methods:
         p, f = poisoned[poisoned["method"] == m], followed[followed["method"] == m]
         line = (
-            f"- {m}: target ranked first in {int((p['rank'] == 1).sum())} of {len(p)} poisoned scenarios; "
+            f"- {m}: target ranked first in {int((p['rank'] == 1).sum())} of {runs(p)}{seeds_note}; "
             f"median AUROC {_median(p['auroc'])}, median AP {_median(p['ap'])}"
         )
-        if n_followed:
+        if nf:
             line += (
-                f"; in the {n_followed} the model follows (flip rate >= {FOLLOWED}): first in "
+                f"; in the {nf} the model follows (flip rate >= {FOLLOWED}): first in "
                 f"{int((f['rank'] == 1).sum())}, median AUROC {_median(f['auroc'])}, median AP {_median(f['ap'])}"
             )
+        fr = f[f["randomised"].astype(bool)]
+        if len(fr):
+            line += f"; followed with random position or size: median AUROC {_median(fr['auroc'])} ({len(fr)})"
         lines.append(line)
-    ctrl = results[results["control"] & (results["method"] == "unhans")]
+    if nf:
+        fu = followed[followed["method"] == "unhans"].set_index(["scenario", "seed"])["auroc"]
+        pairs = []
+        for m in methods[1:]:
+            fm = followed[followed["method"] == m].set_index(["scenario", "seed"])["auroc"]
+            both = pd.concat([fu, fm], axis=1, join="inner").dropna()
+            if len(both):
+                pairs.append(f"{m} {int((both.iloc[:, 0] > both.iloc[:, 1]).sum())} of {len(both)}")
+        if pairs:
+            lines.append(
+                f"- unhans' per-sample AUROC above the other method's, in the followed runs: {', '.join(pairs)}"
+            )
+    ctrl = results[results["control"].astype(bool) & (results["method"] == "unhans")]
     pu = poisoned[poisoned["method"] == "unhans"]
+    uf = followed[followed["method"] == "unhans"]
     if len(ctrl) and len(pu):
-        lines.append(
+        line = (
             f"- unhans: control top score {ctrl['top_score'].max():.3f}; poisoned target scores "
             f"min {pu['target_score'].min():.3f}, median {pu['target_score'].median():.3f}"
         )
-    uf, allu = followed[followed["method"] == "unhans"], results[results["method"] == "unhans"]
+        if len(uf):
+            line += f"; followed: min {uf['target_score'].min():.3f}, median {uf['target_score'].median():.3f}"
+        lines.append(line)
+    allu = results[results["method"] == "unhans"]
     if "target_flagged" in results and allu["target_flagged"].notna().any():
         lines.append(
             f"- unhans flags (score >= threshold and q <= fdr): the target in "
-            f"{int(pu['target_flagged'].astype(bool).sum())} of {len(pu)} poisoned scenarios "
-            f"({int(uf['target_flagged'].astype(bool).sum())} of the {len(uf)} followed ones); other classes "
-            f"flagged: {int(allu['other_flagged'].sum())} over all {len(allu)} scenarios, control included"
+            f"{int(pu['target_flagged'].astype(bool).sum())} of {runs(pu)} "
+            f"({int(uf['target_flagged'].astype(bool).sum())} of the {len(uf)} followed); other classes "
+            f"flagged: {int(allu['other_flagged'].sum())} over all {runs(allu)}, controls included"
         )
     return "\n".join(lines) + "\n"
 
 
-def _flags(u: pd.Series) -> str:
-    """The flagged classes of one scenario, in words (target / other classes)."""
-    if "target_flagged" not in u or pd.isna(u["target_flagged"]):
+def _flags(u: pd.DataFrame) -> str:
+    """The flagged classes of one scenario's runs, in words (target in how many seeds / other classes)."""
+    if "target_flagged" not in u or u["target_flagged"].isna().all():
         return "-"
-    parts = (["target"] if bool(u["target_flagged"]) else []) + (
-        [f"{int(u['other_flagged'])} other"] if u["other_flagged"] else []
-    )
+    n, hit, other = len(u), int(u["target_flagged"].astype(bool).sum()), int(u["other_flagged"].sum())
+    parts = ([f"target {hit}/{n}" if n > 1 else "target"] if hit else []) + ([f"{other} other"] if other else [])
     return " + ".join(parts) or "none"

@@ -53,7 +53,8 @@ def default_flip_split(cfg: Config) -> str:
 def resolve(
     config: str, overrides: list[str], run_dir: str | None, poison_from: str | None
 ) -> tuple[Config, PoisonConfig, str]:
-    """(run config, artifact, flip split) from a config or a validation scenario `SPEC:SCENARIO`."""
+    """(run config, artifact, flip split) from a config or a validation scenario `SPEC:SCENARIO` (the run of
+    the spec's first seed)."""
     from pipeline.config import load_config
 
     if poison_from:

@@ -55,22 +55,58 @@ def test_specs_load_and_bad_specs_say_what_to_fix(tmp_path):
         load_spec(str(bad))
     with pytest.raises(UserError, match="no validation spec"):
         load_spec("nope")
+    bad.write_text("base: demo\nseeds: [0, 0]\nscenarios:\n  - {name: a, poison: {kind: patch, target: 1}}\n")
+    with pytest.raises(UserError, match="seeds must be unique"):
+        load_spec(str(bad))
+
+
+def test_each_seed_is_its_own_run_on_the_same_planted_data(tmp_path):
+    from pipeline.validate import scenario_config
+
+    spec = load_spec("demo")
+    sc = next(s for s in spec.scenarios if not s.control)
+    (a, pa), (b, pb) = (scenario_config(spec, sc, tmp_path, [], seed) for seed in (0, 3))
+    assert (a.seed, b.seed) == (0, 3) and a.run_dir != b.run_dir and b.run_dir.endswith("seed-3")
+    assert a.poison == b.poison == pa == pb  # the artifact's own seed does not follow the run seed
+    assert scenario_config(spec, sc, tmp_path, [])[0].seed == spec.seeds[0]
+
+
+def _rows(runs):
+    """Hand-made result rows: (scenario, seed, control, flip rate, unhans rank, auroc, score, spray auroc)."""
+    rows = []
+    for sc, seed, control, flip, rank, auroc, score, spray in runs:
+        for m in ("unhans", "spray_euclidean"):
+            u = m == "unhans"
+            rows.append(dict(scenario=sc, seed=seed, poison="p", control=control, randomised=sc == "b", method=m,
+                             rank=rank if u else 5, target_score=score, top_score=max(score, 0.1 if control else score),
+                             auroc=auroc if u else spray, ap=auroc, flip_rate=flip, mask_share=0.3, mask_area=0.1,
+                             target_flagged=(rank == 1 and not control) if u else np.nan,
+                             other_flagged=int(control) if u else np.nan))  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def test_summary_counts_first_ranks_and_states_the_control_margin():
-    rows = []
-    for sc, control, rank, auroc, score in [("c", True, 4, np.nan, 0.02), ("a", False, 1, 0.99, 0.3),
-                                            ("b", False, 2, 0.9, 0.2)]:  # fmt: skip
-        for m in ("unhans", "spray_euclidean"):
-            rows.append(dict(scenario=sc, poison="p", control=control, method=m, rank=rank, target_score=score,
-                             top_score=max(score, 0.1 if control else score), auroc=auroc, ap=auroc, flip_rate=0.5,
-                             mask_share=0.3, mask_area=0.1, target_flagged=rank == 1 if m == "unhans" else np.nan,
-                             other_flagged=int(control) if m == "unhans" else np.nan))  # fmt: skip
-    text = summary(pd.DataFrame(rows))
-    assert "unhans: target ranked first in 1 of 2 poisoned scenarios; median AUROC 0.945" in text
+    text = summary(_rows([("c", 0, True, 0.5, 4, np.nan, 0.02, np.nan), ("a", 0, False, 0.5, 1, 0.99, 0.3, 0.5),
+                          ("b", 0, False, 0.5, 2, 0.9, 0.2, 0.95)]))  # fmt: skip
+    assert "unhans: target ranked first in 1 of 2 scenarios; median AUROC 0.945" in text
     assert "control top score 0.100; poisoned target scores min 0.200" in text
-    assert "the target in 1 of 2 poisoned scenarios (1 of the 2 followed ones); other classes flagged: 1" in text
+    assert "the target in 1 of 2 scenarios (1 of the 2 followed); other classes flagged: 1" in text
     assert "| 0.020 (0.100) | 1 other |" in text and "| 0.300 (0.300) | target |" in text
+    assert "followed with random position or size: median AUROC 0.900 (1)" in text  # scenario b
+    assert "above the other method's, in the followed runs: spray_euclidean 1 of 2" in text
+
+
+def test_summary_over_seeds_joins_per_seed_values_and_counts_runs():
+    """Two seeds of each scenario: per-seed ranks and flip rates joined in seed order, medians over seeds,
+    and the lines count runs; a run whose model ignores the artifact is not among the followed."""
+    nan = np.nan
+    text = summary(_rows([("a", 1, False, 0.05, 3, 0.5, 0.4, 0.6), ("a", 0, False, 0.8, 1, 0.97, 2.0, 0.7),
+                          ("c", 0, True, 0.0, 2, nan, 0.9, nan), ("c", 1, True, 0.0, 4, nan, 1.1, nan)]))  # fmt: skip
+    row = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert "| 0.80/0.05 |" in row and "| 1/3 | 0.735 |" in row and "| target 1/2 |" in row
+    assert "target ranked first in 1 of 2 runs (1 scenarios x 2 seeds)" in text
+    assert "in the 1 the model follows (flip rate >= 0.1): first in 1, median AUROC 0.970" in text
+    assert "control top score 1.100" in text and "followed: min 2.000" in text
 
 
 def _planted_features(n=300, seed=0):
