@@ -246,6 +246,9 @@ class ScoreConfig(Section):
     global_hosts: int = Field(
         4, ge=0, description="of those, how many take each sample's per-channel mean and spread (0: no global probe)"
     )
+    smoothing: float = Field(
+        0.75, ge=0, lt=1, description="weight of a sample's explanation neighbours in its score (0: its own transfer)"
+    )
 
 
 class ReportConfig(Section):

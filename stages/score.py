@@ -2,8 +2,9 @@
 
 Writes tables class_scores (one row per analysed class, ranked; p_value and q_value of the score;
 group_probe: which probe carries the chosen group's transfer; label_issue_fraction) and
-sample_scores (one row per analysed sample: cluster, in_group, clever_hans_score = the sample's
-transfer = max(evidence_transfer, global_transfer), is_clever_hans; and, apart from shortcuts,
+sample_scores (one row per analysed sample: cluster, in_group, transfer = max(evidence_transfer,
+global_transfer), clever_hans_score = the transfer spread over the class's explanation graph,
+is_clever_hans; and, apart from shortcuts,
 label issues: self_confidence = p(label), label_issue_score = 1 - p(label), is_label_issue),
 cleanlab-style. A backdoor the model did not learn leaves mislabelled images, not a Clever Hans:
 they show up as label issues.
@@ -22,7 +23,7 @@ from pipeline.compute import resolve_device, worker_device
 from pipeline.datasets import build_dataset, iter_batches
 from pipeline.models import MODELS, model_for_run
 from pipeline.runner import Context, stage
-from pipeline.scores import benjamini_hochberg, evidence_masks, score_class, transfer
+from pipeline.scores import benjamini_hochberg, evidence_masks, host_probability, score_class, spread, transfer
 from pipeline.spectral import knn_affinity
 from pipeline.store import Store
 
@@ -69,16 +70,17 @@ def class_transfer(
     from its stored relevance map, pasted into the hosts; its global look imposed on the first
     `score.global_hosts` hosts) and their self-confidence p(c | member), one more forward pass each."""
     host_images = _images(cfg, ds, samples, hosts)
-    global_hosts = host_images[: cfg.score.global_hosts]
+    n_global = min(cfg.score.global_hosts, len(host_images))
+    base = host_probability(model, normalise, host_images, c)  # once per class, for both probes
     t, g, conf = (np.zeros(len(members)) for _ in range(3))
     dev = next(model.parameters()).device
     for start in range(0, len(members), DONOR_CHUNK):  # donors in chunks: memory independent of class size
         part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
         masks = evidence_masks(torch.as_tensor(store.relevance(part)), cfg.score.transfer_top, cfg.dataset.image_size)
         donors = _images(cfg, ds, samples, part)
-        t[at] = transfer(model, normalise, donors, host_images, c, masks)
-        if len(global_hosts):
-            g[at] = transfer(model, normalise, donors, global_hosts, c)
+        t[at] = transfer(model, normalise, donors, host_images, c, masks, base)
+        if n_global:
+            g[at] = transfer(model, normalise, donors, host_images[:n_global], c, None, base[:n_global])
         with torch.no_grad():
             conf[at] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
     return Transfers(t, g, conf)
@@ -119,6 +121,7 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     predicted_other = store.array("attribution/prediction").get_orthogonal_selection((members,)) != c
     label_issue = predicted_other & (conf < conf.mean())
     s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group, scfg.permutations, [cfg.seed, c])
+    sample_score = spread(W, t, scfg.smoothing)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     g_over_e = (tr.global_[s.group] - tr.evidence[s.group]).mean() if s.group.any() else 0.0
     row = {
@@ -146,7 +149,8 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
             "class_id": c,
             "cluster": labels[ks.index(n_clusters)],
             "in_group": s.group,
-            "clever_hans_score": t,
+            "clever_hans_score": sample_score,
+            "transfer": t,
             "evidence_transfer": tr.evidence,
             "global_transfer": tr.global_,
             "self_confidence": conf,
@@ -157,7 +161,7 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     if "artifact" in samples:  # a poisoned run knows the truth: record how well the scores find it
         truth = samples["artifact"].to_numpy(bool)[members]
         row["n_artifact"] = int(truth.sum())
-        row["artifact_auroc"] = float(roc_auc_score(truth, t)) if 0 < truth.sum() < len(truth) else np.nan
+        row["artifact_auroc"] = float(roc_auc_score(truth, sample_score)) if 0 < truth.sum() < len(truth) else np.nan
     return row, sample_rows
 
 

@@ -95,4 +95,4 @@ def test_a_learned_global_tint_is_found_by_the_global_probe(tmp_path):
     assert cs.index[0] == 2 and cs.at[2, "group_probe"] == "global", cs[["clever_hans_score", "group_probe"]]
     assert roc_auc_score(truth, target["global_transfer"]) > 0.95
     assert roc_auc_score(truth, target["clever_hans_score"]) > 0.95
-    assert (ss["clever_hans_score"] == ss[["evidence_transfer", "global_transfer"]].max(axis=1)).all()
+    assert (ss["transfer"] == ss[["evidence_transfer", "global_transfer"]].max(axis=1)).all()
