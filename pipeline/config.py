@@ -239,6 +239,9 @@ class ScoreConfig(Section):
     flag_threshold: float = Field(1.5, ge=0, description="class score from which a class is flagged")
     fdr: float = Field(0.05, gt=0, le=1, description="largest q-value (false discovery rate) of a flagged class")
     permutations: int = Field(200, ge=0, description="permutation draws per class for its p-value (0: no fdr test)")
+    min_spread: float = Field(
+        0.1, gt=0, le=1, description="least spread of a class's usual transfer (probability) the excess is counted in"
+    )
     max_group_fraction: float = Field(0.5, gt=0, le=1, description="largest suspicious group, share of the class")
     min_group: int = Field(3, ge=1, description="smallest suspicious group, samples")
     transfer_top: float = Field(0.03, gt=0, le=1, description="share of relevance cells pasted as a sample's evidence")

@@ -22,7 +22,7 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   AUROC 1.0 with both). A sample's transfer is max(t_i, g_i).
 - Class score: over the spectral clusterings of the class (k = 2..k_max, cluster stage) and their
   clusters G no larger than `max_group_fraction` of the class, the largest
-      (mean t over G - mean t over the rest) / max(sd of t over the rest, SD_FLOOR) x (1 - conductance(G)),
+      (mean t over G - mean t over the rest) / max(sd of t over the rest, min_spread) x (1 - conductance(G)),
   the group's excess transfer in units of the spread of the class's usual transfer, times how cut off
   the group is in the explanation graph. Both factors are scale-free (a standardised difference and a
   share of affinity), so the score compares across classes of any size; a class whose groups all
@@ -30,7 +30,13 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   median excess and a pooled-sd effect size: classes whose own evidence transfers well (a T-shirt's
   sleeves make a shirt a T-shirt) have large raw excesses but also a wide spread, while a planted
   artifact's group stands out from a class's usual transfer by more than twice as many spreads.
-  SD_FLOOR (two percentage points) keeps classes whose evidence never transfers from dividing by ~0.
+  min_spread (`score.min_spread`, 0.1) is the least spread a class's usual transfer is taken to
+  have, so a group must lie `flag_threshold` x 0.1 = 15 probability points above the rest of its class
+  to be flagged however tight that class's own transfers are: in a class whose evidence hardly
+  transfers (the digits' 1s, a thin stroke) a natural sub-style raising p(class) by 9 points was 4
+  spreads above the rest. Chosen on the digits harness, where it was the smallest of 0.02, 0.05 and
+  0.1 that flagged no class but the poisoned one over its 27 runs (10, 4 and 0 others flagged);
+  Fashion-MNIST played no part in the choice.
 - Significance: the score is also compared with its own null, the best group score when the
   class's transfers are randomly permuted over its members (`permutations` draws; a Gumbel tail
   fitted to them gives p-values below 1 / draws), and the p-values of all classes are turned into
@@ -67,7 +73,7 @@ from scipy.special import gammaln
 
 from pipeline.spectral import conductance
 
-SD_FLOOR = 0.02
+MIN_SPREAD = 0.1  # score.min_spread's default
 
 
 @dataclass
@@ -181,9 +187,9 @@ def candidate_groups(
     return ids, G, 1.0 - phi, phi
 
 
-def group_scores(T: np.ndarray, G: np.ndarray, separation: np.ndarray) -> np.ndarray:
+def group_scores(T: np.ndarray, G: np.ndarray, separation: np.ndarray, min_spread: float = MIN_SPREAD) -> np.ndarray:
     """Scores (B, m) of the m candidate groups for B transfer vectors T (B, n): (mean inside - mean of
-    the rest) / max(sd of the rest, SD_FLOOR) x separation."""
+    the rest) / max(sd of the rest, min_spread) x separation."""
     Gf = G.astype(np.float64)
     size = Gf.sum(0)
     rest = G.shape[0] - size
@@ -191,7 +197,7 @@ def group_scores(T: np.ndarray, G: np.ndarray, separation: np.ndarray) -> np.nda
     total, total_sq = T.sum(1, keepdims=True), (T * T).sum(1, keepdims=True)
     mean_g, mean_r = inside / size, (total - inside) / rest
     sd_r = np.sqrt(np.maximum((total_sq - inside_sq) / rest - mean_r**2, 0.0))
-    return (mean_g - mean_r) / np.maximum(sd_r, SD_FLOOR) * separation
+    return (mean_g - mean_r) / np.maximum(sd_r, min_spread) * separation
 
 
 def score_class(
@@ -203,6 +209,7 @@ def score_class(
     min_group: int = 3,
     permutations: int = 0,
     seed: int | list[int] = 0,
+    min_spread: float = MIN_SPREAD,
 ) -> ClassScore:
     """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k; t (n,) transfer.
     With `permutations` > 0, also the class's p-value (see `null_p_value`)."""
@@ -212,11 +219,11 @@ def score_class(
     if not ids:
         best.p_value = 1.0 if permutations else float("nan")
         return best
-    scores = group_scores(np.asarray(t, np.float64)[None], G, sep)[0]
+    scores = group_scores(np.asarray(t, np.float64)[None], G, sep, min_spread)[0]
     j = int(np.argmax(scores))
     if permutations:
         rng = np.random.default_rng(seed)
-        null = group_scores(np.stack([rng.permutation(t) for _ in range(permutations)]), G, sep).max(1)
+        null = group_scores(np.stack([rng.permutation(t) for _ in range(permutations)]), G, sep, min_spread).max(1)
         best.p_value = null_p_value(float(scores[j]), null, n, int(G[:, j].sum()))
     if scores[j] > 0:
         g = G[:, j]

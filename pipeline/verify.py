@@ -116,7 +116,8 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     for c in class_ids:
         members, W, labels, ks, _ = class_clusters(store, c)
         t = class_transfer(cfg, store, samples, model, lambda x: (x - mean) / std, ds, c, members, hosts[c]).combined
-        out[c] = score_class(W, labels, ks, t, cfg.score.max_group_fraction, cfg.score.min_group).score
+        sc = cfg.score
+        out[c] = score_class(W, labels, ks, t, sc.max_group_fraction, sc.min_group, min_spread=sc.min_spread).score
     return out
 
 

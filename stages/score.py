@@ -120,7 +120,9 @@ def score_one(cfg, url: str, fingerprint: str, item: ScoreItem) -> tuple[dict, p
     # class's average member (the per-class threshold of confident learning)
     predicted_other = store.array("attribution/prediction").get_orthogonal_selection((members,)) != c
     label_issue = predicted_other & (conf < conf.mean())
-    s = score_class(W, labels, ks, t, scfg.max_group_fraction, scfg.min_group, scfg.permutations, [cfg.seed, c])
+    s = score_class(
+        W, labels, ks, t, scfg.max_group_fraction, scfg.min_group, scfg.permutations, [cfg.seed, c], scfg.min_spread
+    )
     sample_score = spread(W, t, scfg.smoothing)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     g_over_e = (tr.global_[s.group] - tr.evidence[s.group]).mean() if s.group.any() else 0.0

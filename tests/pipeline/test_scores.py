@@ -103,7 +103,7 @@ def test_class_score_is_excess_transfer_of_a_separate_group():
     t = np.where(group, 0.8, 0.1)
     s = score_class(W, labels, [2, 3], t, max_group_fraction=0.5)
     assert (s.k, s.group_size) == (2, 8) and np.array_equal(s.group, group)
-    assert s.score == pytest.approx(0.7 / 0.02 * (1 - s.conductance)) and s.conductance < 0.01  # rest sd 0: floor
+    assert s.score == pytest.approx(0.7 / 0.1 * (1 - s.conductance)) and s.conductance < 0.01  # rest sd 0: floor
     # the same group with no excess transfer scores 0: separation alone is no Clever Hans
     flat = score_class(W, labels, [2, 3], np.full(n, 0.5), max_group_fraction=0.5)
     assert flat.score == 0.0 and flat.cluster == -1
@@ -119,14 +119,29 @@ def test_the_excess_counts_in_spreads_of_the_class_usual_transfer():
     W = _two_blocks(n, group)
     labels = group.astype(int)[None]
     rng = np.random.default_rng(0)
-    wide = np.where(group, 0.4, 0.1 + 0.2 * rng.standard_normal(n))
-    narrow = np.where(group, 0.4, 0.1 + 0.05 * rng.standard_normal(n))
+    wide = np.where(group, 0.7, 0.1 + 0.4 * rng.standard_normal(n))
+    narrow = np.where(group, 0.7, 0.1 + 0.1 * rng.standard_normal(n))
     s_wide, s_narrow = (score_class(W, labels, [2], t, 0.5).score for t in (wide, narrow))
     assert s_narrow > 3 * s_wide > 0
 
 
+def test_a_small_excess_in_a_tight_class_is_no_alarm():
+    """A class whose evidence hardly transfers (spread 0.5 points) with a sub-style 5 points above it:
+    many spreads, but below min_spread x the threshold; a planted cue 40 points above is an alarm."""
+    n = 60
+    group = np.zeros(n, bool)
+    group[:10] = True
+    W = _two_blocks(n, group)
+    labels = group.astype(int)[None]
+    rest = 0.01 + 0.005 * np.random.default_rng(0).standard_normal(n)
+    style, cue = np.where(group, 0.06, rest), np.where(group, 0.41, rest)
+    assert score_class(W, labels, [2], style, 0.5, min_spread=0.005).score > 5  # counted in its own spread
+    assert score_class(W, labels, [2], style, 0.5).score < 0.6
+    assert score_class(W, labels, [2], cue, 0.5).score > 3.5
+
+
 def test_vectorised_group_scores_equal_the_formula_group_by_group():
-    from pipeline.scores import SD_FLOOR, candidate_groups, group_scores
+    from pipeline.scores import MIN_SPREAD, candidate_groups, group_scores
     from pipeline.spectral import conductance
 
     rng = np.random.default_rng(1)
@@ -139,7 +154,7 @@ def test_vectorised_group_scores_equal_the_formula_group_by_group():
     got = group_scores(t[None], G, sep)[0]
     for j, (k, c) in enumerate(ids):
         g = labels[[2, 4].index(k)] == c
-        want = (t[g].mean() - t[~g].mean()) / max(t[~g].std(), SD_FLOOR) * (1 - conductance(W, g))
+        want = (t[g].mean() - t[~g].mean()) / max(t[~g].std(), MIN_SPREAD) * (1 - conductance(W, g))
         assert got[j] == pytest.approx(want, rel=1e-9)
 
 
@@ -170,12 +185,12 @@ def test_a_chance_group_in_a_tiny_class_is_not_significant_where_a_real_one_is()
     rng = np.random.default_rng(3)
     W, labels = _random_class(rng, 8)
     g = labels[0] == labels[0][0] if (labels[0] == labels[0][0]).sum() <= 4 else labels[0] != labels[0][0]
-    t = np.where(g, 0.3, 0.0) + rng.normal(0, 0.02, 8)
+    t = np.where(g, 0.6, 0.0) + rng.normal(0, 0.02, 8)
     small = score_class(W, labels, [2, 3, 4], t, 0.5, 3, 200, 0)
     n = 200
     group = np.zeros(n, bool)
     group[:30] = True
-    t = np.where(group, 0.3, 0.0) + rng.normal(0, 0.02, n)
+    t = np.where(group, 0.6, 0.0) + rng.normal(0, 0.02, n)
     big = score_class(_two_blocks(n, group), group.astype(int)[None], [2], t, 0.5, 3, 200, 0)
     assert small.score > 1.5 and big.score > 1.5
     assert small.p_value > 0.01 and big.p_value < 1e-6
