@@ -24,8 +24,9 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
     distances  K a_d n^b_d / C                               per-class fits t(n) = a n^b over the
     cluster    K a_c n^b_c / C                               three Fashion-MNIST sizes (32 x 32 maps
                                                              at both scales, so they carry over)
-    score      N h F_fwd / R  +  ((N + h K) t_dec + K a_s n^b_s) / C      h = 21 forward passes per sample
+    transfer   N h F_fwd / R  +  ((N + h K) t_dec + K a_t n^b_t) / C      h = 21 forward passes per sample
                                                              (16 evidence hosts, 4 global, 1 self-confidence)
+    score      K a_s n^b_s / C                               statistics on the stored transfers
     report     (N t_dec + K a_r n^b_r) / C
     index      N (t_probe + t_idx)            in the driver, one core
     clean      N t_clean                      in the driver, one core
@@ -67,7 +68,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.attribution import LRP, sum_pool  # noqa: E402
-from pipeline.config import ScoreConfig, load_config  # noqa: E402
+from pipeline.config import TransferConfig, load_config  # noqa: E402
 from pipeline.datasets.folder import FolderDataset, imagenet_classes, probe  # noqa: E402
 from pipeline.datasets.photos import natural_photos  # noqa: E402
 from pipeline.models import MODELS  # noqa: E402
@@ -75,7 +76,7 @@ from pipeline.runner import Runner  # noqa: E402
 
 IMAGENET_N, IMAGENET_K = 1_281_167, 1000
 ARCHS = ("vgg16", "resnet50")
-PER_CLASS = ("distances", "cluster", "score", "report")
+PER_CLASS = ("distances", "cluster", "transfer", "score", "report")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -412,16 +413,17 @@ def cost_model(m: dict, args) -> None:
     for r in m["lrp"]:
         arch = r["arch"]
         if gpu_measured:
-            g_att, g_score = N * r["lrp_wall_s"], N * h * r["fwd_wall_s"]
+            g_att, g_transfer = N * r["lrp_wall_s"], N * h * r["fwd_wall_s"]
         else:
-            g_att, g_score = N * r["lrp_flops"] / R, N * h * r["fwd_flops"] / R
+            g_att, g_transfer = N * r["lrp_flops"] / R, N * h * r["fwd_flops"] / R
         # CPU only: core-seconds (not known when the lrp part ran on a GPU)
-        c_att, c_score = (N * r["lrp_cpu_s"], N * h * r["fwd_cpu_s"]) if not gpu_measured else (np.nan, np.nan)
+        c_att, c_transfer = (N * r["lrp_cpu_s"], N * h * r["fwd_cpu_s"]) if not gpu_measured else (np.nan, np.nan)
         cpu = {
             "attribute": N * (t_dec + per_sample["attribute"]),
             "distances": K * t_class["distances"],
             "cluster": K * t_class["cluster"],
-            "score": (N + h * K) * t_dec + K * t_class["score"],
+            "transfer": (N + h * K) * t_dec + K * t_class["transfer"],
+            "score": K * t_class["score"],
             "report": N * t_dec + K * t_class["report"],
         }
         driver = {"index": N * (t_probe + per_sample["index"]), "clean": N * per_sample["clean"]}
@@ -436,11 +438,13 @@ def cost_model(m: dict, args) -> None:
         for s in ("distances", "cluster"):
             a, b = fits[s]
             rows.append((s, f"K x {a:.3g} n^{b:.2f} s / C", cpu[s] / C, cpu[s] / C / G, cpu[s] / C, cpu[s] / C / G))
-        one = g_score + cpu["score"] / C
-        cpu_only = (c_score + cpu["score"]) / C
-        rows.append(("score", f"N x {h} x {r['fwd_flops'] / 1e9:.1f} GFLOP / R + ((N + {h}K) x decode + "
-                     f"K x {t_class['score']:.2f} s) / C; CPU only: N x {h} x {r['fwd_cpu_s']:.3f} s / C",
+        one = g_transfer + cpu["transfer"] / C
+        cpu_only = (c_transfer + cpu["transfer"]) / C
+        rows.append(("transfer", f"N x {h} x {r['fwd_flops'] / 1e9:.1f} GFLOP / R + ((N + {h}K) x decode + "
+                     f"K x {t_class['transfer']:.2f} s) / C; CPU only: N x {h} x {r['fwd_cpu_s']:.3f} s / C",
                      one, one / G, cpu_only, cpu_only / G))  # fmt: skip
+        rows.append(("score", f"K x {t_class['score']:.2f} s / C", cpu["score"] / C, cpu["score"] / C / G,
+                     cpu["score"] / C, cpu["score"] / C / G))  # fmt: skip
         rows.append(("report", f"(N x decode + K x {t_class['report']:.2f} s) / C", cpu["report"] / C,
                      cpu["report"] / C / G, cpu["report"] / C, cpu["report"] / C / G))  # fmt: skip
         rows.append(("clean", f"N x {per_sample['clean'] * 1e3:.3f} ms, driver", driver["clean"], driver["clean"],
@@ -455,10 +459,10 @@ def cost_model(m: dict, args) -> None:
         tot = [sum(row[i] for row in rows) for i in range(2, 6)]
         print("| **total** | | " + " | ".join(f"**{hours(t)}**" for t in tot) + " |")
         ips_att = 1 / r["lrp_wall_s"] if gpu_measured else R / r["lrp_flops"]
-        ips_score = 1 / (h * r["fwd_wall_s"]) if gpu_measured else R / (h * r["fwd_flops"])
+        ips_transfer = 1 / (h * r["fwd_wall_s"]) if gpu_measured else R / (h * r["fwd_flops"])
         print(f"\nDecoding to keep one GPU busy: attribute {ips_att:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
-              f"{ips_att * t_dec:.1f} cores; score {ips_score:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
-              f"{ips_score * t_dec:.1f} cores (donors; {h} hosts per class are decoded once).\n")  # fmt: skip
+              f"{ips_att * t_dec:.1f} cores; transfer {ips_transfer:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
+              f"{ips_transfer * t_dec:.1f} cores (donors; {h} hosts per class are decoded once).\n")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- main
@@ -490,10 +494,10 @@ def main() -> None:
                          "training sustains there, less for zennit's hooks)")  # fmt: skip
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--cores-per-gpu", type=int, default=8)
-    score = ScoreConfig()
-    ap.add_argument("--hosts", type=int, default=score.transfer_hosts + score.global_hosts + 1,
-                    help="forward passes per sample in the score stage (default: score.transfer_hosts + "
-                         "score.global_hosts + 1 for the self-confidence)")  # fmt: skip
+    tr = TransferConfig()
+    ap.add_argument("--hosts", type=int, default=tr.hosts + tr.global_hosts + 1,
+                    help="forward passes per sample in the transfer stage (default: transfer.hosts + "
+                         "transfer.global_hosts + 1 for the self-confidence)")  # fmt: skip
     ap.add_argument("--imagenet-n", type=int, default=IMAGENET_N)
     ap.add_argument("--imagenet-k", type=int, default=IMAGENET_K)
     args = ap.parse_args()

@@ -233,6 +233,16 @@ class ClusterConfig(Section):
     embedding: Literal["spectral", "tsne"] = "spectral"
 
 
+class TransferConfig(Section):
+    """The model probes behind the Clever Hans score (stages/transfer.py, pipeline/scores.py)."""
+
+    top: float = Field(0.03, gt=0, le=1, description="share of relevance cells pasted as a sample's evidence")
+    hosts: int = Field(16, ge=1, description="images of other classes each sample's evidence is pasted into")
+    global_hosts: int = Field(
+        4, ge=0, description="of those, how many take each sample's per-channel mean and spread (0: no global probe)"
+    )
+
+
 class ScoreConfig(Section):
     """The Clever Hans score (pipeline/scores.py): excess transfer of a separate group."""
 
@@ -244,11 +254,6 @@ class ScoreConfig(Section):
     )
     max_group_fraction: float = Field(0.5, gt=0, le=1, description="largest suspicious group, share of the class")
     min_group: int = Field(3, ge=1, description="smallest suspicious group, samples")
-    transfer_top: float = Field(0.03, gt=0, le=1, description="share of relevance cells pasted as a sample's evidence")
-    transfer_hosts: int = Field(16, ge=1, description="images of other classes each sample's evidence is pasted into")
-    global_hosts: int = Field(
-        4, ge=0, description="of those, how many take each sample's per-channel mean and spread (0: no global probe)"
-    )
     smoothing: float = Field(
         0.75, ge=0, lt=1, description="weight of a sample's explanation neighbours in its score (0: its own transfer)"
     )
@@ -301,6 +306,7 @@ class Config(Section):
     attribute: AttributeConfig = Field(default_factory=AttributeConfig)
     distances: DistancesConfig = Field(default_factory=DistancesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     clean: CleanConfig = Field(default_factory=CleanConfig)

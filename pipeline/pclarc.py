@@ -5,7 +5,7 @@ For a flagged class c, the artifact direction v is a concept activation vector i
 penultimate features h (the input of the model's last nn.Linear). Two estimates (`direction`):
 
 - `transfer` (the default): the mean feature shift that the flagged group's evidence causes in images
-  of other classes. Each of up to 64 group members' evidence (its top `score.transfer_top` relevance
+  of other classes. Each of up to 64 group members' evidence (its top `transfer.top` relevance
   cells, the masks the score stage pastes) is pasted into the same 64 correctly classified images of
   other classes, and v = mean h(composite) - mean h(host). The hosts' own content cancels, so v is the
   artifact's own direction, also in a backdoor, where the group's images show other classes. Where
@@ -135,7 +135,7 @@ def transfer_direction(cfg, store, model: nn.Module, c: int, group: np.ndarray, 
     mean, std = MODELS.get(cfg.model.arch).norm(ds.channels)
     workers = cfg.attribute.num_workers
     [(_, x_host, _, _), (_, x_don, _, _)] = list(iter_batches(ds, samples, [hosts, donors], cfg.poison, workers))
-    masks = evidence_masks(torch.as_tensor(store.relevance(donors)), cfg.score.transfer_top, cfg.dataset.image_size)
+    masks = evidence_masks(torch.as_tensor(store.relevance(donors)), cfg.transfer.top, cfg.dataset.image_size)
     grabbed: list[torch.Tensor] = []
     handle = penultimate_layer(model).register_forward_pre_hook(lambda _m, a: grabbed.append(a[0].flatten(1)))
     try:

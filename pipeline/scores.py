@@ -4,16 +4,16 @@ A Clever Hans is a property of the model, not of the data: a group of explanatio
 apart is only a shortcut if the pixels the model relies on there carry the class by themselves.
 So the score asks the model (measured on the poisoning harness; `unhans validate`):
 
-- Transfer (per sample i of class c): the sample's evidence is its top `transfer_top` share of
+- Transfer (per sample i of class c): the sample's evidence is its top `transfer.top` share of
   positive relevance cells, dilated by one cell, as a pixel mask M_i. Paste those pixels of image i
-  into `transfer_hosts` images of other classes that the model classifies correctly (a fixed,
+  into `transfer.hosts` images of other classes that the model classifies correctly (a fixed,
   seeded set per class) and measure how much the model's probability of c rises:
   t_i = mean_h [p_c(h (1 - M_i) + x_i M_i) - p_c(h)], in [-1, 1]. An artifact (a patch, a stamp,
   a trigger) is a small, self-contained cue: pasted anywhere, it drags the prediction to c. The
   typical evidence of a class (an object's parts) transfers much less out of its context.
 - Global transfer (the second probe): a shortcut spread over the whole image (a tint, a colour cast,
   an exposure or contrast change) has no small set of pixels to paste. The donor's per-channel mean
-  and spread are imposed on `global_hosts` host images (each host standardised per channel, then
+  and spread are imposed on `transfer.global_hosts` host images (each host standardised per channel, then
   rescaled to the donor's statistics: the host's shapes stay, the donor's global look travels), and
   g_i is the mean rise of p_c as above. Images of a class differ little in these statistics, so g
   is close to 0 for almost every sample (the clean controls' top scores of `unhans validate` did not
@@ -53,12 +53,14 @@ So the score asks the model (measured on the poisoning harness; `unhans validate
   hosts only), its neighbours' readings average that noise out. Chosen on the digits harness
   (benchmarks/smoothing.py prints the sweep; a = 0.75) and checked on Fashion-MNIST, which played no
   part in the choice. The class score stays on t (a group's mean already averages). A sample is
-  flagged when its class is flagged and it is in the chosen group.
+  flagged when its class is flagged and its score stands out: it lies `flag_threshold` spreads
+  above the median score of the class's members outside the chosen group (spread: their scaled
+  median absolute deviation, at least `min_spread`), the class's criterion for one sample.
 
-Cost: one forward pass per (sample, host): `transfer_hosts` + `global_hosts` forward passes per
-image. One LRP pass costs about six forward passes in FLOPs (VGG-16 and ResNet-50,
-benchmarks/costs.py), so the default 16 + 4 hosts cost about 3.3 LRP passes: on a GPU the score is
-the most expensive stage.
+Cost: one forward pass per (sample, host): `transfer.hosts` + `transfer.global_hosts` forward passes
+per image, in the transfer stage (the score stage is statistics on what it stored). One LRP pass
+costs about six forward passes in FLOPs (VGG-16 and ResNet-50, benchmarks/costs.py), so the default
+16 + 4 hosts cost about 3.3 LRP passes: on a GPU the transfer stage is the most expensive one.
 """
 
 from __future__ import annotations
@@ -166,6 +168,19 @@ def spread(W: sp.csr_matrix, t: np.ndarray, alpha: float, tol: float = 1e-10, ma
             return nxt
         s = nxt
     return s
+
+
+def stands_out(s: np.ndarray, reference: np.ndarray, threshold: float, min_spread: float = MIN_SPREAD) -> np.ndarray:
+    """(n,) bool: scores s (n,) at least `threshold` spreads above the median of the `reference`
+    members (n,) bool (all when none), the spread being their median absolute deviation scaled to
+    a normal's sd (1.4826), at least min_spread: robust to the artifact samples among them."""
+    s = np.asarray(s, np.float64)
+    ref = s[reference] if np.any(reference) else s
+    if not len(ref):
+        return np.zeros(len(s), bool)
+    med = float(np.median(ref))
+    sd = max(1.4826 * float(np.median(np.abs(ref - med))), min_spread)
+    return s >= med + threshold * sd
 
 
 def candidate_groups(

@@ -103,7 +103,8 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     from pipeline.datasets import build_dataset
     from pipeline.models import MODELS
     from pipeline.scores import score_class
-    from stages.score import class_clusters, class_transfer, host_pool
+    from stages.score import class_clusters
+    from stages.transfer import class_transfer, host_pool
 
     if not class_ids:
         return {}

@@ -174,8 +174,8 @@ def run(ctx: Context) -> dict:
     flagged = m["is_clever_hans"]
     m.loc[flagged, "decision"] = cfg.clean.flagged
     m.loc[flagged, "reason"] = [
-        f"auto: in isolated group of class {c} (class score {classes.at[c, 'clever_hans_score']:.2f})"
-        for c in m.loc[flagged, "label"]
+        f"auto: its evidence carries class {c} (score {v:.2f}; class score {classes.at[c, 'clever_hans_score']:.2f})"
+        for c, v in zip(m.loc[flagged, "label"], m.loc[flagged, "clever_hans_score"])
     ]
     applied = 0
     if curator is not None:

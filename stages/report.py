@@ -166,6 +166,7 @@ def provenance(ctx: Context) -> dict:
     dist_settings = ", ".join(f"{k}={v}" for k, v in dist.items() if k != "metric")
     cluster = cfg.cluster
     score_settings = ", ".join(f"{k}={v}" for k, v in cfg.score.model_dump().items())
+    transfer_settings = ", ".join(f"{k}={v}" for k, v in cfg.transfer.model_dump().items())
     config = cfg.model_dump(mode="json", exclude={"run_dir", "report_dir", "compute"})
     stage_fps = {name: rec.get("fingerprint", "") for name, rec in sorted(records.items())}
     weights = rel.get("weights") or cfg.model.weights or "trained or packaged weights"
@@ -179,6 +180,7 @@ def provenance(ctx: Context) -> dict:
         "planted shortcut": _poison(cfg),
         "distance": f"{metric} ({dist_settings})",
         "clustering": f"{cluster.n_eigenvectors} eigenvectors, k <= {cluster.k_max}, embedding {cluster.embedding}",
+        "transfer": transfer_settings,
         "score": score_settings,
         "config fingerprint": fingerprint_of(config),
         "stage fingerprints": ", ".join(f"{k} {v}" for k, v in stage_fps.items()),

@@ -52,4 +52,4 @@ def test_audit_from_the_console_script_writes_report_and_manifest(tmp_path):
     assert "manifest:" in res.stdout and "report:" in res.stdout
     # a second audit skips every stage
     res2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert res2.returncode == 0 and res2.stderr.count("up to date") == 8
+    assert res2.returncode == 0 and res2.stderr.count("up to date") == 9

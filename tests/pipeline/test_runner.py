@@ -17,7 +17,7 @@ def test_stages_run_after_their_inputs():
     from pipeline.runner import load_stages
 
     order = list(load_stages())
-    assert order[:6] == ["index", "train", "attribute", "distances", "cluster", "score"]
+    assert order[:7] == ["index", "train", "attribute", "distances", "cluster", "transfer", "score"]
     for pos, (name, spec) in enumerate(load_stages().items()):
         assert all(order.index(i) < pos for i in spec.inputs), name
 

@@ -1,22 +1,23 @@
-"""score resumes by class: the transfers of finished classes are kept, the rest recomputed."""
+"""transfer and score: resume by class, label issues, the global probe, the sample flags."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-import stages.score as score_stage
+import stages.transfer as transfer_stage
 from tests.conftest import make_runner
 
 SMALL = ["train.epochs=1", "dataset.limit_per_class=20", "distances.metric=euclidean"]
 
 
-def test_interrupted_score_resumes_by_class_to_the_same_tables(tmp_path, monkeypatch):
+def test_interrupted_transfer_resumes_by_class_to_the_same_tables(tmp_path, monkeypatch):
     full = make_runner(tmp_path / "full", overrides=SMALL)
     full.run_all(until="score")
 
     part = make_runner(tmp_path / "part", overrides=SMALL)
     part.run_all(until="cluster")
-    real, calls = score_stage.transfer, []  # transfer(model, normalise, images, hosts, c, ...)
+    real, calls = transfer_stage.transfer, []  # transfer(model, normalise, images, hosts, c, ...)
 
     def dying(*args):
         if args[4] not in calls and len(calls) == 4:
@@ -24,16 +25,17 @@ def test_interrupted_score_resumes_by_class_to_the_same_tables(tmp_path, monkeyp
         calls.append(args[4]) if args[4] not in calls else None
         return real(*args)
 
-    monkeypatch.setattr(score_stage, "transfer", dying)
+    monkeypatch.setattr(transfer_stage, "transfer", dying)
     with pytest.raises(KeyboardInterrupt):
-        part.run("score")
-    assert part.state("score") == "partial"
+        part.run("transfer")
+    assert part.state("transfer") == "partial"
 
     redone = set()
-    monkeypatch.setattr(score_stage, "transfer", lambda *a: redone.add(a[4]) or real(*a))
-    rec = part.run("score")
+    monkeypatch.setattr(transfer_stage, "transfer", lambda *a: redone.add(a[4]) or real(*a))
+    rec = part.run("transfer")
     assert rec["counts"]["classes_resumed"] == 4
     assert redone == set(range(10)) - set(calls)
+    part.run("score")
     for name in ("class_scores", "sample_scores"):
         assert full.store.read_table(name).equals(part.store.read_table(name)), name
 
@@ -41,7 +43,6 @@ def test_interrupted_score_resumes_by_class_to_the_same_tables(tmp_path, monkeyp
 def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     """A backdoor the model does not learn (a faint text stamp on few images) leaves relabelled images:
     the score stage reports them as label issues (cleanlab-style self-confidence), apart from shortcuts."""
-    import numpy as np
     import torch
     from sklearn.metrics import roc_auc_score
 
@@ -96,3 +97,27 @@ def test_a_learned_global_tint_is_found_by_the_global_probe(tmp_path):
     assert roc_auc_score(truth, target["global_transfer"]) > 0.95
     assert roc_auc_score(truth, target["clever_hans_score"]) > 0.95
     assert (ss["transfer"] == ss[["evidence_transfer", "global_transfer"]].max(axis=1)).all()
+
+
+def test_score_settings_rerun_without_the_model(tmp_path, monkeypatch):
+    """Changing a score setting makes only score (and what reads it) stale: the transfers stay."""
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run_all(until="score")
+    before = r.store.read_table("class_scores")
+    monkeypatch.setattr(transfer_stage, "transfer", lambda *a: pytest.fail("the model was asked again"))
+    again = make_runner(tmp_path, overrides=SMALL + ["score.min_spread=0.02"])
+    assert again.state("transfer") == "done" and again.state("score") == "stale"
+    again.run_all(until="score")
+    after = again.store.read_table("class_scores")
+    assert (after["clever_hans_score"].max() > before["clever_hans_score"].max()) or before["group_size"].eq(0).all()
+
+
+def test_samples_are_flagged_when_their_score_stands_out_from_their_class():
+    from pipeline.scores import stands_out
+
+    s = np.r_[np.full(5, 0.9), 0.05 + 0.01 * np.arange(20)]
+    group = np.zeros(25, bool)
+    group[[0, 1, 2, 5, 6]] = True  # the chosen cluster: 3 artifact samples and 2 look-alikes
+    out = stands_out(s, ~group, threshold=1.5, min_spread=0.1)
+    assert out[:5].all() and not out[5:].any()  # all five high scores, in the group or not; no look-alike
+    assert stands_out(s, np.zeros(25, bool), 1.5, 0.1)[:5].all()  # no group: the whole class is the reference

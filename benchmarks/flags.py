@@ -1,0 +1,68 @@
+"""Which samples of a flagged class to flag: the chosen group, or the samples whose score stands out.
+
+Reads finished `unhans validate` runs (their sample_scores; nothing is recomputed) and prints, over
+the flagged classes of every run, how many planted artifact samples each rule flags (recall) and
+how many of its flags are artifact samples (precision):
+
+- group: the members of the class's chosen spectral cluster (`in_group`);
+- stands out: the samples whose score lies `score.flag_threshold` spreads above the median of the
+  members outside the group (`stands_out`, what `is_clever_hans` uses: stages/score.py).
+
+    python benchmarks/flags.py --spec demo
+    python benchmarks/flags.py --spec fashion-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.store import Store
+from pipeline.validate import load_spec
+
+RULES = {"group": "in_group", "stands out": "stands_out"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default="demo")
+    ap.add_argument("--root", default=None, help="folder of the scenario runs (default runs/validate/<spec>)")
+    args = ap.parse_args()
+    spec = load_spec(args.spec)
+    root = Path(args.root or f"runs/validate/{spec.name}")
+    rows = []
+    for sc in spec.scenarios:
+        for seed in spec.seeds:
+            run = root / sc.name / f"seed-{seed}"
+            if not (run / "validation.csv").exists():
+                continue
+            store = Store(str(run))
+            samples, ss = store.read_table("samples"), store.read_table("sample_scores")
+            cs = store.read_table("class_scores")
+            truth = samples["artifact"].to_numpy(bool) if "artifact" in samples else np.zeros(len(samples), bool)
+            for c in cs.loc[cs["is_clever_hans"].astype(bool), "class_id"]:
+                g = ss[ss["class_id"] == c]
+                art = truth[g["index"].to_numpy()]
+                for rule, col in RULES.items():
+                    f = g[col].to_numpy(bool)
+                    rows.append({"scenario": sc.name, "seed": seed, "class": int(c), "rule": rule,
+                                 "artifact": int(art.sum()), "flagged": int(f.sum()),
+                                 "hits": int((f & art).sum())})  # fmt: skip
+    if not rows:
+        raise SystemExit(f"no flagged class in the finished runs under {root}")
+    df = pd.DataFrame(rows)
+    per = df.pivot_table(index=["scenario", "seed", "class", "artifact"], columns="rule", values=["flagged", "hits"])
+    print(per.to_string())
+    tot = df.groupby("rule")[["artifact", "flagged", "hits"]].sum()
+    tot["recall"] = tot["hits"] / tot["artifact"]
+    tot["precision"] = tot["hits"] / tot["flagged"]
+    runs = df[["scenario", "seed"]].drop_duplicates()
+    print(f"\nover {len(df) // len(RULES)} flagged classes in {len(runs)} runs:")
+    print(tot.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
