@@ -1,21 +1,27 @@
 """Stage registry and runner: fingerprints, skip-if-unchanged, status table, resumable runs.
 
 A stage's fingerprint hashes the config sections it reads, the fingerprints of its inputs and
-its code version (package version + hash of the stage's source file). A stage whose stored
+its code version (package version + hash of the source of the stage's module and of every project
+module it imports, directly or through others, except the orchestration, I/O and config modules in
+INFRASTRUCTURE: a change to pipeline/scores.py makes score stale as one to stages/score.py
+does). A stage whose stored
 record carries the current fingerprint is skipped; anything else is rerun, and since inputs'
 fingerprints enter their consumers', every stage downstream of a change becomes stale too.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
-import inspect
+import importlib.util
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import torch
 
@@ -74,8 +80,53 @@ class StageSpec:
 
     @property
     def code_version(self) -> str:
-        src = inspect.getsource(inspect.getmodule(self.fn))  # type: ignore[arg-type]
-        return f"{__version__}+{hashlib.sha256(src.encode()).hexdigest()[:10]}"
+        h = hashlib.sha256()
+        for name in code_modules(self.fn.__module__):
+            h.update(f"{name}\n".encode() + module_source(name).encode())
+        return f"{__version__}+{h.hexdigest()[:10]}"
+
+
+# Modules whose code does not decide what a stage computes: orchestration, errors, the store's I/O and
+# the config schema (settings reach a fingerprint through the config sections themselves). Their
+# changes leave finished stages done; every other project module a stage uses is in its code version.
+INFRASTRUCTURE = frozenset(
+    {"pipeline", "pipeline.cli", "pipeline.compute", "pipeline.config", "pipeline.errors", "pipeline.registry",
+     "pipeline.runner", "pipeline.store"}
+)  # fmt: skip
+PROJECT = ("pipeline", "stages")
+
+
+def module_source(name: str) -> str:
+    """The source text of project module `name`."""
+    spec = importlib.util.find_spec(name)
+    return Path(spec.origin).read_text() if spec and spec.origin else ""
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@functools.cache
+def code_modules(name: str) -> tuple[str, ...]:
+    """Module `name` and the project modules it imports (at the top or inside functions), followed
+    through the imported modules, less INFRASTRUCTURE: the modules whose source makes its code version."""
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        mod = todo.pop()
+        if mod in seen or mod in INFRASTRUCTURE or not _is_module(mod):
+            continue
+        seen.add(mod)
+        for node in ast.walk(ast.parse(module_source(mod))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] in PROJECT]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in PROJECT:
+                todo.append(node.module)
+                todo += [f"{node.module}.{a.name}" for a in node.names]  # `from pipeline import scores`
+    return tuple(sorted(seen))
 
 
 STAGES: dict[str, StageSpec] = {}

@@ -47,6 +47,25 @@ def test_rerun_is_skipped_and_config_change_makes_downstream_stale(tmp_path):
     assert {s for k, s in states(r4).items() if k in ("index", "train", "attribute", "cluster")} == {"stale"}
 
 
+def test_a_change_to_a_method_module_makes_the_stages_that_use_it_stale(tmp_path, monkeypatch):
+    """The code version covers the project modules a stage imports, not only its own file: editing
+    pipeline/spectral.py restales cluster (and what reads it) but not distances."""
+    import pipeline.runner as runner
+
+    deps = runner.code_modules("stages.cluster")
+    assert "pipeline.spectral" in deps and "stages.cluster" in deps
+    assert not set(deps) & runner.INFRASTRUCTURE  # orchestration and I/O changes restale nothing
+    assert "pipeline.scores" in runner.code_modules("stages.score")  # through pipeline.scores' importer
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run_all(until="cluster")
+    real = runner.module_source
+    monkeypatch.setattr(
+        runner, "module_source", lambda name: real(name) + ("\n# edited" if name == "pipeline.spectral" else "")
+    )
+    st = states(make_runner(tmp_path, overrides=SMALL))
+    assert st["distances"] == "done" and st["cluster"] == "stale"
+
+
 def test_stage_refuses_to_run_on_stale_inputs(tmp_path):
     r = make_runner(tmp_path, overrides=SMALL)
     r.run_all(until="index")
