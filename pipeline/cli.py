@@ -145,13 +145,16 @@ def validate(
     seed: Annotated[
         list[int] | None, typer.Option("--seed", help="run seeds (repeatable; default: the spec's seeds)")
     ] = None,
+    collect: Annotated[
+        bool, typer.Option("--collect", help="run nothing: gather the finished runs' results into the tables")
+    ] = False,
 ) -> None:
     """Poison, train and audit every scenario of a spec once per seed; print detection against the baselines."""
 
     def go() -> None:
         from pipeline.validate import run_validation, summary
 
-        results = run_validation(spec, root, scenario, set_ or [], seed)
+        results = run_validation(spec, root, scenario, set_ or [], seed, collect)
         typer.echo(summary(results))
 
     _guard(go)

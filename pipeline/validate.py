@@ -294,10 +294,16 @@ def randomised(p: PoisonConfig) -> bool:
 
 
 def run_validation(
-    spec_name: str, root: str | None, only: list[str] | None, extra: list[str], seeds: list[int] | None = None
+    spec_name: str,
+    root: str | None,
+    only: list[str] | None,
+    extra: list[str],
+    seeds: list[int] | None = None,
+    collect_only: bool = False,
 ) -> pd.DataFrame:
     """Run every chosen scenario once per seed (the spec's seeds, or `seeds`) and evaluate each run;
-    returns (and writes to <root>/results.csv, results.md) the rows of every run of the spec found."""
+    returns (and writes to <root>/results.csv, results.md) the rows of every run of the spec found.
+    collect_only: run nothing, only gather the runs' evaluations (e.g. after runs in several processes)."""
     from pipeline.runner import Runner
 
     spec = load_spec(spec_name)
@@ -310,7 +316,7 @@ def run_validation(
     if only and len(chosen) != len(set(only)):
         missing = set(only) - {s.name for s in spec.scenarios}
         raise UserError(f"unknown scenario(s) {', '.join(sorted(missing))}; known: {[s.name for s in spec.scenarios]}")
-    for sc in chosen:
+    for sc in [] if collect_only else chosen:
         for seed in spec.seeds:
             cfg, poison = scenario_config(spec, sc, out, extra, seed)
             log.info(
@@ -332,6 +338,8 @@ def run_validation(
         for seed in spec.seeds
         if (f := out / sc.name / f"seed-{seed}" / "validation.csv").exists()
     ]
+    if not done:
+        raise UserError(f"no evaluated run of {spec.name} under {out}: run `unhans validate --spec {spec.name}` first")
     results = pd.concat([pd.read_csv(f) for f in done], ignore_index=True)
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(summary(results))

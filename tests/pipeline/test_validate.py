@@ -174,3 +174,12 @@ def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     assert row["rank"] == 1 and row["auroc"] > 0.9 and row["target_flagged"], row
     assert "| tint |" in (tmp_path / "runs" / "results.md").read_text()
     assert "target ranked first in" in res.output
+    # --collect runs nothing and rebuilds the same tables from the runs' evaluations
+    table = (tmp_path / "runs" / "results.md").read_text()
+    (tmp_path / "runs" / "results.md").unlink()
+    args = ["validate", "--spec", str(spec), "--root", str(tmp_path / "runs"), "--collect"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0 and table.strip() in again.output
+    assert (tmp_path / "runs" / "results.md").read_text() == table
+    empty = CliRunner().invoke(app, ["validate", "--spec", str(spec), "--root", str(tmp_path / "none"), "--collect"])
+    assert empty.exit_code == 2 and "no evaluated run" in empty.output
