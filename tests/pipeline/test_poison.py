@@ -35,16 +35,18 @@ def grey_images(n: int = 6, channels: int = 1, size: int = 32) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ the demo
-def test_demo_plants_the_same_checkerboard_as_before():
-    """30% of the 3s (55 of 183, the same draw as the old dataset.artifact), 8 px at (22, 22), 2-px cells."""
+def test_demo_plants_a_checkerboard_backdoor():
+    """20 digits of other classes (10% of the 3s after poisoning), relabelled 3, 8 px at (22, 22), 2-px cells."""
     cfg = load_config("demo").poison
     labels = build_dataset(load_config("demo").dataset).index()["label"].to_numpy()
     p = plan(labels, cfg, 32, range(10))
-    old = np.sort(np.random.default_rng(0).choice(np.flatnonzero(labels == 3), size=55, replace=False))
-    assert np.array_equal(np.flatnonzero(p["artifact"]), old)
+    n3 = int((labels == 3).sum())
+    drawn = np.sort(np.random.default_rng(0).choice(np.flatnonzero(labels != 3), size=20, replace=False))
+    assert round(0.1 / 0.9 * n3) == 20 and np.array_equal(np.flatnonzero(p["artifact"]), drawn)
     hit = p[p["artifact"]]
     assert (hit[BOX].to_numpy() == [22, 22, 8, 8]).all() and (hit["art_angle"] == 0).all()
-    assert (p["label"] == labels).all() and (p["original_label"] == labels).all()
+    assert (hit["label"] == 3).all() and (hit["original_label"] != 3).all()
+    assert (p["original_label"] == labels).all() and (p.loc[~p["artifact"], "label"] == labels[~p["artifact"]]).all()
     x = paint_rows(grey_images(1), hit.iloc[:1], cfg)
     yy, xx = np.meshgrid(np.arange(8), np.arange(8), indexing="ij")
     assert np.array_equal(x[0, 0, 22:30, 22:30].numpy(), ((yy // 2 + xx // 2) % 2).astype(np.float32))
@@ -232,7 +234,7 @@ def test_index_stores_the_plan_and_every_load_paints_it(tmp_path):
     [
         ("poison.fraction=1.5", "between 0 and 1"),
         ("poison.kind=sticker", "watermark"),
-        ("poison.sources=[1]", "backdoor"),
+        ("poison.regime=correlated,poison.sources=[1]", "backdoor"),
         ("poison.rotation=sideways", "random"),
         ("poison.colour=reddish", "#rrggbb"),
         ("poison.size=2", "less than or equal to 1"),
@@ -240,9 +242,9 @@ def test_index_stores_the_plan_and_every_load_paints_it(tmp_path):
 )
 def test_bad_poison_config_is_one_clear_error(override, needle):
     with pytest.raises(UserError) as e:
-        load_config("demo", [override])
+        load_config("demo", override.split(","))
     msg = str(e.value)
-    assert override.split("=")[0] in msg and needle in msg and "\n" not in msg
+    assert override.split(",")[-1].split("=")[0] in msg and needle in msg and "\n" not in msg
 
 
 def test_target_out_of_range_is_one_clear_error(tmp_path):
@@ -262,7 +264,7 @@ def test_poison_cli_writes_a_folder_the_folder_kind_reads_back(tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     truth = pd.read_csv(out / "ground_truth.csv")
-    assert len(truth) == 150 and truth["artifact"].sum() == round(0.3 / 0.7 * 15)  # demo: fraction 0.3
+    assert len(truth) == 150 and truth["artifact"].sum() == round(0.1 / 0.9 * 15)  # demo: fraction 0.1
     assert (truth["label"] != truth["original_label"]).sum() == truth["artifact"].sum()
     # the copy, indexed by the folder kind with the config written beside it, has the same labels
     cfg = load_config(str(out / "config.yaml"), [f"run_dir={tmp_path / 'copy-run'}"])
