@@ -7,7 +7,7 @@ sum-pooled to the stored 32 x 32 maps as the stage does. Printed per setting, ag
 
   rel. L1     sum |R - R32| / sum |R32| per image (median and max)
   cosine      cosine similarity of the pooled maps (median and min)
-  top-3% IoU  overlap of the top 3% positive cells (the evidence the score stage pastes; median, min)
+  top-3% IoU  overlap of the top 3% positive cells (the evidence the transfer stage pastes; median, min)
   img/s       throughput on this machine, and the ratio to float32
 
 Models: EfficientNet-Lite0 with its real ImageNet weights on crops of the natural photos shipped in

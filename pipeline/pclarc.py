@@ -6,7 +6,7 @@ penultimate features h (the input of the model's last nn.Linear). Two estimates 
 
 - `transfer` (the default): the mean feature shift that the flagged group's evidence causes in images
   of other classes. Each of up to 64 group members' evidence (its top `transfer.top` relevance
-  cells, the masks the score stage pastes) is pasted into the same 64 correctly classified images of
+  cells, the masks the transfer stage pastes) is pasted into the same 64 correctly classified images of
   other classes, and v = mean h(composite) - mean h(host). The hosts' own content cancels, so v is the
   artifact's own direction, also in a backdoor, where the group's images show other classes. Where
   the score stage found the group through its global look (class_scores group_probe = global: a

@@ -433,7 +433,11 @@ def summary(results: pd.DataFrame) -> str:
             f"min {pu['target_score'].min():.3f}, median {pu['target_score'].median():.3f}"
         )
         if len(uf):
-            line += f"; followed: min {uf['target_score'].min():.3f}, median {uf['target_score'].median():.3f}"
+            top = ctrl["top_score"].max()
+            line += (
+                f"; followed: min {uf['target_score'].min():.3f}, median {uf['target_score'].median():.3f}, "
+                f"above the control's top in {int((uf['target_score'] > top).sum())} of {len(uf)}"
+            )
         lines.append(line)
     allu = results[results["method"] == "unhans"]
     if "target_flagged" in results and allu["target_flagged"].notna().any():

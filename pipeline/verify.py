@@ -19,7 +19,7 @@ which have no test split: there the accuracy is on images the models were traine
 
 Re-audit, for any dataset (no known artifact needed): the Clever Hans score of each flagged class
 (and each --class-id) recomputed under each model. The run's evidence (each member's top relevance
-cells under the original model: where it looked) is pasted into the same hosts as in the score stage,
+cells under the original model: where it looked) is pasted into the same hosts as in the transfer stage,
 the transfer is measured with the model under test, and the class is scored over the same clusters
 (pipeline.scores.score_class). Under the original model this reproduces the score stage's score; a
 model that no longer follows the shortcut gives the group no excess transfer. The attribution is not

@@ -106,7 +106,8 @@ def test_summary_over_seeds_joins_per_seed_values_and_counts_runs():
     assert "| 0.80/0.05 |" in row and "| 1/3 | 0.735 |" in row and "| target 1/2 |" in row
     assert "target ranked first in 1 of 2 runs (1 scenarios x 2 seeds)" in text
     assert "in the 1 the model follows (flip rate >= 0.1): first in 1, median AUROC 0.970" in text
-    assert "control top score 1.100" in text and "followed: min 2.000" in text
+    assert "control top score 1.100" in text
+    assert "followed: min 2.000, median 2.000, above the control's top in 1 of 1" in text
 
 
 def _planted_features(n=300, seed=0):

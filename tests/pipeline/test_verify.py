@@ -169,7 +169,7 @@ def test_verify_needs_a_known_artifact(tmp_path):
 
 
 def test_transfer_direction_removes_the_demo_shortcut(demo_run, copy_of, tmp_path):
-    """On the demo (checker patch on 30% of the 3s), P-ClArC along the transfer direction of the
+    """On the demo (checker backdoor: 20 patched digits relabelled 3), P-ClArC along the transfer direction of the
     planted group cuts the flip rate at least in half and keeps most of the accuracy."""
     from pipeline.models import model_for_run
     from pipeline.verify import held_out, measure
