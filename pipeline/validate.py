@@ -419,10 +419,12 @@ def summary(results: pd.DataFrame) -> str:
             fm = followed[followed["method"] == m].set_index(["scenario", "seed"])["auroc"]
             both = pd.concat([fu, fm], axis=1, join="inner").dropna()
             if len(both):
-                pairs.append(f"{m} {int((both.iloc[:, 0] > both.iloc[:, 1]).sum())} of {len(both)}")
+                a, b = both.iloc[:, 0].round(3), both.iloc[:, 1].round(3)
+                pairs.append(f"{m} {int((a > b).sum())} / {int((a == b).sum())} / {int((a < b).sum())}")
         if pairs:
             lines.append(
-                f"- unhans' per-sample AUROC above the other method's, in the followed runs: {', '.join(pairs)}"
+                "- unhans' per-sample AUROC against the other method's, in the followed runs (above / level "
+                f"at 3 decimals / below): {', '.join(pairs)}"
             )
     ctrl = results[results["control"].astype(bool) & (results["method"] == "unhans")]
     pu = poisoned[poisoned["method"] == "unhans"]

@@ -93,7 +93,7 @@ def test_summary_counts_first_ranks_and_states_the_control_margin():
     assert "the target in 1 of 2 scenarios (1 of the 2 followed); other classes flagged: 1" in text
     assert "| 0.020 (0.100) | 1 other |" in text and "| 0.300 (0.300) | target |" in text
     assert "followed with random position or size: median AUROC 0.900 (1)" in text  # scenario b
-    assert "above the other method's, in the followed runs: spray_euclidean 1 of 2" in text
+    assert "in the followed runs (above / level at 3 decimals / below): spray_euclidean 1 / 0 / 1" in text
 
 
 def test_summary_over_seeds_joins_per_seed_values_and_counts_runs():
