@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.store import Store
-from pipeline.validate import load_spec
+from pipeline.validate import finished_runs, load_spec
 
 RULES = {"group": "in_group", "stands out": "stands_out"}
 
@@ -34,23 +34,19 @@ def main() -> None:
     spec = load_spec(args.spec)
     root = Path(args.root or f"runs/validate/{spec.name}")
     rows = []
-    for sc in spec.scenarios:
-        for seed in spec.seeds:
-            run = root / sc.name / f"seed-{seed}"
-            if not (run / "validation.csv").exists():
-                continue
-            store = Store(str(run))
-            samples, ss = store.read_table("samples"), store.read_table("sample_scores")
-            cs = store.read_table("class_scores")
-            truth = samples["artifact"].to_numpy(bool) if "artifact" in samples else np.zeros(len(samples), bool)
-            for c in cs.loc[cs["is_clever_hans"].astype(bool), "class_id"]:
-                g = ss[ss["class_id"] == c]
-                art = truth[g["index"].to_numpy()]
-                for rule, col in RULES.items():
-                    f = g[col].to_numpy(bool)
-                    rows.append({"scenario": sc.name, "seed": seed, "class": int(c), "rule": rule,
-                                 "artifact": int(art.sum()), "flagged": int(f.sum()),
-                                 "hits": int((f & art).sum())})  # fmt: skip
+    for sc, seed, run in finished_runs(spec, root):
+        store = Store(str(run))
+        samples, ss = store.read_table("samples"), store.read_table("sample_scores")
+        cs = store.read_table("class_scores")
+        truth = samples["artifact"].to_numpy(bool) if "artifact" in samples else np.zeros(len(samples), bool)
+        for c in cs.loc[cs["is_clever_hans"].astype(bool), "class_id"]:
+            g = ss[ss["class_id"] == c]
+            art = truth[g["index"].to_numpy()]
+            for rule, col in RULES.items():
+                f = g[col].to_numpy(bool)
+                rows.append({"scenario": sc.name, "seed": seed, "class": int(c), "rule": rule,
+                             "artifact": int(art.sum()), "flagged": int(f.sum()),
+                             "hits": int((f & art).sum())})  # fmt: skip
     if not rows:
         raise SystemExit(f"no flagged class in the finished runs under {root}")
     df = pd.DataFrame(rows)

@@ -21,7 +21,7 @@ import pandas as pd
 from pipeline.scores import spread
 from pipeline.spectral import knn_affinity
 from pipeline.store import Store
-from pipeline.validate import FOLLOWED, detection, load_spec
+from pipeline.validate import FOLLOWED, detection, finished_runs, load_spec
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9)
 
@@ -34,23 +34,19 @@ def main() -> None:
     spec = load_spec(args.spec)
     root = Path(args.root or f"runs/validate/{spec.name}")
     rows = []
-    for sc in spec.scenarios:
+    for sc, seed, run in finished_runs(spec, root):
         if sc.control:
             continue
-        for seed in spec.seeds:
-            run = root / sc.name / f"seed-{seed}"
-            if not (run / "validation.csv").exists():
-                continue
-            flip = pd.read_csv(run / "validation.csv")["flip_rate"].iloc[0]
-            store = Store(str(run))
-            c = int(sc.poison["target"])
-            members = store.array(f"classes/{c}/members")[:]
-            W = knn_affinity(store.array(f"classes/{c}/knn_idx")[:], store.array(f"classes/{c}/knn_dist")[:])
-            t = store.array(f"classes/{c}/transfer")[:].astype(np.float64)
-            truth = store.read_table("samples")["artifact"].to_numpy(bool)[members]
-            row = {"scenario": sc.name, "seed": seed, "flip_rate": flip}
-            row.update({a: detection(truth, spread(W, t, a))[0] for a in ALPHAS})
-            rows.append(row)
+        flip = pd.read_csv(run / "validation.csv")["flip_rate"].iloc[0]
+        store = Store(str(run))
+        c = int(sc.poison["target"])
+        members = store.array(f"classes/{c}/members")[:]
+        W = knn_affinity(store.array(f"classes/{c}/knn_idx")[:], store.array(f"classes/{c}/knn_dist")[:])
+        t = store.array(f"classes/{c}/transfer")[:].astype(np.float64)
+        truth = store.read_table("samples")["artifact"].to_numpy(bool)[members]
+        row = {"scenario": sc.name, "seed": seed, "flip_rate": flip}
+        row.update({a: detection(truth, spread(W, t, a))[0] for a in ALPHAS})
+        rows.append(row)
     if not rows:
         raise SystemExit(f"no finished runs under {root}: run `unhans validate --spec {spec.name}` first")
     df = pd.DataFrame(rows)

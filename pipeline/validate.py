@@ -332,18 +332,24 @@ def run_validation(
             df.to_csv(Path(cfg.run_url) / "validation.csv", index=False)
     # the table covers every run of the spec's scenarios and seeds evaluated so far, so runs of
     # single scenarios or seeds add up
-    done = [
-        f
-        for sc in spec.scenarios
-        for seed in spec.seeds
-        if (f := out / sc.name / f"seed-{seed}" / "validation.csv").exists()
-    ]
+    done = [run / "validation.csv" for _, _, run in finished_runs(spec, out)]
     if not done:
         raise UserError(f"no evaluated run of {spec.name} under {out}: run `unhans validate --spec {spec.name}` first")
     results = pd.concat([pd.read_csv(f) for f in done], ignore_index=True)
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(summary(results))
     return results
+
+
+def finished_runs(spec: Spec, root: Path) -> list[tuple[Scenario, int, Path]]:
+    """(scenario, seed, run folder) of every run of the spec under root that has been evaluated
+    (its validation.csv written), in spec order."""
+    return [
+        (sc, seed, run)
+        for sc in spec.scenarios
+        for seed in spec.seeds
+        if ((run := root / sc.name / f"seed-{seed}") / "validation.csv").exists()
+    ]
 
 
 def _median(x: pd.Series) -> str:
