@@ -257,6 +257,12 @@ class ScoreConfig(Section):
     smoothing: float = Field(
         0.75, ge=0, lt=1, description="weight of a sample's explanation neighbours in its score (0: its own transfer)"
     )
+    confidence_floor: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a sample's transfer is divided by its self-confidence, at least this (1: its plain transfer)",
+    )
 
 
 class ReportConfig(Section):

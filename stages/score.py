@@ -4,11 +4,11 @@ Reads the transfer stage's per-class transfers (no model: rerunning this stage w
 `score` settings costs seconds) and the cluster stage's clusterings. Writes tables class_scores
 (one row per analysed class, ranked; p_value and q_value of the score; group_probe: which probe
 carries the chosen group's transfer; label_issue_fraction) and sample_scores (one row per analysed
-sample: cluster, in_group, clever_hans_score = the transfer spread over the class's explanation
-graph, is_clever_hans, stands_out, transfer = max(evidence_transfer, global_transfer); and, apart
-from shortcuts, label issues: self_confidence = p(label), label_issue_score = 1 - p(label),
-is_label_issue), cleanlab-style. A backdoor the model did not learn leaves mislabelled images, not
-a Clever Hans: they show up as label issues.
+sample: cluster, in_group, clever_hans_score = the transfer relative to the sample's
+self-confidence, spread over the class's explanation graph, is_clever_hans, stands_out, transfer =
+max(evidence_transfer, global_transfer); and, apart from shortcuts, label issues: self_confidence =
+p(label), label_issue_score = 1 - p(label), is_label_issue), cleanlab-style. A backdoor the model
+did not learn leaves mislabelled images, not a Clever Hans: they show up as label issues.
 
 A sample is flagged (is_clever_hans) when its class is flagged and it stands out: its score lies
 `flag_threshold` spreads above the usual score of its class (the median of the members outside
@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pipeline.runner import Context, stage
-from pipeline.scores import benjamini_hochberg, score_class, spread, stands_out
+from pipeline.scores import benjamini_hochberg, relative_transfer, score_class, spread, stands_out
 from pipeline.spectral import knn_affinity
 from pipeline.store import Store
 from stages.transfer import stored_transfers
@@ -58,7 +58,7 @@ def score_one(cfg, url: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
     s = score_class(
         W, labels, ks, t, scfg.max_group_fraction, scfg.min_group, scfg.permutations, [cfg.seed, c], scfg.min_spread
     )
-    sample_score = spread(W, t, scfg.smoothing)
+    sample_score = spread(W, relative_transfer(t, conf, scfg.confidence_floor), scfg.smoothing)
     outstanding = stands_out(sample_score, ~s.group, scfg.flag_threshold, scfg.min_spread)
     lam = store.array(f"classes/{c}/eigenvalues")[:]
     g_over_e = (tr.global_[s.group] - tr.evidence[s.group]).mean() if s.group.any() else 0.0

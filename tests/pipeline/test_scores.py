@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.scores import evidence_masks, restyle, score_class, spread, transfer
+from pipeline.scores import evidence_masks, relative_transfer, restyle, score_class, spread, transfer
 
 
 class CornerModel(torch.nn.Module):
@@ -245,3 +245,18 @@ def test_spread_averages_a_noisy_group_within_its_own_explanations():
     assert np.array_equal(spread(W, t, 0.0), t)
     lonely = sp.csr_matrix((3, 3))
     assert np.array_equal(spread(lonely, np.array([1.0, -2.0, 0.5]), 0.75), [1.0, -2.0, 0.5])
+
+
+def test_relative_transfer_lifts_a_half_learned_trigger_above_a_class_whose_evidence_transfers():
+    """A class whose own evidence transfers as far as a planted trigger (a bag's handle): equal t, but
+    the planted images of other classes are ones the model gives the class little probability."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    truth = np.r_[np.ones(30, bool), np.zeros(120, bool)]
+    t = rng.normal(0.45, 0.1, 150)  # the same transfer for both
+    p = np.where(truth, rng.uniform(0.05, 0.6, 150), rng.uniform(0.95, 1.0, 150))
+    assert roc_auc_score(truth, t) < 0.7
+    assert roc_auc_score(truth, relative_transfer(t, p, 0.5)) > 0.95
+    assert np.allclose(relative_transfer([0.4, 0.4, 0.4, -0.2], [1.0, 0.8, 0.1, 0.1], 0.5), [0.4, 0.5, 0.8, -0.4])
+    assert np.array_equal(relative_transfer(t, p, 1.0), t)  # floor 1: the plain transfer

@@ -121,3 +121,25 @@ def test_samples_are_flagged_when_their_score_stands_out_from_their_class():
     out = stands_out(s, ~group, threshold=1.5, min_spread=0.1)
     assert out[:5].all() and not out[5:].any()  # all five high scores, in the group or not; no look-alike
     assert stands_out(s, np.zeros(25, bool), 1.5, 0.1)[:5].all()  # no group: the whole class is the reference
+
+
+def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(tmp_path):
+    """clever_hans_score = spread(t / max(p, confidence_floor)) over the class's kNN graph, from the
+    stored transfers and self-confidences; floor 1 gives the plain transfer, spread."""
+    from pipeline.scores import spread
+    from pipeline.spectral import knn_affinity
+
+    def expected(r, c, floor):
+        W = knn_affinity(r.store.array(f"classes/{c}/knn_idx")[:], r.store.array(f"classes/{c}/knn_dist")[:])
+        t = r.store.array(f"classes/{c}/transfer")[:].astype(np.float64)
+        p = r.store.array(f"classes/{c}/self_confidence")[:].astype(np.float64)
+        return spread(W, t / np.maximum(p, floor), 0.75)
+
+    for floor in (0.5, 1.0):
+        r = make_runner(tmp_path, overrides=SMALL + [f"score.confidence_floor={floor}"])
+        r.run_all(until="score")
+        ss = r.store.read_table("sample_scores")
+        for c in (0, 7):
+            members = r.store.array(f"classes/{c}/members")[:]
+            got = ss.set_index("index").loc[members, "clever_hans_score"].to_numpy()
+            assert np.allclose(got, expected(r, c, floor)), (floor, c)
