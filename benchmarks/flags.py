@@ -14,27 +14,19 @@ how many of its flags are artifact samples (precision):
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from pipeline.store import Store
-from pipeline.validate import finished_runs, load_spec
+from pipeline.validate import runs_from_argv
 
 RULES = {"group": "in_group", "stands out": "stands_out"}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", default="demo")
-    ap.add_argument("--root", default=None, help="folder of the scenario runs (default runs/validate/<spec>)")
-    args = ap.parse_args()
-    spec = load_spec(args.spec)
-    root = Path(args.root or f"runs/validate/{spec.name}")
+    spec, root, runs = runs_from_argv(__doc__)
     rows = []
-    for sc, seed, run in finished_runs(spec, root):
+    for sc, seed, run in runs:
         store = Store(str(run))
         samples, ss = store.read_table("samples"), store.read_table("sample_scores")
         cs = store.read_table("class_scores")

@@ -352,6 +352,20 @@ def finished_runs(spec: Spec, root: Path) -> list[tuple[Scenario, int, Path]]:
     ]
 
 
+def runs_from_argv(doc: str, argv: list[str] | None = None) -> tuple[Spec, Path, list[tuple[Scenario, int, Path]]]:
+    """The command line of a script that reads finished validation runs (benchmarks/flags.py,
+    benchmarks/sample_score.py): --spec NAME and --root FOLDER -> (spec, root, finished_runs)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default="demo")
+    ap.add_argument("--root", default=None, help="folder of the scenario runs (default runs/validate/<spec>)")
+    args = ap.parse_args(argv)
+    spec = load_spec(args.spec)
+    root = Path(args.root or f"runs/validate/{spec.name}")
+    return spec, root, finished_runs(spec, root)
+
+
 def _median(x: pd.Series) -> str:
     return "-" if x.isna().all() else f"{np.nanmedian(x):.3f}"
 
