@@ -25,7 +25,7 @@ RULES = {"group": "in_group", "stands out": "stands_out"}
 
 def main() -> None:
     spec, root, runs = runs_from_argv(__doc__)
-    rows = []
+    rows, false_flags = [], []
     for sc, seed, run in runs:
         store = Store(str(run))
         samples, ss = store.read_table("samples"), store.read_table("sample_scores")
@@ -39,6 +39,10 @@ def main() -> None:
                 rows.append({"scenario": sc.name, "seed": seed, "class": int(c), "rule": rule,
                              "artifact": int(art.sum()), "flagged": int(f.sum()),
                              "hits": int((f & art).sum())})  # fmt: skip
+            out, conf = g["stands_out"].to_numpy(bool), g["self_confidence"]
+            false_flags.append({"scenario": sc.name, "seed": seed, "class": int(c),
+                                "false flags": int((out & ~art).sum()), "their p(label)": conf[out & ~art].median(),
+                                "clean unflagged p(label)": conf[~out & ~art].median()})  # fmt: skip
     if not rows:
         raise SystemExit(f"no flagged class in the finished runs under {root}")
     df = pd.DataFrame(rows)
@@ -50,6 +54,9 @@ def main() -> None:
     runs = df[["scenario", "seed"]].drop_duplicates()
     print(f"\nover {len(df) // len(RULES)} flagged classes in {len(runs)} runs:")
     print(tot.to_string(float_format=lambda v: f"{v:.3f}"))
+    print("\nclean samples flagged by the stands-out rule, and the median self-confidence of them and of the")
+    print("class's clean samples it leaves:")
+    print(pd.DataFrame(false_flags).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Reads finished `unhans validate` runs (their stored transfers, self-confidences and kNN graphs;
 nothing is recomputed but the score) and prints, per run of a poisoned scenario, the per-sample
-AUROC inside the target class (pipeline.scores: s = spread of t / max(p, f)) for each weight a of
+AUROC inside the target class (pipeline.scores: s = spread of t / max(p, f); with the median
+transfer t and self-confidence p of its planted and its clean members) for each weight a of
 `score.smoothing` at the configured floor, then for each floor f of `score.confidence_floor` at
 the configured a (f = 1 is the plain transfer), then the medians over all runs, over the runs whose
 model follows the artifact and over those of them with a random position or size. Both defaults
@@ -44,6 +45,9 @@ def main() -> None:
         truth = store.read_table("samples")["artifact"].to_numpy(bool)[members]
         row = {"scenario": sc.name, "seed": seed, "flip_rate": flip}
         row["random"] = randomised(PoisonConfig.model_validate(sc.poison))
+        # what the relative transfer works on: median transfer and self-confidence, planted vs clean
+        row.update({"t planted": np.median(t[truth]), "t clean": np.median(t[~truth])})
+        row.update({"p planted": np.median(p[truth]), "p clean": np.median(p[~truth])})
         r = relative_transfer(t, p, default.confidence_floor)
         row.update({f"a={a}": detection(truth, spread(W, r, a))[0] for a in ALPHAS})
         for f in FLOORS:

@@ -19,6 +19,7 @@ Per scenario and method (unhans and the baselines of pipeline/baselines.py, on t
 
 from __future__ import annotations
 
+import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,8 +356,6 @@ def finished_runs(spec: Spec, root: Path) -> list[tuple[Scenario, int, Path]]:
 def runs_from_argv(doc: str, argv: list[str] | None = None) -> tuple[Spec, Path, list[tuple[Scenario, int, Path]]]:
     """The command line of a script that reads finished validation runs (benchmarks/flags.py,
     benchmarks/sample_score.py): --spec NAME and --root FOLDER -> (spec, root, finished_runs)."""
-    import argparse
-
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="demo")
     ap.add_argument("--root", default=None, help="folder of the scenario runs (default runs/validate/<spec>)")
