@@ -23,31 +23,31 @@ from zennit.attribution import Gradient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.attribution import COMPOSITES  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.datasets import build_dataset, iter_batches  # noqa: E402
-from pipeline.datasets.photos import write_imagenet_folder  # noqa: E402
-from pipeline.models import MODELS, build_model  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
+from pipeline.core.runner import Runner  # noqa: E402
+from pipeline.data import build_dataset, iter_batches  # noqa: E402
+from pipeline.data.models import MODELS, build_model  # noqa: E402
+from pipeline.data.photos import write_imagenet_folder  # noqa: E402
+from pipeline.method.attribution import COMPOSITES  # noqa: E402
+from stages import load_config, runner  # noqa: E402
 
 
-def bare_zennit(runner: Runner, repeats: int) -> float:
+def bare_zennit(r: Runner, repeats: int) -> float:
     """images/s of a plain zennit loop over pre-decoded inputs (best of `repeats`)."""
-    cfg, store = runner.cfg, runner.store
+    cfg, store = r.cfg, r.store
     samples = store.read_table("samples")
     ds = build_dataset(cfg.dataset)
     spec = MODELS.get(cfg.model.arch)
-    ckpt = store.read_bytes("files/model.pt") if runner.state("train") == "done" else None
+    ckpt = store.read_bytes("files/model.pt") if r.state("train") == "done" else None
     model = build_model(cfg.model, len(ds.classes), ds.channels, cfg.dataset.image_size, ckpt)
     for p in model.parameters():
         p.requires_grad_(False)
     bs = cfg.attribute.batch_size
     order = np.arange(len(samples))
     batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-    mean, std = spec.norm(ds.channels)
-    data = [((x - mean) / std, torch.as_tensor(samples["label"].to_numpy()[idx])) for idx, x, _, _ in
-            iter_batches(ds, samples, batches, cfg.poison)]  # fmt: skip
-    low, high = (0 - mean) / std, (1 - mean) / std
+    normalise = spec.normaliser(ds.channels)
+    data = [(normalise(x), torch.as_tensor(samples["label"].to_numpy()[idx])) for idx, x, _, _ in
+            iter_batches(ds, samples, batches)]  # fmt: skip
+    low, high = normalise(torch.zeros(1, ds.channels, 1, 1)), normalise(torch.ones(1, ds.channels, 1, 1))
     composite = COMPOSITES.get(cfg.attribute.composite)(spec.canonizers(), low, high)
     best = 0.0
     for _ in range(repeats):
@@ -63,12 +63,12 @@ def bare_zennit(runner: Runner, repeats: int) -> float:
     return best
 
 
-def stage_throughput(runner: Runner, repeats: int) -> float:
+def stage_throughput(r: Runner, repeats: int) -> float:
     """images/s of the attribute stage, forced to rerun (best of `repeats`)."""
     best = 0.0
-    n = len(runner.store.read_table("samples"))
+    n = len(r.store.read_table("samples"))
     for _ in range(repeats):
-        rec = runner.run("attribute", force=True)
+        rec = r.run("attribute", force=True)
         best = max(best, n / rec["seconds"])
     return best
 
@@ -76,10 +76,10 @@ def stage_throughput(runner: Runner, repeats: int) -> float:
 def scenario(name: str, config: str, overrides: list[str], repeats: int) -> tuple[str, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(config, overrides + [f"run_dir={tmp}/run"])
-        runner = Runner(cfg)
-        runner.run_all(until="train")
-        stage = stage_throughput(runner, repeats)
-        bare = bare_zennit(runner, repeats)
+        r = runner(cfg)
+        r.run_all(until="train")
+        stage = stage_throughput(r, repeats)
+        bare = bare_zennit(r, repeats)
     return name, stage, bare
 
 
@@ -100,7 +100,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root = write_imagenet_folder(Path(tmp) / "train", n_classes=args.images // 4, per_class=4, side=256)
             rows.append(scenario("efficientnet_lite0 / JPEG 224px / epsilon_plus_flat", "imagenet",
-                                 [f"dataset.path={root}", "attribute.batch_size=32", "attribute.num_workers=1"],
+                                 [f"dataset.path={root}", "attribute.batch_size=32", "compute.decode_threads=1"],
                                  args.repeats))  # fmt: skip
     print(f"{'scenario':<52} {'stage img/s':>12} {'bare zennit img/s':>18} {'ratio':>7}")
     for name, stage, bare in rows:

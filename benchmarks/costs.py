@@ -19,7 +19,7 @@ threads and the load average while each part ran):
 Cost model (ImageNet-1k: N = 1,281,167 images, K = 1,000 classes of n = N/K on average; the model's
 weights are given, so no train stage). One worker = one GPU with C CPU cores (--cores-per-gpu).
 
-    attribute  max(N F_lrp / R,  N (t_dec + t_att) / C)       decoding runs in attribute.num_workers threads
+    attribute  max(N F_lrp / R,  N (t_dec + t_att) / C)       decoding runs in compute.decode_threads threads
                                                              beside the GPU
     distances  K a_d n^b_d / C                               per-class fits t(n) = a n^b over the
     cluster    K a_c n^b_c / C                               three Fashion-MNIST sizes (32 x 32 maps
@@ -67,12 +67,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.attribution import LRP, sum_pool  # noqa: E402
-from pipeline.config import TransferConfig, load_config  # noqa: E402
-from pipeline.datasets.folder import FolderDataset, imagenet_classes, probe  # noqa: E402
-from pipeline.datasets.photos import natural_photos  # noqa: E402
-from pipeline.models import MODELS  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
+from pipeline.data.folder import FolderDataset, imagenet_classes, probe  # noqa: E402
+from pipeline.data.models import MODELS  # noqa: E402
+from pipeline.data.photos import natural_photos  # noqa: E402
+from pipeline.method.attribution import LRP, sum_pool  # noqa: E402
+from pipeline.method.probes import TransferConfig  # noqa: E402
+from stages import load_config, runner  # noqa: E402
 
 IMAGENET_N, IMAGENET_K = 1_281_167, 1000
 ARCHS = ("vgg16", "resnet50")
@@ -176,7 +176,7 @@ def measure_lrp(arch: str, args) -> dict:
     S, B = args.image_size, args.batch
     xs = [torch.rand(B, 3, S, S, generator=gen) for _ in range(args.batches)]
     ys = [torch.randint(0, 1000, (B,), generator=gen) for _ in range(args.batches)]
-    mean, std = (t.to(device) for t in spec.norm(3))
+    normalise = spec.normaliser(3, device)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -184,7 +184,7 @@ def measure_lrp(arch: str, args) -> dict:
 
     def forward(x: torch.Tensor) -> None:
         with torch.no_grad():
-            model((x.to(device) - mean) / std)
+            model(normalise(x.to(device)))
 
     def timed(fn, repeats: int) -> tuple[float, float]:
         """Best (CPU seconds, wall seconds) per image over `repeats` passes over all batches."""
@@ -272,18 +272,18 @@ def measure_stages(sizes: list[int], args) -> list[dict]:
                 f"run_dir={tmp}/run",
                 f"report_dir={tmp}/report",
             ]
-            runner = Runner(load_config("fashion-mnist", overrides))
+            r = runner(load_config("fashion-mnist", overrides))
             stages = {}
             print(f"  N = {N:,}: {load()}", file=sys.stderr, flush=True)
             with threads(args.threads):
-                for name in runner.stages:
+                for name in r.stages:
                     c0, w0 = cpu_seconds(), time.perf_counter()
-                    rec = runner.run(name)
+                    rec = r.run(name)
                     if rec is None:
                         continue
                     stages[name] = {"cpu": cpu_seconds() - c0, "wall": time.perf_counter() - w0}
                     print(f"    {name}: {stages[name]['cpu']:.1f} s CPU", file=sys.stderr, flush=True)
-            samples = runner.store.read_table("samples")
+            samples = r.store.read_table("samples")
             n_classes = int(samples["label"].nunique())
         rows.append({"N": len(samples), "classes": n_classes, "n": len(samples) / n_classes, "stages": stages,
                      "threads": args.threads, "epochs": args.epochs, "load": os.getloadavg()[0]})  # fmt: skip

@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.store import Store
-from pipeline.validate import runs_from_argv
+from pipeline.core.store import Store
+from pipeline.harness.validate import runs_from_argv
 
 RULES = {"group": "in_group", "stands out": "stands_out"}
 

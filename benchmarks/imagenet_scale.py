@@ -1,7 +1,7 @@
 """The 1,000-class ImageNet path end to end: a generated train/ folder with every real wnid, audited.
 
 Writes <root>/train/<wnid>/<wnid>_<i>.JPEG for all 1,000 ImageNet-1k WordNet ids (seeded crops of
-real photos shipped in scikit-image, scikit-learn and matplotlib; pipeline.datasets.photos), runs
+real photos shipped in scikit-image, scikit-learn and matplotlib; pipeline.data.photos), runs
 `unhans audit -c imagenet` on it (EfficientNet-Lite0 with its real ImageNet weights, every stage
 including the 1,000-page report) and prints the per-stage wall-clock seconds and counts from the
 stage records. A second run of the same command must skip every stage (checked).
@@ -20,9 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.config import load_config  # noqa: E402
-from pipeline.datasets.photos import write_imagenet_folder  # noqa: E402
-from pipeline.runner import Runner  # noqa: E402
+from pipeline.data.photos import write_imagenet_folder  # noqa: E402
+from stages import (
+    load_config,  # noqa: E402
+    runner,  # noqa: E402
+)
 
 
 def main() -> None:
@@ -45,18 +47,18 @@ def main() -> None:
 
     overrides = [f"dataset.path={train}", f"run_dir={root / 'run'}", f"report_dir={root / 'report'}", *args.set]
     cfg = load_config("imagenet", overrides)
-    runner = Runner(cfg)
+    r = runner(cfg)
     t0 = time.perf_counter()
-    runner.run_all()
+    r.run_all()
     total = time.perf_counter() - t0
     print(f"\naudit: {total:.1f} s wall clock, {os.cpu_count()} CPUs, torch threads: {cfg.compute.threads or 'all'}")
     print(f"settings: image_size={cfg.dataset.image_size} model={cfg.model.arch} metric={cfg.distances.metric} "
           f"composite={cfg.attribute.composite}\n")  # fmt: skip
     print("| stage | seconds | counts |\n|---|---|---|")
-    for row in runner.status_rows():
+    for row in r.status_rows():
         counts = ", ".join(f"{k}={v}" for k, v in row["counts"].items())
         print(f"| {row['stage']} | {row['seconds']} | {counts} |")
-    cs = runner.store.read_table("class_scores")
+    cs = r.store.read_table("class_scores")
     top = cs.iloc[0]
     over = cs[cs["clever_hans_score"] >= cfg.score.flag_threshold]
     q_over = over["q_value"].min() if len(over) else float("nan")
@@ -67,7 +69,7 @@ def main() -> None:
     pages = len(list((root / "report").glob("class-*.html")))
     print(f"\nreport: {root / 'report' / 'index.html'} ({pages} class pages)")
 
-    again = Runner(load_config("imagenet", overrides))
+    again = runner(load_config("imagenet", overrides))
     t0 = time.perf_counter()
     again.run_all()
     states = {r["stage"]: r["state"] for r in again.status_rows()}

@@ -2,7 +2,7 @@
 
 Settings: float32 (the reference), bfloat16 (`attribute.precision`), float16 (not offered: measured
 here to show why), channels-last (`attribute.channels_last`) in float32 and bfloat16. For each model
-the same inputs are explained with pipeline.attribution.LRP in every setting, and the relevance is
+the same inputs are explained with pipeline.method.attribution.LRP in every setting, and the relevance is
 sum-pooled to the stored 32 x 32 maps as the stage does. Printed per setting, against float32:
 
   rel. L1     sum |R - R32| / sum |R32| per image (median and max)
@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.attribution import LRP, sum_pool  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.datasets import build_dataset, iter_batches  # noqa: E402
-from pipeline.datasets.photos import write_imagenet_folder  # noqa: E402
-from pipeline.models import MODELS, build_model, model_for_run  # noqa: E402
-from pipeline.store import Store  # noqa: E402
+from pipeline.core.store import Store  # noqa: E402
+from pipeline.data import build_dataset, iter_batches  # noqa: E402
+from pipeline.data.models import MODELS, build_model, model_for_run  # noqa: E402
+from pipeline.data.photos import write_imagenet_folder  # noqa: E402
+from pipeline.method.attribution import LRP, sum_pool  # noqa: E402
+from stages import load_config  # noqa: E402
 
 SETTINGS = [("float32", False), ("bfloat16", False), ("float16", False), ("float32", True), ("bfloat16", True)]
 # float16 is measured to show why attribute.precision does not offer it

@@ -2,7 +2,7 @@
 
 Reads finished `unhans validate` runs (their stored transfers, self-confidences and kNN graphs;
 nothing is recomputed but the score) and prints, per run of a poisoned scenario, the per-sample
-AUROC inside the target class (pipeline.scores: s = spread of t / max(p, f); with the median
+AUROC inside the target class (pipeline/method/statistics.py: s = spread of t / max(p, f); with the median
 transfer t and self-confidence p of its planted and its clean members) for each weight a of
 `score.smoothing` at the configured floor, then for each floor f of `score.confidence_floor` at
 the configured a (f = 1 is the plain transfer), then the medians over all runs, over the runs whose
@@ -18,11 +18,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import PoisonConfig, ScoreConfig
-from pipeline.scores import relative_transfer, spread
-from pipeline.spectral import knn_affinity
-from pipeline.store import Store
-from pipeline.validate import FOLLOWED, detection, randomised, runs_from_argv
+from pipeline.core import layout
+from pipeline.core.store import Store
+from pipeline.data.artifacts import PoisonConfig
+from pipeline.harness.validate import FOLLOWED, detection, randomised, runs_from_argv
+from pipeline.method.probes import stored_transfers
+from pipeline.method.statistics import ScoreConfig, class_clusters, relative_transfer, spread
 
 ALPHAS = (0.0, 0.5, 0.75, 0.9)
 FLOORS = (0.1, 0.25, 0.5, 1.0)
@@ -38,11 +39,10 @@ def main() -> None:
         flip = pd.read_csv(run / "validation.csv")["flip_rate"].iloc[0]
         store = Store(str(run))
         c = int(sc.poison["target"])
-        members = store.array(f"classes/{c}/members")[:]
-        W = knn_affinity(store.array(f"classes/{c}/knn_idx")[:], store.array(f"classes/{c}/knn_dist")[:])
-        t = store.array(f"classes/{c}/transfer")[:].astype(np.float64)
-        p = store.array(f"classes/{c}/self_confidence")[:].astype(np.float64)
-        truth = store.read_table("samples")["artifact"].to_numpy(bool)[members]
+        members, W, _, _, _ = class_clusters(store, c)
+        tr = stored_transfers(store, c)
+        t, p = tr.combined, tr.confidence
+        truth = store.read_table(layout.SAMPLES.name)["artifact"].to_numpy(bool)[members]
         row = {"scenario": sc.name, "seed": seed, "flip_rate": flip}
         row["random"] = randomised(PoisonConfig.model_validate(sc.poison))
         # what the relative transfer works on: median transfer and self-confidence, planted vs clean

@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import load_config
-from pipeline.errors import UserError
-from pipeline.runner import Runner, load_stages
+from pipeline.core.errors import UserError
+from pipeline.core.runner import Runner
+from stages import all_stages, load_config, runner
 
 app = typer.Typer(
     add_completion=False,
@@ -47,7 +47,7 @@ def _runner(
     cfg = load_config(config, (overrides or []) + extra)
     if run_dir:
         cfg.run_dir = run_dir
-    return Runner(cfg)
+    return runner(cfg)
 
 
 def _guard(fn):
@@ -119,11 +119,13 @@ def poison(
     """Write the poisoned dataset as class folders of PNGs plus ground_truth.csv (runs index if needed)."""
 
     def go() -> None:
-        from pipeline.poison import check_out, write_folder
+        from pipeline.harness.poisoned_copy import check_out, write_folder
 
         r = _runner(config, set_, run_dir)
-        if r.cfg.poison is None:
-            raise UserError("the config has no poison section; add one or --set poison.target=<class id>")
+        if r.cfg.dataset.poison is None:
+            raise UserError(
+                "the config has no dataset.poison section; add one or --set dataset.poison.target=<class id>"
+            )
         check_out(out)
         r.run("index")
         truth = write_folder(r.cfg, r.store.read_table("samples"), Path(out), batch_size)
@@ -152,7 +154,7 @@ def validate(
     """Poison, train and audit every scenario of a spec once per seed; print detection against the baselines."""
 
     def go() -> None:
-        from pipeline.validate import run_validation, summary
+        from pipeline.harness.validate import run_validation, summary
 
         results = run_validation(spec, root, scenario, set_ or [], seed, collect)
         typer.echo(summary(results))
@@ -182,8 +184,8 @@ def verify(
     """Flip rate and clean accuracy of the original, retrained-on-cleaned and P-ClArC-corrected models."""
 
     def go() -> None:
-        from pipeline.verify import resolve, summary
-        from pipeline.verify import verify as run_verify
+        from pipeline.harness.verify import resolve, summary
+        from pipeline.harness.verify import verify as run_verify
 
         cfg, poison_cfg, split = resolve(config, set_ or [], run_dir, poison_from)
         table = run_verify(cfg, poison_cfg, split, retrain, class_id or None, pclarc_direction)
@@ -262,7 +264,7 @@ def _clean_command(help_text: str):
     return command
 
 
-for _name, _spec in load_stages().items():
+for _name, _spec in all_stages().items():
     app.command(name=_name)(_clean_command(_spec.help) if _name == "clean" else _stage_command(_name, _spec.help))
 
 

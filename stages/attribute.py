@@ -1,8 +1,7 @@
-"""attribute: LRP relevance maps for every sample, written chunk by chunk, resumable.
+"""attribute: LRP relevance maps for every sample, written chunk by chunk, resumable (LRP itself:
+pipeline/method/attribution.py; the arrays: the attribute entries of pipeline/core/layout.py).
 
-Writes attribution/{relevance (N, r, r) f16, relevance_scale, logit, relevance_sum (N,) f32,
-prediction, target (N,) i32, status (N,) u8, features (N, D) f16, done (chunks,) bool}. Each map
-is stored divided by its largest |value| (relevance_scale), so float16 keeps full relative
+Each map is stored divided by its largest |value| (relevance_scale), so float16 keeps full relative
 precision even where a model's biases absorb most of the relevance (Store.relevance undoes it).
 A chunk is `attribute.chunk_size` rows, computed in batches of `attribute.batch_size`: its rows
 are written first and its `done` flag last, so a killed run resumes at the first chunk not
@@ -19,15 +18,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.attribution import LRP, sum_pool
-from pipeline.compute import progress, resolve_device, worker_device
-from pipeline.datasets import build_dataset, iter_batches
-from pipeline.errors import UserError
-from pipeline.models import MODELS, model_for_run
-from pipeline.runner import Context, stage
-from pipeline.store import Store
+from pipeline.core import layout
+from pipeline.core.compute import progress, resolve_device, worker_device
+from pipeline.core.errors import UserError
+from pipeline.core.runner import Context, stage
+from pipeline.core.store import Store
+from pipeline.data import build_dataset, iter_batches
+from pipeline.data.models import MODELS, model_for_run, penultimate_layer
+from pipeline.method.attribution import LRP, sum_pool
 
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
+# the per-sample arrays, chunked by attribute.chunk_size rows (their dtypes and fills: pipeline/core/layout.py)
+ROWS = {"relevance": layout.RELEVANCE, "relevance_scale": layout.RELEVANCE_SCALE, "logit": layout.LOGIT,
+        "relevance_sum": layout.RELEVANCE_SUM, "prediction": layout.PREDICTION, "target": layout.TARGET,
+        "status": layout.STATUS, "features": layout.FEATURES}  # fmt: skip
 
 
 @stage("attribute", sections=["model", "attribute"], inputs=["index", "train"])
@@ -38,12 +42,12 @@ def run(ctx: Context) -> dict:
     size, res = cfg.dataset.image_size, acfg.resolution
     if size % res:
         raise UserError(f"attribute.resolution={res} must divide dataset.image_size={size}")
-    n = len(store.read_table("samples"))
+    n = len(store.read_table(layout.SAMPLES.name))
     n_chunks = -(-n // acfg.chunk_size)
-    if not ctx.resume or not store.has_array("attribution/done"):
+    if not ctx.resume or not store.has_array(layout.DONE()):
         ds = build_dataset(cfg.dataset)
         _create_arrays(ctx, n, n_chunks, model_for_run(cfg, store, len(ds.classes), ds.channels))
-    done = store.array("attribution/done")[:]
+    done = store.array(layout.DONE())[:]
     todo = [c for c in range(n_chunks) if not done[c]]
     if ctx.tasks.distributed and todo:
         # contiguous ranges of chunks, a few per worker so a slow or restarted worker does not hold up the end
@@ -51,10 +55,9 @@ def run(ctx: Context) -> dict:
         ctx.tasks.map(attribute_chunks, [s.tolist() for s in shards], "attribute", cfg, ctx.url)
     else:
         attribute_chunks(cfg, ctx.url, todo, ctx.device)
-    grp = store.group["attribution"]
-    status = grp["status"][:]
-    failed = [r for rel in store.list("files/attribute_failures") for r in store.read_json(rel)]
-    store.write_table("attribute_failures", pd.DataFrame(failed, columns=["index", "source", "reason"]))
+    status = store.array(layout.STATUS())[:]
+    failed = [r for rel in store.list(layout.FAILURE_CHUNKS()) for r in store.read_json(rel)]
+    store.write_table(layout.ATTRIBUTE_FAILURES.name, pd.DataFrame(failed, columns=["index", "source", "reason"]))
     return {
         "samples": n,
         "attributed": int((status == OK).sum()),
@@ -73,27 +76,28 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
     the same either way, so the store does not depend on how the chunks were shared out."""
     store = Store(url)
     acfg = cfg.attribute
-    samples = store.read_table("samples")
+    samples = store.read_table(layout.SAMPLES.name)
     ds = build_dataset(cfg.dataset)
     spec = MODELS.get(cfg.model.arch)
     device = device or worker_device(resolve_device(cfg.compute.device))
     model = model_for_run(cfg, store, len(ds.classes), ds.channels)
     n, bs, cs, res = len(samples), acfg.batch_size, acfg.chunk_size, acfg.resolution
-    grp = store.group["attribution"]
     index_ok = samples["status"].to_numpy() == "ok"
     labels = torch.from_numpy(samples["label"].to_numpy(np.int64, copy=True))
     # each chunk's usable samples, in batches of `bs`
     plan = {c: np.flatnonzero(index_ok[c * cs : (c + 1) * cs]) + c * cs for c in chunks}
     batches = [(c, ix[i : i + bs]) for c, ix in plan.items() for i in range(0, len(ix), bs)]
     pin = device.type == "cuda"
-    arrays = {name: grp[name] for name in _empty_rows(0, res, grp)} | {"done": grp["done"]}
+    arrays = {name: store.array(ROWS[name]()) for name in _empty_rows(0, res, store)} | {
+        "done": store.array(layout.DONE())
+    }
 
     def write_chunk(c: int, rows: dict, failures: list) -> None:
         """Rows first, the chunk's done flag last: a chunk is either complete or redone."""
         for name, values in rows.items():
             arrays[name][c * cs : c * cs + len(values)] = values
         if failures:
-            store.write_json(f"files/attribute_failures/{c:08d}.json", failures)
+            store.write_json(f"{layout.FAILURE_CHUNKS()}/{c:08d}.json", failures)
         arrays["done"][c] = True
 
     # one writer thread overlaps compression and I/O with the next chunk's LRP; all queued
@@ -102,15 +106,15 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
     try:
         with LRP(model, spec, acfg.composite, ds.channels, device, acfg.features, acfg.precision,
                  acfg.channels_last) as lrp:  # fmt: skip
-            stream = iter_batches(ds, samples, [b for _, b in batches], cfg.poison, acfg.num_workers, pin)
+            stream = iter_batches(ds, samples, [b for _, b in batches], cfg.compute.decode_threads, pin)
             remaining = Counter(c for c, _ in batches)
             chunk_rows = {}
             bar = progress(stream, "attribute", total=len(batches), unit="batch")
             for c in chunks:  # chunks with no usable sample are written straight away
                 if not remaining[c]:
-                    pending.append(writer.submit(write_chunk, c, _new_rows(c, n, cs, res, grp), []))
+                    pending.append(writer.submit(write_chunk, c, _new_rows(c, n, cs, res, store), []))
             for (c, _), (idx, x, ok, reasons) in zip(batches, bar):
-                rows, failures = chunk_rows.setdefault(c, (_new_rows(c, n, cs, res, grp), []))
+                rows, failures = chunk_rows.setdefault(c, (_new_rows(c, n, cs, res, store), []))
                 out = lrp(x, labels[idx] if acfg.target == "label" else None)
                 _fill_rows(rows, idx - c * cs, ok, out, res)
                 failures += [
@@ -142,21 +146,16 @@ def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) 
         "resolution": res,
         "image_size": cfg.dataset.image_size,
     }
-    store.create_array("attribution/relevance", (n, res, res), (cs, res, res), "float16", attrs)
-    for name, dtype, fill in [
-        ("relevance_scale", "float32", 1.0), ("logit", "float32", 0.0), ("relevance_sum", "float32", 0.0),
-        ("prediction", "int32", -1), ("target", "int32", -1), ("status", "uint8", SKIPPED),
-    ]:  # fmt: skip
-        store.create_array(f"attribution/{name}", (n,), (cs,), dtype, fill_value=fill)
+    store.create_array(layout.RELEVANCE(), (n, res, res), (cs, res, res), attrs)
+    for name in ("relevance_scale", "logit", "relevance_sum", "prediction", "target", "status"):
+        store.create_array(ROWS[name](), (n,), (cs,))
     if cfg.attribute.features:
-        from pipeline.models import penultimate_layer
-
         dim = penultimate_layer(model).in_features
-        store.create_array("attribution/features", (n, dim), (cs, dim), "float16")
+        store.create_array(layout.FEATURES(), (n, dim), (cs, dim))
     else:
-        store.delete_array("attribution/features")
-    store.create_array("attribution/done", (n_chunks,), (1,), "bool", fill_value=False)
-    store.delete("files/attribute_failures")
+        store.delete_array(layout.FEATURES())
+    store.create_array(layout.DONE(), (n_chunks,), (1,))
+    store.delete(layout.FAILURE_CHUNKS())
 
 
 def _fill_rows(rows: dict[str, np.ndarray], local: np.ndarray, ok: np.ndarray, out: dict, res: int) -> None:
@@ -178,14 +177,14 @@ def _fill_rows(rows: dict[str, np.ndarray], local: np.ndarray, ok: np.ndarray, o
         rows["features"][local] = out["features"].float().cpu().numpy() * ok[:, None]
 
 
-def _new_rows(c: int, n: int, cs: int, res: int, grp) -> dict[str, np.ndarray]:
+def _new_rows(c: int, n: int, cs: int, res: int, store: Store) -> dict[str, np.ndarray]:
     """Rows of chunk c before any batch is filled in: every sample marked skipped."""
-    rows = _empty_rows(min(n, (c + 1) * cs) - c * cs, res, grp)
+    rows = _empty_rows(min(n, (c + 1) * cs) - c * cs, res, store)
     rows["status"][:] = SKIPPED
     return rows
 
 
-def _empty_rows(m: int, res: int, grp) -> dict[str, np.ndarray]:
+def _empty_rows(m: int, res: int, store: Store) -> dict[str, np.ndarray]:
     rows = {
         "relevance": np.zeros((m, res, res), np.float16),
         "relevance_scale": np.ones(m, np.float32),
@@ -195,6 +194,6 @@ def _empty_rows(m: int, res: int, grp) -> dict[str, np.ndarray]:
         "target": -np.ones(m, np.int32),
         "status": np.zeros(m, np.uint8),
     }
-    if "features" in grp:
-        rows["features"] = np.zeros((m, grp["features"].shape[1]), np.float16)
+    if store.has_array(layout.FEATURES()):
+        rows["features"] = np.zeros((m, store.array(layout.FEATURES()).shape[1]), np.float16)
     return rows

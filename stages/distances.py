@@ -1,26 +1,24 @@
-"""distances: per class, a kNN graph of the relevance maps under the configured distance.
-
-Writes classes/<class id>/{members (n,) i64, knn_idx (n, k) i64 (positions in members),
-knn_dist (n, k) f32, empty (n,) bool (maps with no mass)}. Never builds an n x n matrix; the
-cost per class is the metric's kNN cost (see pipeline/metrics/).
+"""distances: per class, a kNN graph of the relevance maps under the configured distance
+(pipeline/method/metrics/). Never builds an n x n matrix; the cost per class is the metric's kNN cost.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.compute import resolve_device
-from pipeline.metrics import DISTANCES
-from pipeline.runner import Context, stage
-from pipeline.store import Store
+from pipeline.core import layout
+from pipeline.core.compute import resolve_device
+from pipeline.core.runner import Context, stage
+from pipeline.core.store import Store
+from pipeline.method.metrics import knn_graph
 
 MIN_CLASS_SIZE = 4
 
 
 def class_members(ctx: Context) -> dict[int, np.ndarray]:
     """Sample indices per class id, attributed samples only, for classes big enough to analyse."""
-    samples = ctx.store.read_table("samples")
-    status = ctx.store.array("attribution/status")[:]
+    samples = ctx.store.read_table(layout.SAMPLES.name)
+    status = ctx.store.array(layout.STATUS())[:]
     labels = samples["label"].to_numpy()
     out = {}
     for c in np.unique(labels):
@@ -36,11 +34,12 @@ def knn_class(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> 
     c, members = item
     store = Store(url)
     device = resolve_device(cfg.compute.device)
-    idx, dist, empty = DISTANCES.get(cfg.distances.metric)(store.relevance(members), cfg.distances, cfg.seed, device)
-    store.write_array(f"classes/{c}/members", members)
-    store.write_array(f"classes/{c}/empty", empty)
-    store.write_array(f"classes/{c}/knn_idx", idx, {"metric": cfg.distances.metric})
-    store.write_array(f"classes/{c}/knn_dist", dist, {"metric": cfg.distances.metric, "fingerprint": fingerprint})
+    idx, dist, empty = knn_graph(store.relevance(members), cfg.distances, cfg.seed, device)
+    metric = {"metric": cfg.distances.metric}
+    store.write_array(layout.MEMBERS(c=c), members)
+    store.write_array(layout.EMPTY(c=c), empty)
+    store.write_array(layout.KNN_IDX(c=c), idx, metric)
+    store.write_array(layout.KNN_DIST(c=c), dist, metric | {"fingerprint": fingerprint})
     return len(members), int(empty.sum())
 
 
@@ -49,10 +48,10 @@ def run(ctx: Context) -> dict:
     """kNN indices and distances between the relevance maps of each class."""
     members_by_class = class_members(ctx)
     ctx.prepare_class_groups(members_by_class)
-    done = ctx.finished_classes(members_by_class, "knn_dist")
+    done = ctx.finished_classes(members_by_class, layout.KNN_DIST)
     todo = [(c, m) for c, m in members_by_class.items() if c not in done]
     sizes = ctx.tasks.map(knn_class, todo, "distances", ctx.cfg, ctx.url, ctx.fingerprint)
-    sizes += [(len(members_by_class[c]), int(ctx.store.array(f"classes/{c}/empty")[:].sum())) for c in sorted(done)]
+    sizes += [(len(members_by_class[c]), int(ctx.store.read(layout.EMPTY(c=c)).sum())) for c in sorted(done)]
     attrs = {"ids": sorted(members_by_class), "metric": ctx.cfg.distances.metric}
     ctx.store.group.require_group("classes").attrs.update(attrs)
     return {"classes": len(members_by_class), "samples": int(sum(n for n, _ in sizes)),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import FMNIST, make_runner
+from tests.helpers import FMNIST, make_runner
 
 pytestmark = [
     pytest.mark.slow,

@@ -16,9 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from stages.report import ASSET_DIR, ASSETS, _index_page
+from pipeline.report import ASSET_DIR, ASSETS
+from pipeline.report.pages import index_page
 from tests.browser.chromium import console_problems
-from tests.conftest import FAST_DEMO
+from tests.helpers import FAST_DEMO
 from tests.stages.test_report import EVIL, make_evil_run
 
 pytest.importorskip("selenium")
@@ -196,7 +197,7 @@ def test_the_overview_sorts_and_filters_a_thousand_classes(browser, tmp_path):
     for a in ASSETS:
         shutil.copyfile(ASSET_DIR / a, tmp_path / "assets" / a)
     (tmp_path / "classes.js").write_text("window.UNHANS_CLASSES = [];")
-    (tmp_path / "index.html").write_text(_index_page(common, cs, set()))
+    (tmp_path / "index.html").write_text(index_page(common, cs, set()))
     open_page(browser, tmp_path / "index.html")
     assert len(table(browser)) == n
     cols = [th.get_attribute("data-col") for th in browser.find_elements(By.CSS_SELECTOR, "#classes thead th")]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import stages.attribute as attribute_stage
-from tests.conftest import FAST_DEMO, make_runner
+from tests.helpers import FAST_DEMO, make_runner
 
 SMALL = ["dataset.limit_per_class=20", "train.epochs=1", "attribute.batch_size=8", "attribute.chunk_size=16"]
 ARRAYS = [
@@ -83,7 +83,7 @@ def test_sigkilled_attribute_run_resumes_to_the_same_store(tmp_path, imagenet_fo
     import zarr
 
     sets = [f"dataset.path={imagenet_folder}", "attribute.batch_size=1", "attribute.chunk_size=1",
-            "attribute.num_workers=0"]  # fmt: skip
+            "compute.decode_threads=0"]  # fmt: skip
     exe = str(Path(sys.executable).with_name("unhans"))
     cmd = [exe, "audit", "-c", "imagenet", "--until", "attribute", "--run-dir", str(tmp_path / "k" / "run")]
     for s in sets:
@@ -113,12 +113,11 @@ def test_sigkilled_attribute_run_resumes_to_the_same_store(tmp_path, imagenet_fo
 def test_bfloat16_attribution_stays_close_to_float32(tmp_path, demo_run, copy_of):
     """attribute.precision=bfloat16 through the stage, on the demo's trained model: the stored maps stay
     within the error benchmarks/precision.py measures (median cosine to float32 about 0.999)."""
-    from pipeline.config import load_config
-    from pipeline.runner import Runner
+    from stages import load_config, runner
 
     copy_of(demo_run.store.url, tmp_path / "run")
     cfg = load_config("demo", FAST_DEMO + [f"run_dir={tmp_path / 'run'}", "attribute.precision=bfloat16"])
-    r = Runner(cfg)
+    r = runner(cfg)
     assert r.state("train") == "done" and r.state("attribute") == "stale"
     r.run("attribute")
     ok = np.flatnonzero(demo_run.store.array("attribution/status")[:] == 0)

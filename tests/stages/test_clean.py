@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.config import load_config
-from pipeline.runner import Runner
-from tests.conftest import FAST_DEMO
+from pipeline.core.runner import Runner
+from stages import load_config, runner
+from tests.helpers import FAST_DEMO
 
 cli = CliRunner()
 
@@ -127,20 +127,20 @@ def test_a_bad_decisions_file_is_one_line_and_loses_nothing(demo_run, run_copy, 
     assert len(errors) == 1 and message in errors[0] and "bad.json" in errors[0], res.output
     assert "Traceback" not in res.output
     assert {p.name: p.read_bytes() for p in (run_copy / "tables").iterdir()} == tables
-    r = Runner(load_config("demo", FAST_DEMO + [f"run_dir={run_copy}"]))
+    r = runner(load_config("demo", FAST_DEMO + [f"run_dir={run_copy}"]))
     assert r.state("score") == "done" and r.state("attribute") == "done"
 
 
 def test_the_decisions_file_enters_the_fingerprint(demo_run, run_copy, tmp_path):
     path = write(tmp_path / "d.json", decisions_doc(demo_run, [entry(3, 0, "review")]))
 
-    def runner() -> Runner:
+    def fresh() -> Runner:
         overrides = [f"run_dir={run_copy}", f"report_dir={demo_run.cfg.report_path}", f"clean.decisions={path}"]
-        return Runner(load_config("demo", FAST_DEMO + overrides))
+        return runner(load_config("demo", FAST_DEMO + overrides))
 
-    assert runner().state("clean") == "stale"  # the demo run was cleaned without decisions
-    runner().run("clean")
-    assert runner().state("clean") == "done"
+    assert fresh().state("clean") == "stale"  # the demo run was cleaned without decisions
+    fresh().run("clean")
+    assert fresh().state("clean") == "done"
     write(path, decisions_doc(demo_run, [entry(3, 0, "drop")]))
-    assert runner().state("clean") == "stale"
-    assert runner().state("report") == "done"  # only clean depends on the decisions
+    assert fresh().state("clean") == "stale"
+    assert fresh().state("report") == "done"  # only clean depends on the decisions

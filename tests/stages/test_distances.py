@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import stages.distances as distances_stage
-from tests.conftest import make_runner
+from tests.helpers import make_runner
 
 SMALL = ["train.epochs=1", "dataset.limit_per_class=20", "distances.metric=euclidean"]
 

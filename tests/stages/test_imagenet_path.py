@@ -2,14 +2,14 @@
 
 import numpy as np
 
-from tests.conftest import make_runner
+from tests.helpers import make_runner
 
 CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
 def test_index_and_attribute_with_efficientnet_lite0(tmp_path, imagenet_folder):
     r = make_runner(tmp_path, "imagenet", [f"dataset.path={imagenet_folder}", "attribute.batch_size=4",
-                                           "attribute.num_workers=2"])  # fmt: skip
+                                           "compute.decode_threads=2"])  # fmt: skip
     r.run_all(until="attribute")
     assert r.state("train") == "disabled" and r.state("attribute") == "done"
     samples = r.store.read_table("samples")

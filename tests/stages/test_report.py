@@ -12,11 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import load_config
-from pipeline.render import safe_json
-from pipeline.runner import Runner
-from stages.report import assets_hash
-from tests.conftest import FAST_DEMO, make_runner
+from pipeline.report import assets_hash
+from pipeline.report.render import safe_json
+from stages import load_config, runner
+from tests.helpers import FAST_DEMO, make_runner
 
 EVIL = "<img src=x onerror=alert(1)>"
 
@@ -39,7 +38,7 @@ def make_evil_run(tmp: Path):
     r = make_runner(tmp, "imagenet", [f"dataset.path={tmp / 'data'}", "dataset.class_index=sorted",
                                       "dataset.image_size=16", "dataset.resize=16", "model.arch=small_cnn",
                                       "train.enabled=true", "train.epochs=1", "attribute.resolution=16",
-                                      "attribute.num_workers=0", "distances.k=3", "cluster.k_max=3"])  # fmt: skip
+                                      "compute.decode_threads=0", "distances.k=3", "cluster.k_max=3"])  # fmt: skip
     r.run_all()
     return r
 
@@ -78,7 +77,7 @@ def test_every_member_is_on_a_sprite_sheet_and_in_exactly_one_cluster(demo_run):
 def test_the_report_goes_out_of_date_when_its_assets_change(demo_run, tmp_path):
     report = tmp_path / "report"
     shutil.copytree(demo_run.cfg.report_path, report)
-    r = Runner(load_config("demo", FAST_DEMO + [f"run_dir={demo_run.store.url}", f"report_dir={report}"]))
+    r = runner(load_config("demo", FAST_DEMO + [f"run_dir={demo_run.store.url}", f"report_dir={report}"]))
     assert r.state("report") == "done"
     stamp = json.loads((report / "report.json").read_text())
     assert stamp["assets"] == assets_hash()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import stages.transfer as transfer_stage
-from tests.conftest import make_runner
+import pipeline.method.probes as probes
+from tests.helpers import make_runner
 
 SMALL = ["train.epochs=1", "dataset.limit_per_class=20", "distances.metric=euclidean"]
 
@@ -17,7 +17,7 @@ def test_interrupted_transfer_resumes_by_class_to_the_same_tables(tmp_path, monk
 
     part = make_runner(tmp_path / "part", overrides=SMALL)
     part.run_all(until="cluster")
-    real, calls = transfer_stage.transfer, []  # transfer(model, normalise, images, hosts, c, ...)
+    real, calls = probes.transfer, []  # transfer(model, normalise, images, hosts, c, ...)
 
     def dying(*args):
         if args[4] not in calls and len(calls) == 4:
@@ -25,13 +25,13 @@ def test_interrupted_transfer_resumes_by_class_to_the_same_tables(tmp_path, monk
         calls.append(args[4]) if args[4] not in calls else None
         return real(*args)
 
-    monkeypatch.setattr(transfer_stage, "transfer", dying)
+    monkeypatch.setattr(probes, "transfer", dying)
     with pytest.raises(KeyboardInterrupt):
         part.run("transfer")
     assert part.state("transfer") == "partial"
 
     redone = set()
-    monkeypatch.setattr(transfer_stage, "transfer", lambda *a: redone.add(a[4]) or real(*a))
+    monkeypatch.setattr(probes, "transfer", lambda *a: redone.add(a[4]) or real(*a))
     rec = part.run("transfer")
     assert rec["counts"]["classes_resumed"] == 4
     assert redone == set(range(10)) - set(calls)
@@ -46,10 +46,10 @@ def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.datasets import build_dataset, iter_batches
-    from pipeline.models import MODELS, model_for_run
+    from pipeline.data import build_dataset, iter_batches
+    from pipeline.data.models import MODELS, model_for_run
 
-    sets = ["poison={kind: text, regime: backdoor, target: 1, fraction: 0.2, strength: 0.3, seed: 2}",
+    sets = ["dataset.poison={kind: text, regime: backdoor, target: 1, fraction: 0.2, strength: 0.3, seed: 2}",
             "train.epochs=8", "dataset.limit_per_class=60", "distances.metric=euclidean"]  # fmt: skip
     r = make_runner(tmp_path, overrides=sets)
     r.run_all(until="score")
@@ -68,11 +68,11 @@ def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     cfg = r.cfg
     ds = build_dataset(cfg.dataset)
     idx = target.index.to_numpy()[:20]
-    [(_, x, _, _)] = list(iter_batches(ds, samples, [idx], cfg.poison))
+    [(_, x, _, _)] = list(iter_batches(ds, samples, [idx]))
     model = model_for_run(cfg, r.store, len(ds.classes), ds.channels)
-    mean, std = MODELS.get(cfg.model.arch).norm(ds.channels)
+    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels)
     with torch.no_grad():
-        p = torch.softmax(model((x - mean) / std), 1)[:, 1].numpy()
+        p = torch.softmax(model(normalise(x)), 1)[:, 1].numpy()
     assert np.allclose(p, target["self_confidence"].to_numpy()[:20], atol=1e-5)
     cs = r.store.read_table("class_scores").set_index("class_id")
     assert cs["label_issue_fraction"].idxmax() == 1
@@ -84,7 +84,7 @@ def test_a_learned_global_tint_is_found_by_the_global_probe(tmp_path):
     tinted images score above the class's own."""
     from sklearn.metrics import roc_auc_score
 
-    sets = ["poison={kind: tint, regime: backdoor, target: 2, fraction: 0.2, seed: 4}",
+    sets = ["dataset.poison={kind: tint, regime: backdoor, target: 2, fraction: 0.2, seed: 4}",
             "dataset.limit_per_class=80", "distances.metric=euclidean"]  # fmt: skip
     r = make_runner(tmp_path, overrides=sets)
     r.run_all(until="score")
@@ -104,7 +104,7 @@ def test_score_settings_rerun_without_the_model(tmp_path, monkeypatch):
     r = make_runner(tmp_path, overrides=SMALL)
     r.run_all(until="score")
     before = r.store.read_table("class_scores")
-    monkeypatch.setattr(transfer_stage, "transfer", lambda *a: pytest.fail("the model was asked again"))
+    monkeypatch.setattr(probes, "transfer", lambda *a: pytest.fail("the model was asked again"))
     again = make_runner(tmp_path, overrides=SMALL + ["score.min_spread=0.02"])
     assert again.state("transfer") == "done" and again.state("score") == "stale"
     again.run_all(until="score")
@@ -113,7 +113,7 @@ def test_score_settings_rerun_without_the_model(tmp_path, monkeypatch):
 
 
 def test_samples_are_flagged_when_their_score_stands_out_from_their_class():
-    from pipeline.scores import stands_out
+    from pipeline.method.statistics import stands_out
 
     s = np.r_[np.full(5, 0.9), 0.05 + 0.01 * np.arange(20)]
     group = np.zeros(25, bool)
@@ -126,8 +126,8 @@ def test_samples_are_flagged_when_their_score_stands_out_from_their_class():
 def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(tmp_path):
     """clever_hans_score = spread(t / max(p, confidence_floor)) over the class's kNN graph, from the
     stored transfers and self-confidences; floor 1 gives the plain transfer, spread."""
-    from pipeline.scores import spread
-    from pipeline.spectral import knn_affinity
+    from pipeline.method.spectral import knn_affinity
+    from pipeline.method.statistics import spread
 
     def expected(r, c, floor):
         W = knn_affinity(r.store.array(f"classes/{c}/knn_idx")[:], r.store.array(f"classes/{c}/knn_dist")[:])

@@ -1,0 +1,153 @@
+"""Compute resources: torch device selection, CPU threads, progress bars, Dask task mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import torch
+from pydantic import Field
+from tqdm import tqdm
+
+from pipeline.core.config import Section
+from pipeline.core.errors import UserError
+
+T = TypeVar("T")
+log = logging.getLogger("unhans")
+
+
+class ComputeConfig(Section):
+    """Where and how a run computes; no result depends on it but the torch thread count (see README)."""
+
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: all cores)")
+    workers: int = Field(0, ge=0, description="Dask LocalCluster worker processes (0 or 1: in-process)")
+    scheduler: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786")
+    decode_threads: int = Field(0, ge=0, description="image decoding threads of file-backed datasets (0: inline)")
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU; an unavailable device is a UserError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"compute.device = {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("compute.device asks for CUDA but no GPU is visible; use compute.device=auto or cpu")
+    return dev
+
+
+def worker_device(device: torch.device) -> torch.device:
+    """On a Dask worker with several GPUs visible, its own GPU: cuda:(worker number mod GPU count).
+
+    LocalCluster numbers its workers 0..N-1, so `compute.workers` = number of GPUs gives one worker per
+    GPU. Workers of an external cluster usually see one GPU each (CUDA_VISIBLE_DEVICES), so cuda:0."""
+    if device.type != "cuda" or device.index is not None or torch.cuda.device_count() < 2:
+        return device
+    try:
+        from dask.distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not on a worker
+        return device
+    slot = name if isinstance(name, int) else int(hashlib.sha256(str(name).encode()).hexdigest(), 16)
+    return torch.device("cuda", slot % torch.cuda.device_count())
+
+
+def set_threads(threads: int | None) -> None:
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """A progress bar on stderr (hidden when stderr is not a terminal unless UNHANS_PROGRESS=1)."""
+    show = sys.stderr.isatty() or os.environ.get("UNHANS_PROGRESS") == "1"
+    yield from tqdm(items, desc=desc, total=total, unit=unit, disable=not show, mininterval=1.0, dynamic_ncols=True)
+
+
+def _call_with_threads(fn: Callable, threads: int, *args: Any) -> Any:
+    """Run one task on a worker with a fixed number of torch/BLAS/faiss threads."""
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+    except ImportError:  # pragma: no cover
+        pass
+    return fn(*args)
+
+
+@contextlib.contextmanager
+def dask_client(cfg) -> Iterator[Any]:
+    """A Dask client: on `compute.scheduler` if given, else on a LocalCluster of worker processes."""
+    from dask.distributed import Client, LocalCluster
+
+    if cfg.scheduler:
+        try:
+            client = Client(cfg.scheduler, timeout="20s")
+        except OSError as exc:
+            raise UserError(
+                f"cannot reach the Dask scheduler at {cfg.scheduler} ({exc}); start one with "
+                "`dask scheduler` and `dask worker <address>`, or drop compute.scheduler"
+            ) from None
+        with client:
+            yield client
+        return
+    cluster = LocalCluster(n_workers=cfg.workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, Client(cluster) as client:
+        yield client
+
+
+class TaskMapper:
+    """Maps module-level functions over items: in this process, or on Dask workers when
+    `compute.workers` > 1 or `compute.scheduler` is set. One cluster serves every stage of a run
+    (started on first use, closed by `close`)."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self._stack: contextlib.ExitStack | None = None
+        self._client = None
+        self.calls = 0  # map calls so far (the runner asks whether a stage started any task)
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.cfg.scheduler) or self.cfg.workers > 1
+
+    def client(self):
+        if self._client is None:
+            self._stack = contextlib.ExitStack()
+            self._client = self._stack.enter_context(dask_client(self.cfg))
+        return self._client
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+        self._stack = self._client = None
+
+    def worker_count(self) -> int:
+        """Workers to share work between: the cluster's (1 in-process)."""
+        if not self.distributed:
+            return 1
+        return max(1, len(self.client().scheduler_info(n_workers=-1)["workers"]))
+
+    def map(self, fn: Callable, items: list, desc: str, *shared: Any) -> list:
+        """[fn(*shared, item) for item in items], in order."""
+        self.calls += 1
+        if not self.distributed:
+            return [fn(*shared, it) for it in progress(items, desc, total=len(items), unit="task")]
+        from dask.distributed import as_completed
+
+        client = self.client()
+        threads = self.cfg.threads or 1
+        # the shared arguments (config, store URL, ...) are small: each task carries its own copy rather
+        # than a scattered one, so a task stays runnable on any worker after another one is lost
+        futures = [client.submit(_call_with_threads, fn, threads, *shared, it, pure=False) for it in items]
+        for _ in progress(as_completed(futures), desc, total=len(futures), unit="task"):
+            pass
+        return client.gather(futures)

@@ -1,0 +1,84 @@
+"""Datasets by name: an index of samples plus the loading of model-ready images.
+
+A dataset lists its samples once (`index`, run by the index stage) as a table of string
+`source`s (a file path, or `split:i` for in-memory sets) with labels and a status. Every
+later stage loads images by source, in batches, through pipeline.data.loading.iter_batches,
+so nothing has to list or scan the dataset again. `dataset.kind` names the class in DATASETS;
+`dataset.poison` wraps it in a PoisonedDataset (pipeline/data/poisoned.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field, field_validator
+
+from pipeline.core.config import Section, choice
+from pipeline.core.registry import Registry
+from pipeline.data.artifacts import PoisonConfig
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    id: int  # the model's output index for this class
+    key: str  # folder name / WordNet id / digit
+    name: str  # human-readable name
+
+
+class ImageDataset:
+    """Base class. Subclasses set `classes`, `channels`, and implement `index` and `load`."""
+
+    classes: list[ClassInfo]
+    channels: int
+    image_size: int
+    in_memory: bool = True
+
+    def index(self) -> pd.DataFrame:
+        """Columns: source (str), label (int), status ('ok' | 'skipped'), reason (str)."""
+        raise NotImplementedError
+
+    def load(self, sources: Sequence[str]) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+        """Images (B, C, S, S) float in [0, 1], ok (B,) bool, and a reason for each failure."""
+        raise NotImplementedError
+
+    def load_one(self, source: str) -> tuple[torch.Tensor | None, str]:
+        """One image (C, S, S), or None and the reason it could not be read."""
+        x, ok, reasons = self.load([source])
+        return (x[0], "") if ok[0] else (None, reasons[0])
+
+    def after_load(self, x: torch.Tensor, rows: pd.DataFrame) -> torch.Tensor:
+        """Finish a loaded batch x (B, C, S, S), given its rows of the samples table (a wrapper paints here)."""
+        return x
+
+    def counts(self, samples: pd.DataFrame) -> dict[str, int]:
+        """Counts the index stage records beside its own, from the samples this dataset indexed."""
+        return {}
+
+
+DATASETS: Registry[type[ImageDataset]] = Registry("dataset")
+
+
+class DatasetConfig(Section):
+    """What the run audits (pipeline/data/): a dataset kind, its place and size, and any planted shortcut."""
+
+    kind: str = "digits"
+    path: str | None = Field(None, description="dataset root (IDX folder or class-folder tree)")
+    split: Literal["train", "test"] = "train"
+    image_size: int = Field(32, ge=8, le=1024, description="side of the model input, pixels")
+    resize: int | None = Field(None, description="shorter side before the centre crop (folders)")
+    limit_per_class: int | None = Field(None, ge=1, description="take at most this many per class")
+    class_index: Literal["auto", "imagenet", "sorted"] = "auto"
+    class_names: list[str] | None = Field(None, description="names for classes 0..C-1")
+    poison: PoisonConfig | None = Field(
+        None, description="a planted shortcut, for validating the audit (None: the data as they are)"
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        return choice(DATASETS, v)  # filled by pipeline/data/__init__.py, which any import of this module runs first

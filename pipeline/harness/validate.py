@@ -1,0 +1,450 @@
+"""`unhans validate`: poison, train, audit, and measure detection against baselines.
+
+A validation spec (configs/validate/<name>.yaml) names a base config, common overrides and a list
+of scenarios, each a `poison` section (pipeline/poison.py). Every scenario is a full run of the
+chain up to `score` in <root>/<scenario>, so a rerun skips what is done. A scenario with
+`control: true` trains on the data as they are (no poisoning) and only uses its poison section to
+measure how the clean model reacts to the artifact: the false-alarm level.
+
+Per scenario and method (unhans and the baselines of pipeline/baselines.py, on the same store):
+- flip_rate: share of held-out images of the other classes, correctly classified when clean, that
+  the trained model assigns to the target class once the artifact is stamped on (the model, not the
+  data, makes a Clever Hans: a scenario the model ignores has nothing to find);
+- mask_share: mean share of a poisoned sample's positive relevance inside its artifact's pixels,
+  with `mask_area` (the mask's share of the image) as the level of no preference;
+- rank of the target class among all classes by the method's class score (1 = top), its score,
+  and the top score of the run;
+- auroc, ap: per-sample scores inside the target class against the planted truth;
+- target_flagged, other_flagged: the method's own class alarms, for methods that raise them.
+
+Methods are the detectors of pipeline/harness/detectors/, all read through one contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from pipeline.core.config import CONFIG_DIR
+from pipeline.core.errors import UserError
+from pipeline.core.store import Store
+from pipeline.data import build_dataset
+from pipeline.data.artifacts import PoisonConfig, masks, stamp
+from pipeline.data.models import MODELS, model_for_run
+from pipeline.harness.detectors import DETECTORS, RunView, names
+from stages import Config, load_config, runner
+
+log = logging.getLogger("unhans.validate")
+SPEC_DIR = CONFIG_DIR / "validate"
+FLIP_HOSTS = 2000  # held-out host images per flip-rate measurement (seeded subsample)
+FOLLOWED = 0.1  # flip rate from which a scenario counts as one the model follows (summary lines)
+
+
+@dataclass
+class Scenario:
+    name: str
+    poison: dict[str, Any]
+    control: bool = False
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Spec:
+    name: str
+    base: str
+    set: list[str]
+    flip_split: str  # test: the dataset's held-out split; train: unpoisoned training images
+    scenarios: list[Scenario]
+    seeds: list[int]  # run seeds: each scenario is trained and audited once per seed
+
+
+def load_spec(name_or_path: str) -> Spec:
+    p = Path(name_or_path)
+    path = p if p.suffix in {".yaml", ".yml"} else SPEC_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(q.stem for q in SPEC_DIR.glob("*.yaml")))
+        raise UserError(f"no validation spec {name_or_path!r}; known: {known} (or give a YAML path)")
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - {"name", "base", "set", "flip_split", "scenarios", "seeds"}
+    if unknown or "base" not in data or not data.get("scenarios"):
+        raise UserError(
+            f"{path}: needs base and scenarios (allowed keys: name, base, set, flip_split, scenarios, seeds)"
+        )
+    scenarios = []
+    for i, s in enumerate(data["scenarios"]):
+        extra = set(s) - {"name", "poison", "control", "set"}
+        if extra or "name" not in s or "poison" not in s:
+            raise UserError(f"{path}: scenario {i} needs name and poison (allowed: name, poison, control, set)")
+        scenarios.append(Scenario(str(s["name"]), dict(s["poison"]), bool(s.get("control", False)), s.get("set", [])))
+    names = [s.name for s in scenarios]
+    if len(set(names)) != len(names):
+        raise UserError(f"{path}: scenario names must be unique")
+    split = data.get("flip_split", "test")
+    if split not in ("test", "train"):
+        raise UserError(f"{path}: flip_split must be test or train")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and x >= 0 for x in seeds):
+        raise UserError(f"{path}: seeds must be a list of non-negative integers, e.g. [0, 1, 2]")
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{path}: seeds must be unique")
+    name = str(data.get("name", path.stem))
+    return Spec(name, str(data["base"]), list(data.get("set", [])), split, scenarios, list(seeds))
+
+
+def scenario_config(
+    spec: Spec, sc: Scenario, root: Path, extra: list[str], seed: int | None = None
+) -> tuple[Config, PoisonConfig]:
+    """The run's config (poison applied unless control; run seed `seed`, default the spec's first) and
+    the scenario's artifact. The run lives in <root>/<scenario>/seed-<seed>. The seed sets the
+    training (initialisation, batch order), the score's hosts and the clusterings; the planted
+    artifact (poison.seed) is the same for every seed, so seeds are replicates on the same data."""
+    cfg = load_config(spec.base, spec.set + sc.set + extra)
+    poison = PoisonConfig.model_validate(sc.poison)
+    cfg.seed = spec.seeds[0] if seed is None else seed
+    cfg.name = f"{spec.name}-{sc.name}-seed{cfg.seed}"
+    run = root / sc.name / f"seed-{cfg.seed}"
+    cfg.run_dir = str(run)
+    cfg.report_dir = str(run / "report")
+    cfg.dataset.poison = None if sc.control else poison
+    return cfg, poison
+
+
+# ---------------------------------------------------------------------------------------- metrics
+
+
+def detection(truth: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """AUROC and average precision of scores against boolean truth; NaN when one side is empty."""
+    truth = np.asarray(truth, bool)
+    if truth.all() or not truth.any():
+        return float("nan"), float("nan")
+    scores = np.asarray(scores, np.float64)
+    finite = np.isfinite(scores)
+    low = scores[finite].min() - 1.0 if finite.any() else 0.0
+    scores = np.where(finite, scores, low)  # a missing score ranks below every real one
+    return float(roc_auc_score(truth, scores)), float(average_precision_score(truth, scores))
+
+
+def rank_of(class_scores: pd.Series, target: int) -> int:
+    """1-based rank of `target` by descending score (ties count against it: worst rank among equals)."""
+    if target not in class_scores.index:
+        return len(class_scores) + 1
+    return int((class_scores >= class_scores.loc[target]).sum())
+
+
+def mask_share(maps: np.ndarray, masks: np.ndarray) -> tuple[float, float]:
+    """Mean share of positive relevance inside each mask, and the masks' mean area share."""
+    pos = np.maximum(maps.reshape(len(maps), -1), 0.0)
+    m = masks.reshape(len(masks), -1)
+    total = pos.sum(1)
+    ok = total > 0
+    inside = (pos * m).sum(1)
+    share = float(np.mean(inside[ok] / total[ok])) if ok.any() else float("nan")
+    return share, float(m.mean()) if len(m) else float("nan")
+
+
+def held_out(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: str):
+    """(dataset, held-out rows, flip hosts): the test split (split test) or the unpoisoned training
+    images (split train); hosts = a seeded subsample of the rows of the other classes. The dataset is
+    the run's without its planted shortcut: the images as they are."""
+    update = {"poison": None} | ({"split": split, "limit_per_class": None} if split == "test" else {})
+    ds = build_dataset(cfg.dataset.model_copy(update=update))
+    if split == "test":
+        rows = ds.index()
+        rows = rows[rows["status"] == "ok"]
+    else:  # the training images that carry no artifact and keep their own label
+        keep = samples["status"] == "ok"
+        if "artifact" in samples:
+            keep &= ~samples["artifact"].astype(bool)
+        rows = samples[keep]
+    hosts = rows[rows["label"] != poison.target]
+    rng = np.random.default_rng(cfg.seed)
+    hosts = hosts.iloc[np.sort(rng.choice(len(hosts), size=min(FLIP_HOSTS, len(hosts)), replace=False))]
+    return ds, rows, hosts
+
+
+def labelled_batches(ds, rows: pd.DataFrame, batch: int = 256):
+    """Yield (start, images, readable mask, labels) over `rows` (columns source, label) in batches."""
+    for s in range(0, len(rows), batch):
+        part = rows.iloc[s : s + batch]
+        x, ok, _ = ds.load(part["source"].to_numpy())
+        yield s, x, torch.as_tensor(ok), torch.as_tensor(part["label"].to_numpy(np.int64, copy=True))
+
+
+def flips(model, normalise, ds, hosts: pd.DataFrame, poison: PoisonConfig, seed: int, device) -> float:
+    """Share of the hosts the model gets right that it assigns to poison.target once stamped."""
+    n_flip, n = 0, 0
+    with torch.no_grad():
+        for s, x, ok, y in labelled_batches(ds, hosts):
+            clean = model(normalise(x.to(device))).argmax(1).cpu()
+            dirty = model(normalise(stamp(x, poison, seed=seed + s)[0].to(device))).argmax(1).cpu()
+            use = ok & (clean == y)
+            n_flip += int((dirty[use] == poison.target).sum())
+            n += int(use.sum())
+    return n_flip / n if n else float("nan")
+
+
+def flip_rate(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: str, device: torch.device) -> float:
+    """Share of correctly classified held-out images of other classes predicted `target` with the artifact."""
+    ds, _, hosts = held_out(cfg, poison, samples, split)
+    model = model_for_run(cfg, Store(cfg.run_url), len(ds.classes), ds.channels).to(device).eval()
+    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels, device)
+    return flips(model, normalise, ds, hosts, poison, cfg.seed, device)
+
+
+def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) -> pd.DataFrame:
+    """One finished run -> one row per detector (pipeline/harness/detectors/)."""
+    from pipeline.core.compute import resolve_device
+
+    store = Store(cfg.run_url)
+    samples = store.read_table("samples")
+    device = resolve_device(cfg.compute.device)
+    flips = flip_rate(cfg, poison, samples, flip_split, device)
+    target = poison.target
+    truth = samples["artifact"].to_numpy(bool) if "artifact" in samples else np.zeros(len(samples), bool)
+    poisoned = np.flatnonzero(truth)
+    if len(poisoned):
+        maps = store.relevance(poisoned)
+        m = masks(samples.iloc[poisoned], cfg.dataset.image_size, cfg.attribute.resolution, poison)
+        share, area = mask_share(maps, m)
+    else:
+        share = area = float("nan")
+    run = RunView(store, cfg.seed)
+    rows = []
+    for name in names():
+        d = DETECTORS.get(name)
+        if not d.usable(run):
+            continue
+        found = {c: d.detect(run, c) for c in run.class_ids}
+        class_scores = pd.Series({c: f.score for c, f in found.items()})
+        auroc = ap = float("nan")
+        if target in found:
+            auroc, ap = detection(truth[run.members(target)], found[target].sample_scores)
+        alarms = {c for c, f in found.items() if f.flag}
+        has_alarms = any(f.flag is not None for f in found.values())
+        rows.append(
+            {
+                "method": name,
+                "rank": rank_of(class_scores, target),
+                "target_score": float(class_scores.get(target, np.nan)),
+                "top_score": float(class_scores.max()),
+                "auroc": auroc,
+                "ap": ap,
+                "flip_rate": flips,
+                "mask_share": share,
+                "mask_area": area,
+                "n_poisoned": int(len(poisoned)),
+                "n_target": int((samples["label"] == target).sum()),
+                # the detector's own class alarms (NaN for detectors without a decision rule)
+                "target_flagged": (target in alarms and not control) if has_alarms else np.nan,
+                "other_flagged": len(alarms - ({target} if not control else set())) if has_alarms else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def describe(p: PoisonConfig, control: bool) -> str:
+    if control:
+        return f"none (probe: {p.kind})"
+    where = p.position + (", rotated" if p.rotation else "") + (", size jitter" if p.size_jitter else "")
+    return f"{p.kind} {p.regime} -> {p.target}, {p.fraction:.0%}, {where}"
+
+
+def randomised(p: PoisonConfig) -> bool:
+    """The artifact's position or size varies from image to image."""
+    return p.position == "random" or p.size_jitter > 0
+
+
+def run_validation(
+    spec_name: str,
+    root: str | None,
+    only: list[str] | None,
+    extra: list[str],
+    seeds: list[int] | None = None,
+    collect_only: bool = False,
+) -> pd.DataFrame:
+    """Run every chosen scenario once per seed (the spec's seeds, or `seeds`) and evaluate each run;
+    returns (and writes to <root>/results.csv, results.md) the rows of every run of the spec found.
+    collect_only: run nothing, only gather the runs' evaluations (e.g. after runs in several processes)."""
+    spec = load_spec(spec_name)
+    if any(e.split("=", 1)[0].strip() == "seed" for e in extra):
+        raise UserError("validate sets the run seed itself: use --seed N (repeatable) instead of --set seed=N")
+    if seeds:
+        spec.seeds = list(dict.fromkeys(seeds))
+    out = Path(root or f"runs/validate/{spec.name}")
+    chosen = [s for s in spec.scenarios if not only or s.name in only]
+    if only and len(chosen) != len(set(only)):
+        missing = set(only) - {s.name for s in spec.scenarios}
+        raise UserError(f"unknown scenario(s) {', '.join(sorted(missing))}; known: {[s.name for s in spec.scenarios]}")
+    for sc in [] if collect_only else chosen:
+        for seed in spec.seeds:
+            cfg, poison = scenario_config(spec, sc, out, extra, seed)
+            log.info(
+                "validate: scenario %s, seed %d (%s) in %s", sc.name, seed, describe(poison, sc.control), cfg.run_url
+            )
+            runner(cfg).run_all(until="score")
+            df = evaluate(cfg, poison, sc.control, spec.flip_split)
+            df.insert(0, "scenario", sc.name)
+            df.insert(1, "seed", seed)
+            df.insert(2, "poison", describe(poison, sc.control))
+            df.insert(3, "control", sc.control)
+            df.insert(4, "randomised", randomised(poison) and not sc.control)
+            df.to_csv(Path(cfg.run_url) / "validation.csv", index=False)
+    # the table covers every run of the spec's scenarios and seeds evaluated so far, so runs of
+    # single scenarios or seeds add up
+    done = [run / "validation.csv" for _, _, run in finished_runs(spec, out)]
+    if not done:
+        raise UserError(f"no evaluated run of {spec.name} under {out}: run `unhans validate --spec {spec.name}` first")
+    results = pd.concat([pd.read_csv(f) for f in done], ignore_index=True)
+    results.to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(summary(results))
+    return results
+
+
+def finished_runs(spec: Spec, root: Path) -> list[tuple[Scenario, int, Path]]:
+    """(scenario, seed, run folder) of every run of the spec under root that has been evaluated
+    (its validation.csv written), in spec order."""
+    return [
+        (sc, seed, run)
+        for sc in spec.scenarios
+        for seed in spec.seeds
+        if ((run := root / sc.name / f"seed-{seed}") / "validation.csv").exists()
+    ]
+
+
+def runs_from_argv(doc: str, argv: list[str] | None = None) -> tuple[Spec, Path, list[tuple[Scenario, int, Path]]]:
+    """The command line of a script that reads finished validation runs (benchmarks/flags.py,
+    benchmarks/sample_score.py): --spec NAME and --root FOLDER -> (spec, root, finished_runs)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default="demo")
+    ap.add_argument("--root", default=None, help="folder of the scenario runs (default runs/validate/<spec>)")
+    args = ap.parse_args(argv)
+    spec = load_spec(args.spec)
+    root = Path(args.root or f"runs/validate/{spec.name}")
+    return spec, root, finished_runs(spec, root)
+
+
+def _median(x: pd.Series) -> str:
+    return "-" if x.isna().all() else f"{np.nanmedian(x):.3f}"
+
+
+def _joined(values, fmt: str) -> str:
+    """Per-seed values of one scenario, in seed order: '1/1/2'."""
+    return "/".join("-" if pd.isna(v) else format(v, fmt) for v in values)
+
+
+def summary(results: pd.DataFrame) -> str:
+    """Markdown: one row per scenario (per-seed ranks and flip rates joined by '/', median AUROC over
+    the seeds), then one line per method over all runs (a run = one scenario with one seed) and over
+    the runs whose model follows the artifact (flip rate >= FOLLOWED), and the paired comparisons."""
+    results = results.copy()
+    if "seed" not in results:  # a results table written before seeds existed: one run per scenario
+        results["seed"] = 0
+    if "randomised" not in results:
+        results["randomised"] = False
+    results = results.sort_values("seed", kind="stable")
+    methods = list(dict.fromkeys(results["method"]))
+    n_seeds = results["seed"].nunique()
+    head = ["scenario", "poison", "flip rate", "relevance in mask (area)"]
+    for m in methods:
+        head += [f"{m} rank", f"{m} AUROC"]
+    head += ["unhans score (top)", "unhans flagged"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for sc, g in results.groupby("scenario", sort=False):
+        u = g[g["method"] == "unhans"]
+        cells = [
+            sc,
+            u["poison"].iloc[0],
+            _joined(u["flip_rate"], ".2f"),
+            f"{np.nanmedian(u['mask_share']):.2f} ({np.nanmedian(u['mask_area']):.2f})"
+            if u["mask_share"].notna().any()
+            else "nan (nan)",
+        ]
+        for m in methods:
+            r = g[g["method"] == m]
+            if r.empty:  # a scenario measured before this method existed
+                cells += ["-", "-"]
+                continue
+            cells += [_joined(r["rank"].astype(int), "d"), _median(r["auroc"])]
+        cells.append(f"{np.median(u['target_score']):.3f} ({u['top_score'].max():.3f})")
+        cells.append(_flags(u))
+        lines.append("| " + " | ".join(cells) + " |")
+    poisoned = results[~results["control"].astype(bool)]
+    followed = poisoned[poisoned["flip_rate"] >= FOLLOWED]
+    runs = lambda d: f"{len(d)} runs" if n_seeds > 1 else f"{len(d)} scenarios"  # noqa: E731
+    nf = len(followed[followed["method"] == "unhans"])
+    lines.append("")
+    seeds_note = f" ({poisoned['scenario'].nunique()} scenarios x {n_seeds} seeds)" if n_seeds > 1 else ""
+    for m in methods:
+        p, f = poisoned[poisoned["method"] == m], followed[followed["method"] == m]
+        line = (
+            f"- {m}: target ranked first in {int((p['rank'] == 1).sum())} of {runs(p)}{seeds_note}; "
+            f"median AUROC {_median(p['auroc'])}, median AP {_median(p['ap'])}"
+        )
+        if nf:
+            line += (
+                f"; in the {nf} the model follows (flip rate >= {FOLLOWED}): first in "
+                f"{int((f['rank'] == 1).sum())}, median AUROC {_median(f['auroc'])}, median AP {_median(f['ap'])}"
+            )
+        fr = f[f["randomised"].astype(bool)]
+        if len(fr):
+            line += f"; followed with random position or size: median AUROC {_median(fr['auroc'])} ({len(fr)})"
+        lines.append(line)
+    if nf:
+        fu = followed[followed["method"] == "unhans"].set_index(["scenario", "seed"])["auroc"]
+        pairs = []
+        for m in methods[1:]:
+            fm = followed[followed["method"] == m].set_index(["scenario", "seed"])["auroc"]
+            both = pd.concat([fu, fm], axis=1, join="inner").dropna()
+            if len(both):
+                a, b = both.iloc[:, 0].round(3), both.iloc[:, 1].round(3)
+                pairs.append(f"{m} {int((a > b).sum())} / {int((a == b).sum())} / {int((a < b).sum())}")
+        if pairs:
+            lines.append(
+                "- unhans' per-sample AUROC against the other method's, in the followed runs (above / level "
+                f"at 3 decimals / below): {', '.join(pairs)}"
+            )
+    ctrl = results[results["control"].astype(bool) & (results["method"] == "unhans")]
+    pu = poisoned[poisoned["method"] == "unhans"]
+    uf = followed[followed["method"] == "unhans"]
+    if len(ctrl) and len(pu):
+        line = (
+            f"- unhans: control top score {ctrl['top_score'].max():.3f}; poisoned target scores "
+            f"min {pu['target_score'].min():.3f}, median {pu['target_score'].median():.3f}"
+        )
+        if len(uf):
+            top = ctrl["top_score"].max()
+            line += (
+                f"; followed: min {uf['target_score'].min():.3f}, median {uf['target_score'].median():.3f}, "
+                f"above the control's top in {int((uf['target_score'] > top).sum())} of {len(uf)}"
+            )
+        lines.append(line)
+    allu = results[results["method"] == "unhans"]
+    if "target_flagged" in results and allu["target_flagged"].notna().any():
+        lines.append(
+            f"- unhans flags (score >= threshold and q <= fdr): the target in "
+            f"{int(pu['target_flagged'].astype(bool).sum())} of {runs(pu)} "
+            f"({int(uf['target_flagged'].astype(bool).sum())} of the {len(uf)} followed); other classes "
+            f"flagged: {int(allu['other_flagged'].sum())} over all {runs(allu)}, controls included"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _flags(u: pd.DataFrame) -> str:
+    """The flagged classes of one scenario's runs, in words (target in how many seeds / other classes)."""
+    if "target_flagged" not in u or u["target_flagged"].isna().all():
+        return "-"
+    n, hit, other = len(u), int(u["target_flagged"].astype(bool).sum()), int(u["other_flagged"].sum())
+    parts = ([f"target {hit}/{n}" if n > 1 else "target"] if hit else []) + ([f"{other} other"] if other else [])
+    return " + ".join(parts) or "none"

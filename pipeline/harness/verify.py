@@ -1,0 +1,240 @@
+"""`unhans verify`: does removing the found shortcut make the model stop following it?
+
+For a finished run (audited up to `clean`; the chain is run first where needed) and a known
+artifact (the config's poison section, or a validation scenario), three models are measured:
+
+- original: the model the run explained (model_for_run);
+- retrained on cleaned: the same architecture trained from scratch with the train stage's
+  settings and seed (pipeline.method.training.fit) on `tables/cleaned`, under its labels
+  (relabelled samples under their new label); only for models the train stage trains;
+- P-ClArC: the original with the flagged classes' artifact directions projected out of its last
+  Linear layer's input, no retraining (pipeline/harness/pclarc.py; exported to files/pclarc.pt).
+
+Per model: the artifact flip rate (as pipeline.validate.flip_rate: the share of held-out images of
+the other classes, correctly classified when clean, that the model assigns to the poison target once
+the artifact is stamped on; same host selection, subsample and stamping seeds) and the clean accuracy
+on the held-out images of all classes. Held-out = the dataset's test split (flip_split "test"), or the
+training images that carry no artifact and keep their label (flip_split "train", e.g. the digits,
+which have no test split: there the accuracy is on images the models were trained on).
+
+Re-audit, for any dataset (no known artifact needed): the Clever Hans score of each flagged class
+(and each --class-id) recomputed under each model. The run's evidence (each member's top relevance
+cells under the original model: where it looked) is pasted into the same hosts as in the transfer stage,
+the transfer is measured with the model under test, and the class is scored over the same clusters
+(pipeline.method.statistics.score_class). Under the original model this reproduces the score stage's score; a
+model that no longer follows the shortcut gives the group no excess transfer. The attribution is not
+recomputed under the new models (that would be a new audit: `unhans audit` with the new weights).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline.core import layout
+from pipeline.core.compute import resolve_device
+from pipeline.core.errors import UserError
+from pipeline.data import build_dataset
+from pipeline.data.artifacts import PoisonConfig
+from pipeline.data.models import MODELS, model_for_run, trained_by_run
+from pipeline.harness.pclarc import apply_pclarc, fit_pclarc
+from pipeline.harness.validate import flips, held_out, labelled_batches, load_spec, scenario_config
+from pipeline.method.probes import class_transfer, host_pool
+from pipeline.method.statistics import class_clusters, score_class
+from pipeline.method.training import fit
+from stages import Config, load_config, runner
+
+log = logging.getLogger("unhans.verify")
+
+
+def default_flip_split(cfg: Config) -> str:
+    """test when the dataset has a test split (idx files), else train."""
+    return "test" if cfg.dataset.kind == "idx" else "train"
+
+
+def resolve(
+    config: str, overrides: list[str], run_dir: str | None, poison_from: str | None
+) -> tuple[Config, PoisonConfig, str]:
+    """(run config, artifact, flip split) from a config or a validation scenario `SPEC:SCENARIO` (the run of
+    the spec's first seed)."""
+    if poison_from:
+        if ":" not in poison_from:
+            raise UserError(f"--poison-from {poison_from!r}: give SPEC:SCENARIO, e.g. demo:checker-fixed")
+        spec_name, sc_name = poison_from.rsplit(":", 1)
+        spec = load_spec(spec_name)
+        sc = next((s for s in spec.scenarios if s.name == sc_name), None)
+        if sc is None:
+            raise UserError(f"no scenario {sc_name!r} in {spec.name}; known: {[s.name for s in spec.scenarios]}")
+        cfg, poison = scenario_config(spec, sc, Path(f"runs/validate/{spec.name}"), overrides)
+        split = spec.flip_split
+    else:
+        cfg = load_config(config, overrides)
+        if cfg.dataset.poison is None:
+            raise UserError(
+                "verify needs a known artifact: add a dataset.poison section or pass --poison-from SPEC:SCENARIO"
+            )
+        poison, split = cfg.dataset.poison, default_flip_split(cfg)
+    if run_dir:
+        cfg.run_dir = run_dir
+    return cfg, poison, split
+
+
+def measure(model: nn.Module, cfg: Config, poison: PoisonConfig, ds, rows, hosts, device) -> dict:
+    """Flip rate on `hosts` (validate.flips, as validate measures it) and clean accuracy on `rows`."""
+    model = model.to(device).eval()
+    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels, device)
+    flip = flips(model, normalise, ds, hosts, poison, cfg.seed, device)
+    correct, n_acc = 0, 0
+    with torch.no_grad():
+        for _, x, ok, y in labelled_batches(ds, rows, 512):
+            pred = model(normalise(x.to(device))).argmax(1).cpu()
+            correct += int((pred == y)[ok].sum())
+            n_acc += int(ok.sum())
+    return {
+        "flip_rate": flip,
+        "clean_accuracy": correct / n_acc if n_acc else float("nan"),
+        "n_flip_hosts": len(hosts),  # held-out images of other classes sampled (the right ones count)
+        "n_accuracy": n_acc,
+    }
+
+
+def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) -> dict[int, float]:
+    """Each class's Clever Hans score with the transfers measured under `model` (module docstring)."""
+    if not class_ids:
+        return {}
+    model = model.to(device).eval()
+    samples = store.read_table(layout.SAMPLES.name)
+    ds = build_dataset(cfg.dataset)
+    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels, device)
+    hosts = host_pool(cfg, store, class_ids)
+    params = cfg.score.model_copy(update={"permutations": 0})  # the score; its p-value is not needed here
+    out = {}
+    for c in class_ids:
+        members, W, labels, ks, _ = class_clusters(store, c)
+        t = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts[c]).combined
+        out[c] = score_class(W, labels, ks, t, params).score
+    return out
+
+
+def retrain_on_cleaned(cfg: Config, store, device: torch.device) -> tuple[nn.Module, int]:
+    """The train stage's training (settings, seed) on tables/cleaned; saved to files/model_cleaned.pt."""
+    samples = store.read_table(layout.SAMPLES.name)
+    cleaned = store.read_table(layout.CLEANED.name)
+    labels = samples["label"].to_numpy(np.int64, copy=True)
+    labels[cleaned["index"].to_numpy(np.int64)] = cleaned["label"].to_numpy(np.int64)
+    ok = samples["status"].to_numpy() == "ok"
+    usable = np.sort(cleaned["index"].to_numpy(np.int64))
+    usable = usable[ok[usable]]
+    model, _ = fit(cfg, build_dataset(cfg.dataset), samples, usable, torch.from_numpy(labels), device)
+    model = model.cpu().eval()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    store.write_bytes(layout.MODEL_CLEANED(), buf.getvalue())
+    return model, len(usable)
+
+
+def verify(
+    cfg: Config,
+    poison: PoisonConfig,
+    split: str,
+    retrain: bool = True,
+    class_ids: list[int] | None = None,
+    direction: str = "transfer",
+) -> pd.DataFrame:
+    """Run the chain up to clean if needed, measure the three models, write <run>/verify.csv and .md.
+    `direction`: how P-ClArC estimates the artifact direction (pclarc.DIRECTIONS)."""
+    r = runner(cfg)
+    with r.locked():  # held while verify writes into the store, as a stage run would
+        r.run_all(until="clean")
+        return _verify(r, poison, split, retrain, class_ids, direction)
+
+
+def _verify(
+    runner, poison: PoisonConfig, split: str, retrain: bool, class_ids: list[int] | None, direction: str
+) -> pd.DataFrame:
+    cfg = runner.cfg
+    store = runner.store
+    device = resolve_device(cfg.compute.device)
+    samples = store.read_table(layout.SAMPLES.name)
+    ds, rows, hosts = held_out(cfg, poison, samples, split)
+    n_classes, channels = len(ds.classes), ds.channels
+    n_train = int((samples["status"] == "ok").sum())
+    where = "test split" if split == "test" else "unpoisoned training images"
+    out = []
+
+    flagged = store.read_table(layout.CLASS_SCORES.name)
+    audit_ids = sorted({int(c) for c in flagged.loc[flagged["is_clever_hans"].astype(bool), "class_id"]}
+                       | set(class_ids or []))  # fmt: skip
+
+    def row(name: str, model: nn.Module | None, trained_on: int | None, note: str) -> None:
+        m = measure(model, cfg, poison, ds, rows, hosts, device) if model is not None else {}
+        scores = reaudit(cfg, store, model, audit_ids, device) if model is not None else {}
+        out.append(
+            {
+                "model": name,
+                "flip_rate": m.get("flip_rate", float("nan")),
+                "clean_accuracy": m.get("clean_accuracy", float("nan")),
+                "reaudit_score": max(scores.values()) if scores else float("nan"),
+                "reaudit": "; ".join(f"{c}: {v:.3f}" for c, v in scores.items()),
+                "n_flip_hosts": m.get("n_flip_hosts", 0),
+                "n_accuracy": m.get("n_accuracy", 0),
+                "trained_on": trained_on,
+                "held_out": where,
+                "note": note,
+            }
+        )
+
+    original = model_for_run(cfg, store, n_classes, channels)
+    row("original", original, n_train if trained_by_run(cfg) else None, "")
+
+    trainable = trained_by_run(cfg)
+    if not retrain:
+        row("retrained on cleaned", None, None, "skipped (--no-retrain)")
+    elif not trainable:
+        row("retrained on cleaned", None, None, "skipped: the model is not trained by the train stage")
+    else:
+        log.info("verify: retraining on the cleaned list")
+        model, n = retrain_on_cleaned(cfg, store, device)
+        row("retrained on cleaned", model, n, f"{n_train - n} samples left out")
+
+    correction = fit_pclarc(cfg, store, class_ids, original, direction)
+    classes = correction["class"]
+    if classes:
+        corrected = apply_pclarc(model_for_run(cfg, store, n_classes, channels), correction)
+        note = f"classes {', '.join(map(str, classes))}, {direction} direction; saved to files/pclarc.pt"
+        row("P-ClArC", corrected, None, note)
+    else:
+        row("P-ClArC", None, None, "skipped: no flagged class (choose one with --class-id)")
+
+    table = pd.DataFrame(out)
+    store.write_bytes(layout.VERIFY_CSV(), table.to_csv(index=False).encode())
+    store.write_bytes(layout.VERIFY_MD(), summary(table, cfg, poison).encode())
+    return table
+
+
+def summary(table: pd.DataFrame, cfg: Config, poison: PoisonConfig) -> str:
+    def num(v: float) -> str:
+        return "-" if pd.isna(v) else f"{v:.3f}"
+
+    lines = [
+        f"run {cfg.name}: artifact {poison.kind} {poison.regime} -> class {poison.target}; "
+        f"held out: {table['held_out'].iloc[0]}",
+        "",
+        "| model | flip rate | clean accuracy | re-audit score (class: score) | trained on | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        trained = "-" if pd.isna(r["trained_on"]) else str(int(r["trained_on"]))
+        lines.append(
+            f"| {r['model']} | {num(r['flip_rate'])} | {num(r['clean_accuracy'])} | {r['reaudit'] or '-'} | "
+            f"{trained} | {r['note']} |"
+        )
+    lines += ["", f"re-audit: the flagged classes' scores with the transfers measured under each model "
+              f"(flag threshold {cfg.score.flag_threshold:g})"]  # fmt: skip
+    return "\n".join(lines) + "\n"

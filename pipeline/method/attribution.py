@@ -1,0 +1,136 @@
+"""LRP attribution through zennit composites chosen by name, batched, on any torch device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+from zennit import composites as zc
+
+from pipeline.core.config import Section, choice
+from pipeline.core.registry import Registry
+from pipeline.data.models import ModelSpec, penultimate_layer
+
+# factory(canonizers, low, high) -> composite; low/high bound the normalised input (box rule)
+CompositeFactory = Callable[[list, torch.Tensor, torch.Tensor], zc.Composite]
+COMPOSITES: Registry[CompositeFactory] = Registry("composite")
+
+COMPOSITES.register("epsilon_plus_flat")(lambda c, lo, hi: zc.EpsilonPlusFlat(canonizers=c))
+COMPOSITES.register("epsilon_plus")(lambda c, lo, hi: zc.EpsilonPlus(canonizers=c))
+COMPOSITES.register("epsilon_alpha2_beta1_flat")(lambda c, lo, hi: zc.EpsilonAlpha2Beta1Flat(canonizers=c))
+COMPOSITES.register("epsilon_alpha2_beta1")(lambda c, lo, hi: zc.EpsilonAlpha2Beta1(canonizers=c))
+COMPOSITES.register("epsilon_gamma_box")(lambda c, lo, hi: zc.EpsilonGammaBox(low=lo, high=hi, canonizers=c))
+
+
+class AttributeConfig(Section):
+    """LRP for every sample (pipeline/method/attribution.py, stages/attribute.py)."""
+
+    composite: str = "epsilon_plus_flat"
+    target: Literal["label", "prediction"] = "label"
+    batch_size: int = Field(64, ge=1, description="images per forward/backward pass")
+    chunk_size: int = Field(1024, ge=1, description="rows per zarr chunk: the unit of writing and resuming")
+    resolution: int = Field(32, ge=4, description="side of the stored relevance maps (power of 2)")
+    features: bool = Field(True, description="store penultimate features (float16)")
+    precision: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the LRP pass (errors against float32: benchmarks/precision.py)"
+    )
+    channels_last: bool = Field(False, description="NHWC activations (faster convolutions on GPUs)")
+
+    @field_validator("composite")
+    @classmethod
+    def _composite(cls, v: str) -> str:
+        return choice(COMPOSITES, v)
+
+    @field_validator("resolution")
+    @classmethod
+    def _pow2(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"{v} is not a power of two")
+        return v
+
+
+def sum_pool(relevance: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, r, r): sum over channels, then sum-pool (conserves total relevance)."""
+    r = relevance.sum(1, keepdim=True)
+    factor = r.shape[-1] // resolution
+    if factor > 1:
+        r = F.avg_pool2d(r, factor) * (factor * factor)
+    return r[:, 0]
+
+
+# the dtype the whole LRP pass runs in (model, inputs, rules); the errors against float32 are measured
+# by benchmarks/precision.py (README "Measurements"). No float16: its 5-bit exponent breaks LRP on
+# EfficientNet-Lite0 (median cosine to the float32 maps 0.27), while bfloat16 keeps 0.9998.
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class LRP:
+    """A model with a composite attached. Use as a context manager; call on batches in [0, 1].
+
+    `precision` runs the model and the rules in float32 or bfloat16 (outputs are returned
+    in that dtype; callers convert); `channels_last` stores activations NHWC, which GPUs' tensor-core
+    convolutions prefer.
+
+    Returns a dict: logits (B, K), target (B,), relevance (B, C, H, W) at the input, and
+    features (B, D) (the input of the last Linear layer) when `features=True`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        composite: str,
+        channels: int,
+        device: torch.device,
+        features: bool = False,
+        precision: str = "float32",
+        channels_last: bool = False,
+    ) -> None:
+        self.dtype = PRECISIONS[precision]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(device=device, dtype=self.dtype, memory_format=self.memory_format).eval()
+        self.device = device
+        self.normalise = spec.normaliser(channels, device, self.dtype)
+        low = self.normalise(torch.zeros(1, channels, 1, 1, device=device, dtype=self.dtype))
+        high = self.normalise(torch.ones(1, channels, 1, 1, device=device, dtype=self.dtype))
+        self.composite = COMPOSITES.get(composite)(spec.canonizers(), low, high)
+        self.want_features = features
+        self._features: torch.Tensor | None = None
+        self._handles: list = []
+
+    def __enter__(self) -> LRP:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.composite.register(self.model)
+        if self.want_features:
+            layer = penultimate_layer(self.model)
+            self._handles.append(layer.register_forward_pre_hook(self._grab))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.composite.remove()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _grab(self, module: nn.Module, args: tuple) -> None:
+        self._features = args[0].detach().flatten(1)
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """`labels` (B,) selects the explained logit; None explains the predicted class."""
+        x = x.to(self.device, non_blocking=True).to(self.dtype)
+        x = self.normalise(x).contiguous(memory_format=self.memory_format).requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x)
+            target = logits.argmax(1) if labels is None else labels.to(self.device)
+            # initial relevance = the target logit itself, so relevance sums to it (conservation)
+            grad_out = torch.zeros_like(logits).scatter_(1, target[:, None], logits.detach().gather(1, target[:, None]))
+            (relevance,) = torch.autograd.grad(logits, x, grad_outputs=grad_out)
+        out = {"logits": logits.detach(), "target": target, "relevance": relevance}
+        if self.want_features and self._features is not None:
+            out["features"] = self._features
+        return out

@@ -1,0 +1,216 @@
+"""The manifest: what happens to each sample (keep, drop, relabel, review), and a curator's decisions on top.
+
+Automatic decisions first: unreadable samples are dropped, samples flagged as Clever Hans get
+`clean.flagged` (drop by default), everything else is kept. A curator's decisions file
+(`clean.decisions`, set by `unhans clean --decisions FILE`; format in docs/decisions.md) is then
+applied on top, entry by entry in file order (a later entry wins where two cover a sample): each
+names a class and a cluster of the eigengap's clustering (the manifest's `cluster`) or "group"
+(the class's most isolated group, `in_group` in sample_scores), and keep / drop / relabel /
+review. `reason` says who decided what. The cleaned list holds the kept and relabelled samples,
+the latter under their new label. The file is checked whole before anything is written, so a
+bad file changes nothing already in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+import pandas as pd
+from pydantic import Field, computed_field
+
+from pipeline.core.config import Section
+from pipeline.core.errors import UserError
+
+
+class CleanConfig(Section):
+    """The manifest (pipeline/method/curation.py, stages/clean.py): automatic decisions, a curator's on top."""
+
+    flagged: Literal["drop", "review", "keep"] = "drop"
+    decisions: str | None = Field(
+        None, description="a curator's decisions file (JSON exported from the report, docs/decisions.md)"
+    )
+
+    @computed_field(description="hash of the decisions file's bytes: a changed file makes clean stale")
+    @property
+    def decisions_sha256(self) -> str | None:
+        if not self.decisions:
+            return None
+        try:
+            with fsspec.open(self.decisions, "rb") as fh:
+                return hashlib.sha256(fh.read()).hexdigest()[:16]
+        except (OSError, ValueError):
+            return "unreadable"
+
+
+DECISIONS = ("keep", "drop", "relabel", "review")
+FORMAT = "unhans-decisions"
+
+
+@dataclass(frozen=True)
+class Decision:
+    class_id: int
+    cluster: int | str  # a cluster of the eigengap's clustering, or "group"
+    decision: str
+    relabel_to: int | None
+    note: str
+
+
+def read_decisions(
+    path: str,
+    run: str,
+    score_fingerprint: str | None,
+    clusters: dict[int, int],
+    has_group: dict[int, bool],
+    class_ids: set[int],
+) -> tuple[str, list[Decision]]:
+    """Parse and check a decisions file: (decided_by, decisions). Every problem is one UserError.
+
+    `clusters` maps each analysed class to its number of clusters, `has_group` says whether it
+    has an isolated group, `class_ids` are the valid relabel targets."""
+    where = f"decisions file {path}"
+    try:
+        with fsspec.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{where} cannot be read ({exc}); pass the JSON file exported from the report") from None
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{where} is not valid JSON ({exc}); export it again from the report") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("decisions"), list):
+        raise UserError(f'{where}: expected an object with a "decisions" list (see docs/decisions.md)')
+    if "format" in doc and doc["format"] != FORMAT:
+        raise UserError(f'{where}: "format" is {doc["format"]!r}, expected {FORMAT!r}')
+    if doc.get("version", 1) != 1:
+        raise UserError(f'{where}: "version" {doc.get("version")!r} is not supported by this unhans (1)')
+    if doc.get("run") is not None and doc["run"] != run:
+        raise UserError(
+            f"{where} was exported from the report of run {doc['run']!r}, not {run!r}; use that run's config "
+            f'or fix "run"'
+        )
+    fp = doc.get("score_fingerprint")
+    if fp and score_fingerprint and fp != score_fingerprint:
+        raise UserError(
+            f"{where} was made on another clustering (score stage {fp}, this run's is {score_fingerprint}), "
+            f"so its cluster numbers may mean other samples; review the classes in the current report and export again"
+        )
+    who = doc.get("decided_by")
+    if not isinstance(who, str) or not who.strip():
+        raise UserError(f'{where}: "decided_by" must name who decided (a non-empty string)')
+    out: list[Decision] = []
+    seen: set[tuple[int, int | str]] = set()
+    for n, e in enumerate(doc["decisions"]):
+        at = f"{where}: decisions[{n}]"
+        if not isinstance(e, dict):
+            raise UserError(f"{at} must be an object with class_id, cluster and decision")
+        c = _int(e.get("class_id"))
+        if c is None or c not in clusters:
+            known = ", ".join(str(x) for x in sorted(clusters)[:20]) + (", ..." if len(clusters) > 20 else "")
+            raise UserError(f"{at}: class_id {e.get('class_id')!r} is not an analysed class (known: {known})")
+        cl: int | str | None = e.get("cluster")
+        if cl == "group":
+            if not has_group[c]:
+                raise UserError(f"{at}: class {c} has no isolated group; use a cluster number 0..{clusters[c] - 1}")
+        else:
+            cl = _int(cl)
+            if cl is None or not 0 <= cl < clusters[c]:
+                raise UserError(
+                    f"{at}: cluster {e.get('cluster')!r} is not a cluster of class {c} "
+                    f'(0..{clusters[c] - 1}, or "group")'
+                )
+        d = e.get("decision")
+        if d not in DECISIONS:
+            raise UserError(f"{at}: decision {d!r} is not one of {', '.join(DECISIONS)}")
+        target = None
+        if d == "relabel":
+            target = _int(e.get("relabel_to"))
+            if target is None or target not in class_ids:
+                raise UserError(
+                    f"{at}: relabel needs relabel_to, a class id of this dataset (got {e.get('relabel_to')!r})"
+                )
+        elif e.get("relabel_to") is not None:
+            raise UserError(f'{at}: relabel_to is set but the decision is {d!r}, not "relabel"')
+        note = e.get("note") or ""
+        if not isinstance(note, str):
+            raise UserError(f"{at}: note must be a string")
+        if (c, cl) in seen:
+            raise UserError(f"{at}: class {c} {_what(cl)} is decided twice; keep one entry")
+        seen.add((c, cl))
+        out.append(Decision(c, cl, d, target, note.strip()))
+    return who.strip(), out
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v)
+    return None
+
+
+def _what(cluster: int | str) -> str:
+    return "the isolated group" if cluster == "group" else f"cluster {cluster}"
+
+
+def manifest(
+    samples: pd.DataFrame,
+    scores: pd.DataFrame,
+    class_scores: pd.DataFrame,
+    flagged_decision: str,
+    curator: tuple[str, list[Decision]] | None,
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """(manifest, cleaned list, curator decisions applied) from the samples table, sample_scores and
+    class_scores (indexed by class_id): unreadable samples dropped, flagged ones get `flagged_decision`,
+    the rest kept; a curator's decisions on top, entry by entry in file order (a later entry wins)."""
+    classes = class_scores
+    cols = ["index", "cluster", "clever_hans_score", "is_clever_hans", "class_id"]
+    cols += ["in_group"] if "in_group" in scores else []
+    label_issues = "is_label_issue" in scores  # reported for curators; no automatic decision
+    cols += ["label_issue_score", "is_label_issue"] if label_issues else []
+    m = samples[["index", "source", "label", "class_key", "class_name", "status"]].merge(
+        scores[cols], on="index", how="left"
+    )
+    m["cluster"] = m["cluster"].fillna(-1).astype(int)
+    m["clever_hans_score"] = m["clever_hans_score"].fillna(0.0)
+    m["is_clever_hans"] = m["is_clever_hans"].fillna(False).astype(bool)
+    if label_issues:
+        m["is_label_issue"] = m["is_label_issue"].fillna(False).astype(bool)
+    m["decision"] = "keep"
+    m["reason"] = ""
+    m["relabel_to"] = pd.array([pd.NA] * len(m), dtype="Int64")
+    unusable = m["status"] != "ok"
+    m.loc[unusable, "decision"] = "drop"
+    m.loc[unusable, "reason"] = "unreadable: " + samples.loc[unusable, "reason"].astype(str)
+    flagged = m["is_clever_hans"]
+    m.loc[flagged, "decision"] = flagged_decision
+    m.loc[flagged, "reason"] = [
+        f"auto: its evidence carries class {c} (score {v:.2f}; class score {classes.at[c, 'clever_hans_score']:.2f})"
+        for c, v in zip(m.loc[flagged, "label"], m.loc[flagged, "clever_hans_score"])
+    ]
+    applied = 0
+    if curator is not None:
+        who, decisions = curator
+        of_class = m["class_id"].to_numpy()
+        in_group = m["in_group"].fillna(False).to_numpy(bool) if "in_group" in m else np.zeros(len(m), bool)
+        for d in decisions:
+            rows = of_class == d.class_id
+            rows &= in_group if d.cluster == "group" else m["cluster"].to_numpy() == d.cluster
+            rows &= ~unusable.to_numpy()
+            what = f"{d.decision} {_what(d.cluster)} of class {d.class_id}"
+            if d.decision == "relabel":
+                what = f"relabel {_what(d.cluster)} of class {d.class_id} to class {d.relabel_to}"
+            m.loc[rows, "decision"] = d.decision
+            m.loc[rows, "relabel_to"] = d.relabel_to if d.decision == "relabel" else pd.NA
+            m.loc[rows, "reason"] = f"curator {who}: {what}" + (f" ({d.note})" if d.note else "")
+            applied += 1
+    out = m.drop(columns=[c for c in ("status", "class_id", "in_group") if c in m])
+    kept = out.loc[out["decision"].isin(["keep", "relabel"]), ["index", "source", "label", "relabel_to"]]
+    kept = kept.assign(label=kept["relabel_to"].fillna(kept["label"]).astype(int)).drop(columns="relabel_to")
+    return out, kept, applied

@@ -1,0 +1,279 @@
+"""The Clever Hans statistics: class scores, their p- and q-values, and per-sample scores and flags.
+
+Numpy and scipy only: these read the transfers the probes measured (pipeline/method/probes.py) and
+the spectral clusterings (pipeline/method/spectral.py). The formulas, why they are what they are and
+their measurements on the poisoning harness are in docs/methods.md; in short:
+
+- class score: over the candidate groups G (spectral clusters no larger than `max_group_fraction` of
+  the class), the largest (mean t in G - mean t of the rest) / max(sd of the rest, min_spread) x
+  (1 - conductance(G));
+- p-value: against the best group score of the class's transfers permuted over its members (a Gumbel
+  tail); q-values: Benjamini-Hochberg over the classes; a class is flagged at score >= flag_threshold
+  and q <= fdr;
+- sample score: the transfer relative to the sample's own confidence, t / max(p, confidence_floor),
+  spread over the class's explanation graph (label spreading); a sample is flagged when its class is
+  and its score stands out (flag_threshold robust spreads above the rest of its class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from pydantic import Field
+from scipy.special import gammaln
+
+from pipeline.core import layout
+from pipeline.core.config import Section
+from pipeline.method.spectral import conductance, knn_affinity
+
+
+class ScoreConfig(Section):
+    """The Clever Hans score (pipeline/method/statistics.py, stages/score.py): excess transfer of a separate group."""
+
+    flag_threshold: float = Field(1.5, ge=0, description="class score from which a class is flagged")
+    fdr: float = Field(0.05, gt=0, le=1, description="largest q-value (false discovery rate) of a flagged class")
+    permutations: int = Field(200, ge=0, description="permutation draws per class for its p-value (0: no fdr test)")
+    min_spread: float = Field(
+        0.1, gt=0, le=1, description="least spread of a class's usual transfer (probability) the excess is counted in"
+    )
+    max_group_fraction: float = Field(0.5, gt=0, le=1, description="largest suspicious group, share of the class")
+    min_group: int = Field(3, ge=1, description="smallest suspicious group, samples")
+    smoothing: float = Field(
+        0.75, ge=0, lt=1, description="weight of a sample's explanation neighbours in its score (0: its own transfer)"
+    )
+    confidence_floor: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a sample's transfer is divided by its self-confidence, at least this (1: its plain transfer)",
+    )
+
+
+@dataclass
+class ClassScore:
+    score: float  # standardised excess transfer x separation of the chosen group (0 when none qualifies)
+    k: int  # the clustering the group comes from
+    cluster: int  # the group's label in that clustering
+    group_size: int
+    conductance: float
+    group_transfer: float  # mean transfer inside the group
+    rest_transfer: float  # mean transfer in the rest of the class
+    group: np.ndarray  # (n,) bool
+    p_value: float = float("nan")  # under the permutation null (score_class with permutations)
+
+
+def class_clusters(store, c: int):
+    """Class c's members (n,), kNN affinity (n, n) sparse, k-means labels (K, n) for each k, the ks and
+    the eigengap's k, as the distances and cluster stages stored them."""
+    members = store.read(layout.MEMBERS(c=c))
+    W = knn_affinity(store.read(layout.KNN_IDX(c=c)), store.read(layout.KNN_DIST(c=c)))
+    lab_arr = store.array(layout.LABELS(c=c))
+    return members, W, store.read(layout.LABELS(c=c)), lab_arr.attrs["k"], lab_arr.attrs["n_clusters"]
+
+
+def relative_transfer(t: np.ndarray, confidence: np.ndarray, floor: float) -> np.ndarray:
+    """Transfers t (n,) over the samples' own p(class) (n,), each at least `floor` (1: t unchanged):
+    how much of class c a sample's evidence carries into foreign images for each unit of class c
+    the whole sample carries for the model."""
+    return np.asarray(t, np.float64) / np.maximum(np.asarray(confidence, np.float64), floor)
+
+
+def spread(W: sp.csr_matrix, t: np.ndarray, alpha: float, tol: float = 1e-10, max_iter: int = 1000) -> np.ndarray:
+    """Label spreading of t (n,) over the affinity W (n, n): the fixed point s = (1 - alpha) t + alpha P s,
+    P = D^-1 W (a sample without edges keeps its own value). alpha = 0 returns t. O(nnz(W)) a step,
+    converging as alpha^steps."""
+    t = np.asarray(t, np.float64)
+    if alpha == 0 or W.shape[0] == 0:
+        return t.copy()
+    deg = np.asarray(W.sum(1)).ravel()
+    lonely = deg <= 0
+    P = sp.diags(np.where(lonely, 0.0, 1.0 / np.where(lonely, 1.0, deg))) @ W + sp.diags(lonely.astype(np.float64))
+    s = t.copy()
+    for _ in range(max_iter):
+        nxt = (1 - alpha) * t + alpha * (P @ s)
+        if np.max(np.abs(nxt - s)) <= tol:
+            return nxt
+        s = nxt
+    return s
+
+
+def stands_out(s: np.ndarray, reference: np.ndarray, threshold: float, min_spread: float) -> np.ndarray:
+    """(n,) bool: scores s (n,) at least `threshold` spreads above the median of the `reference`
+    members (n,) bool (all when none), the spread being their median absolute deviation scaled to
+    a normal's sd (1.4826), at least min_spread: robust to the artifact samples among them."""
+    s = np.asarray(s, np.float64)
+    ref = s[reference] if np.any(reference) else s
+    if not len(ref):
+        return np.zeros(len(s), bool)
+    med = float(np.median(ref))
+    sd = max(1.4826 * float(np.median(np.abs(ref - med))), min_spread)
+    return s >= med + threshold * sd
+
+
+def candidate_groups(
+    W: sp.csr_matrix, labels: np.ndarray, ks: list[int], max_group_fraction: float, min_group: int = 3
+) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray, np.ndarray]:
+    """The clusters that may be a Clever Hans group: (k, cluster) ids, member masks G (n, m) bool, their
+    separation 1 - conductance (m,) and conductance (m,). In clustering order (k, then cluster)."""
+    n = W.shape[0]
+    ids, cols, phis = [], [], []
+    for k, lab in zip(ks, labels):
+        for c in range(k):
+            g = lab == c
+            if min_group <= g.sum() <= max_group_fraction * n:
+                ids.append((k, c))
+                cols.append(g)
+                phis.append(conductance(W, g))
+    G = np.stack(cols, 1) if cols else np.zeros((n, 0), bool)
+    phi = np.asarray(phis, np.float64)
+    return ids, G, 1.0 - phi, phi
+
+
+def group_scores(T: np.ndarray, G: np.ndarray, separation: np.ndarray, min_spread: float) -> np.ndarray:
+    """Scores (B, m) of the m candidate groups for B transfer vectors T (B, n): (mean inside - mean of
+    the rest) / max(sd of the rest, min_spread) x separation."""
+    Gf = G.astype(np.float64)
+    size = Gf.sum(0)
+    rest = G.shape[0] - size
+    inside, inside_sq = T @ Gf, (T * T) @ Gf
+    total, total_sq = T.sum(1, keepdims=True), (T * T).sum(1, keepdims=True)
+    mean_g, mean_r = inside / size, (total - inside) / rest
+    sd_r = np.sqrt(np.maximum((total_sq - inside_sq) / rest - mean_r**2, 0.0))
+    return (mean_g - mean_r) / np.maximum(sd_r, min_spread) * separation
+
+
+def score_class(
+    W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarray, params: ScoreConfig, seed: int | list[int] = 0
+) -> ClassScore:
+    """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k; t (n,) transfer. With
+    `params.permutations` > 0, also the class's p-value (see `null_p_value`)."""
+    max_group_fraction, min_group, min_spread = params.max_group_fraction, params.min_group, params.min_spread
+    permutations = params.permutations
+    n = W.shape[0]
+    best = ClassScore(0.0, ks[0], -1, 0, 1.0, float("nan"), float(np.mean(t)) if n else 0.0, np.zeros(n, bool))
+    ids, G, sep, phi = candidate_groups(W, labels, ks, max_group_fraction, min_group)
+    if not ids:
+        best.p_value = 1.0 if permutations else float("nan")
+        return best
+    scores = group_scores(np.asarray(t, np.float64)[None], G, sep, min_spread)[0]
+    j = int(np.argmax(scores))
+    if permutations:
+        rng = np.random.default_rng(seed)
+        null = group_scores(np.stack([rng.permutation(t) for _ in range(permutations)]), G, sep, min_spread).max(1)
+        best.p_value = null_p_value(float(scores[j]), null, n, int(G[:, j].sum()))
+    if scores[j] > 0:
+        g = G[:, j]
+        k, c = ids[j]
+        best = ClassScore(
+            float(scores[j]), k, c, int(g.sum()), float(phi[j]), float(t[g].mean()), float(t[~g].mean()), g,
+            best.p_value,
+        )  # fmt: skip
+    return best
+
+
+def null_p_value(observed: float, null: np.ndarray, n: int, size: int) -> float:
+    """P(max group score >= observed) when the transfers are unrelated to the clusters: `null` holds
+    the best group score of a class of n under random permutations of its transfers. Its tail is
+    extrapolated by a Gumbel law fitted by moments (the maximum over many groups), so p-values below
+    1 / len(null) stay distinct (a 1,000-class run corrected for multiple testing needs them); never
+    below the share of draws that reached the observed score, nor below 1 / C(n, size): the chance
+    that a permutation puts the same values into the chosen group, which gives it the same score (a
+    tiny class's null is discrete and bounded, where a fitted tail would be too small)."""
+    floor = max(float(np.mean(null >= observed)), float(np.exp(-_log_comb(n, size))))
+    sd = float(null.std())
+    if sd == 0:
+        return 1.0 if observed <= float(null.mean()) else floor
+    beta = sd * np.sqrt(6) / np.pi
+    mu = float(null.mean()) - np.euler_gamma * beta
+    return max(float(-np.expm1(-np.exp(-(observed - mu) / beta))), floor)
+
+
+def _log_comb(n: int, k: int) -> float:
+    return float(gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1))
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """q-values: the smallest false discovery rate at which each p-value would be called significant."""
+    p = np.asarray(p, np.float64)
+    m = len(p)
+    if not m:
+        return p
+    order = np.argsort(p)
+    q = p[order] * m / np.arange(1, m + 1)
+    q = np.minimum.accumulate(q[::-1])[::-1]
+    out = np.empty(m)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def class_findings(
+    members: np.ndarray,
+    W: sp.csr_matrix,
+    labels: np.ndarray,
+    ks: list[int],
+    n_clusters: int,
+    eigenvalues: np.ndarray,
+    transfers,
+    predicted: np.ndarray,
+    c: int,
+    params: ScoreConfig,
+    seed: int,
+) -> tuple[dict, pd.DataFrame]:
+    """One class's row of class_scores (less its key and name) and its rows of sample_scores, from its
+    members (n,), graph, clusterings, eigenvalues, transfers (probes.Transfers) and the model's
+    predictions (n,). Flags and q-values need every class: the score stage adds them."""
+    t, conf = transfers.combined, transfers.confidence
+    # label issues, cleanlab-style: predicted as another class and less sure of the label than the
+    # class's average member (the per-class threshold of confident learning)
+    label_issue = (predicted != c) & (conf < conf.mean())
+    s = score_class(W, labels, ks, t, params, [seed, c])
+    sample_score = spread(W, relative_transfer(t, conf, params.confidence_floor), params.smoothing)
+    outstanding = stands_out(sample_score, ~s.group, params.flag_threshold, params.min_spread)
+    lam = eigenvalues
+    g_over_e = (transfers.global_[s.group] - transfers.evidence[s.group]).mean() if s.group.any() else 0.0
+    row = {
+        "class_id": c,
+        "n_samples": len(members),
+        "n_clusters": n_clusters,
+        "eigengap": float(lam[n_clusters] - lam[n_clusters - 1]) if len(lam) > n_clusters else 0.0,
+        "group_k": s.k,
+        "group_cluster": s.cluster,
+        "group_size": s.group_size,
+        "group_fraction": s.group_size / len(members),
+        "conductance": s.conductance,
+        "group_transfer": s.group_transfer,
+        "group_probe": "global" if s.group.any() and g_over_e > 0 else "evidence",
+        "rest_transfer": s.rest_transfer,
+        "clever_hans_score": s.score,
+        "p_value": s.p_value,
+        "label_issue_fraction": float(label_issue.mean()),
+    }
+    samples = pd.DataFrame(
+        {
+            "index": members,
+            "class_id": c,
+            "cluster": labels[ks.index(n_clusters)],
+            "in_group": s.group,
+            "clever_hans_score": sample_score,
+            "stands_out": outstanding,
+            "transfer": t,
+            "evidence_transfer": transfers.evidence,
+            "global_transfer": transfers.global_,
+            "self_confidence": conf,
+            "label_issue_score": 1.0 - conf,
+            "is_label_issue": label_issue,
+        }
+    )
+    return row, samples
+
+
+def flag_classes(class_scores: pd.DataFrame, params: ScoreConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(q-values, flags) of ranked classes: a class is flagged at score >= flag_threshold and q <= fdr
+    (q: Benjamini-Hochberg over the classes' p-values; without permutations the score alone decides)."""
+    p = class_scores["p_value"].to_numpy(np.float64)
+    q = benjamini_hochberg(p) if params.permutations else np.full(len(p), np.nan)
+    significant = (q <= params.fdr) | np.isnan(q)
+    return q, (class_scores["clever_hans_score"].to_numpy() >= params.flag_threshold) & significant

@@ -1,0 +1,268 @@
+"""The Clever Hans score on hand-made cases: a model that follows a corner cue, evidence masks, groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.method.probes import evidence_masks, restyle, transfer
+from pipeline.method.statistics import ScoreConfig, relative_transfer, score_class, spread
+
+NO_NULL = ScoreConfig(permutations=0)  # the defaults, without the permutation test
+NULL_200 = ScoreConfig(permutations=200)
+
+
+class CornerModel(torch.nn.Module):
+    """Two classes: logit of class 1 = 40 x (mean of the top-left 4x4 block - 0.5); class 0 = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cue = x[:, 0, :4, :4].mean((1, 2))
+        return torch.stack([torch.zeros_like(cue), 40 * self.w * (cue - 0.5)], 1)
+
+
+def test_evidence_masks_take_the_top_cells_and_dilate_them():
+    maps = torch.zeros(2, 8, 8)
+    maps[0, 0, 0] = 5.0
+    maps[1, 4, 4], maps[1, 7, 7] = 1.0, -9.0  # negative relevance is never evidence
+    m = evidence_masks(maps, top=1 / 64, image_size=16)
+    assert m.shape == (2, 1, 16, 16)
+    assert m[0, 0, :4, :4].all() and m[0].sum() == 16  # cell (0,0) dilated to 2x2 cells of 2x2 pixels
+    assert m[1, 0, 6:12, 6:12].all() and m[1].sum() == 36 and not m[1, 0, 15, 15]
+
+
+def test_transfer_is_high_only_for_evidence_the_model_follows():
+    model, S = CornerModel(), 16
+    hosts = torch.zeros(6, 1, S, S)  # class 0 images: dark corner
+    images = torch.zeros(4, 1, S, S)
+    images[:2, :, :4, :4] = 1.0  # two donors carry the cue in the corner
+    images[2:, :, 8:12, 8:12] = 1.0  # two carry a bright block elsewhere
+    maps = torch.zeros(4, 8, 8)
+    maps[:2, 0:2, 0:2] = 1.0  # their relevance is on the cue
+    maps[2:, 4:6, 4:6] = 1.0
+    t = transfer(model, lambda x: x, images, hosts, 1, evidence_masks(maps, 4 / 64, S))
+    assert t[:2].min() > 0.9 and np.abs(t[2:]).max() < 0.01
+
+
+class TintModel(torch.nn.Module):
+    """Two classes: logit of class 1 = 40 x (mean of the darkest decile of pixels - 0.2): a bright
+    background, wherever the shapes are (a global tint)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(1)
+        dark = flat.sort(1).values[:, : flat.shape[1] // 10].mean(1)
+        return torch.stack([torch.zeros_like(dark), 40 * self.w * (dark - 0.2)], 1)
+
+
+def test_global_probe_carries_a_tint_and_evidence_pasting_does_not():
+    model, S = TintModel(), 16
+    g = torch.Generator().manual_seed(0)
+    hosts = torch.zeros(4, 1, S, S)
+    for i, hosts_i in enumerate(hosts):  # dark images with a bright shape each, in different places
+        hosts_i[0, 2 * i : 2 * i + 6, 3:9] = 1.0
+    images = torch.zeros(4, 1, S, S)
+    images[:, 0, 5:11, 5:11] = torch.rand(4, 6, 6, generator=g) * 0.5 + 0.5
+    images[:2] = 0.3 + 0.7 * images[:2]  # two donors are tinted: dark pixels lifted to 0.3
+    maps = torch.zeros(4, 8, 8)
+    maps[:, 2:6, 2:6] = 1.0  # relevance on the shape: what the evidence probe pastes
+    glob = transfer(model, lambda x: x, images, hosts, 1)
+    ev = transfer(model, lambda x: x, images, hosts, 1, evidence_masks(maps, 16 / 64, S))
+    assert glob[:2].min() > 0.9 and np.abs(glob[2:]).max() < 0.01
+    assert np.abs(ev).max() < 0.01  # pasting the shape does not lift the background
+    # the host keeps its shapes: restyling only moves its per-channel mean and spread
+    r = restyle(images[:1], hosts)[0]  # (a tinted donor: nothing is clipped)
+    assert torch.allclose(r.mean((2, 3)), images[0].mean((1, 2)).expand(4, 1), atol=1e-5)
+    assert torch.allclose(r.std((2, 3)), images[0].std((1, 2)).expand(4, 1), atol=1e-5)
+    assert (torch.corrcoef(torch.stack([r[0].flatten(), hosts[0].flatten()]))[0, 1] > 0.999).item()
+
+
+def _two_blocks(n: int, group: np.ndarray) -> sp.csr_matrix:
+    """Affinity: dense inside the group and inside the rest, one weak edge between them."""
+    same = group[:, None] == group[None, :]
+    W = np.where(same, 1.0, 0.0)
+    W[np.flatnonzero(group)[0], np.flatnonzero(~group)[0]] = W[np.flatnonzero(~group)[0], np.flatnonzero(group)[0]] = (
+        0.1
+    )
+    np.fill_diagonal(W, 0)
+    return sp.csr_matrix(W)
+
+
+def test_class_score_is_excess_transfer_of_a_separate_group():
+    n = 40
+    group = np.zeros(n, bool)
+    group[:8] = True
+    W = _two_blocks(n, group)
+    labels = np.stack([group.astype(int), np.arange(n) % 3])  # k=2 finds the group, k=3 is noise
+    t = np.where(group, 0.8, 0.1)
+    s = score_class(W, labels, [2, 3], t, NO_NULL)
+    assert (s.k, s.group_size) == (2, 8) and np.array_equal(s.group, group)
+    assert s.score == pytest.approx(0.7 / 0.1 * (1 - s.conductance)) and s.conductance < 0.01  # rest sd 0: floor
+    # the same group with no excess transfer scores 0: separation alone is no Clever Hans
+    flat = score_class(W, labels, [2, 3], np.full(n, 0.5), NO_NULL)
+    assert flat.score == 0.0 and flat.cluster == -1
+    # groups above max_group_fraction are not candidates
+    assert score_class(W, labels, [2, 3], t, NO_NULL.model_copy(update={"max_group_fraction": 0.1})).group_size < 8
+
+
+def test_the_excess_counts_in_spreads_of_the_class_usual_transfer():
+    """The same excess transfer is a stronger alarm where the class's own evidence transfers uniformly."""
+    n = 60
+    group = np.zeros(n, bool)
+    group[:10] = True
+    W = _two_blocks(n, group)
+    labels = group.astype(int)[None]
+    rng = np.random.default_rng(0)
+    wide = np.where(group, 0.7, 0.1 + 0.4 * rng.standard_normal(n))
+    narrow = np.where(group, 0.7, 0.1 + 0.1 * rng.standard_normal(n))
+    s_wide, s_narrow = (score_class(W, labels, [2], t, NO_NULL).score for t in (wide, narrow))
+    assert s_narrow > 3 * s_wide > 0
+
+
+def test_a_small_excess_in_a_tight_class_is_no_alarm():
+    """A class whose evidence hardly transfers (spread 0.5 points) with a sub-style 5 points above it:
+    many spreads, but below min_spread x the threshold; a planted cue 40 points above is an alarm."""
+    n = 60
+    group = np.zeros(n, bool)
+    group[:10] = True
+    W = _two_blocks(n, group)
+    labels = group.astype(int)[None]
+    rest = 0.01 + 0.005 * np.random.default_rng(0).standard_normal(n)
+    style, cue = np.where(group, 0.06, rest), np.where(group, 0.41, rest)
+    assert (
+        score_class(W, labels, [2], style, NO_NULL.model_copy(update={"min_spread": 0.005})).score > 5
+    )  # counted in its own spread
+    assert score_class(W, labels, [2], style, NO_NULL).score < 0.6
+    assert score_class(W, labels, [2], cue, NO_NULL).score > 3.5
+
+
+def test_vectorised_group_scores_equal_the_formula_group_by_group():
+    from pipeline.method.spectral import conductance
+    from pipeline.method.statistics import candidate_groups, group_scores
+
+    rng = np.random.default_rng(1)
+    n = 50
+    group = rng.random(n) < 0.3
+    W = _two_blocks(n, group)
+    labels = np.stack([rng.integers(0, 2, n), rng.integers(0, 4, n)])
+    t = rng.normal(0.1, 0.05, n)
+    ids, G, sep, phi = candidate_groups(W, labels, [2, 4], 0.5, 3)
+    got = group_scores(t[None], G, sep, NO_NULL.min_spread)[0]
+    for j, (k, c) in enumerate(ids):
+        g = labels[[2, 4].index(k)] == c
+        want = (t[g].mean() - t[~g].mean()) / max(t[~g].std(), NO_NULL.min_spread) * (1 - conductance(W, g))
+        assert got[j] == pytest.approx(want, rel=1e-9)
+
+
+def _random_class(rng, n: int):
+    """A kNN graph and k-means clusterings of n random points, as the cluster stage makes them."""
+    from sklearn.cluster import KMeans
+
+    from pipeline.method.spectral import knn_affinity
+
+    x = rng.normal(size=(n, 5))
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    idx = np.argsort(d, 1)[:, 1:6]
+    labels = np.stack([KMeans(k, n_init=3, random_state=0).fit_predict(x) for k in (2, 3, 4)])
+    return knn_affinity(idx, np.take_along_axis(d, idx, 1)), labels
+
+
+def test_p_values_are_calibrated_when_transfer_ignores_the_clusters():
+    """Under the null (transfers unrelated to the clusters) p < 0.05 about 5% of the time."""
+    rng = np.random.default_rng(0)
+    W, labels = _random_class(rng, 30)
+    p = np.array([score_class(W, labels, [2, 3, 4], rng.normal(size=30), NULL_200, i).p_value for i in range(300)])
+    assert 0.02 <= (p < 0.05).mean() <= 0.1 and 0.12 <= (p < 0.2).mean() <= 0.3
+
+
+def test_a_chance_group_in_a_tiny_class_is_not_significant_where_a_real_one_is():
+    """A class of 8 with 3 high transfers in one cluster scores like a real group, but its own null
+    is as wide: not significant. The same excess in a group of 30 in a class of 200 is."""
+    rng = np.random.default_rng(3)
+    W, labels = _random_class(rng, 8)
+    g = labels[0] == labels[0][0] if (labels[0] == labels[0][0]).sum() <= 4 else labels[0] != labels[0][0]
+    t = np.where(g, 0.6, 0.0) + rng.normal(0, 0.02, 8)
+    small = score_class(W, labels, [2, 3, 4], t, NULL_200, 0)
+    n = 200
+    group = np.zeros(n, bool)
+    group[:30] = True
+    t = np.where(group, 0.6, 0.0) + rng.normal(0, 0.02, n)
+    big = score_class(_two_blocks(n, group), group.astype(int)[None], [2], t, NULL_200, 0)
+    assert small.score > 1.5 and big.score > 1.5
+    assert small.p_value > 0.01 and big.p_value < 1e-6
+
+
+def test_benjamini_hochberg_q_values():
+    from pipeline.method.statistics import benjamini_hochberg
+
+    p = np.array([0.01, 0.04, 0.03, 0.5])
+    # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.06, 0.0533, 0.5 -> running min from the top: 0.04, 0.0533, 0.0533, 0.5
+    assert np.allclose(benjamini_hochberg(p), [0.04, 0.16 / 3, 0.16 / 3, 0.5])
+    assert benjamini_hochberg(np.array([])).shape == (0,)
+
+
+def _two_cliques(n_a: int, n_b: int, bridge: float = 0.0) -> sp.csr_matrix:
+    n = n_a + n_b
+    W = np.zeros((n, n))
+    W[:n_a, :n_a] = 1.0
+    W[n_a:, n_a:] = 1.0
+    W[0, n_a] = W[n_a, 0] = bridge
+    np.fill_diagonal(W, 0)
+    return sp.csr_matrix(W)
+
+
+@given(st.floats(0.0, 0.95), st.integers(0, 2**31 - 1))
+@settings(max_examples=40, deadline=None)
+def test_spread_is_the_label_spreading_fixed_point(alpha, seed):
+    rng = np.random.default_rng(seed)
+    W = sp.random(30, 30, density=0.2, random_state=seed)
+    W = (W + W.T).tocsr()
+    t = rng.normal(size=30)
+    s = spread(W, t, alpha)
+    deg = np.asarray(W.sum(1)).ravel()
+    Ps = np.where(deg > 0, (W @ s) / np.where(deg > 0, deg, 1), s)  # lonely samples: their own value
+    assert np.allclose(s, (1 - alpha) * t + alpha * Ps, atol=1e-8)
+    assert s.min() >= t.min() - 1e-9 and s.max() <= t.max() + 1e-9  # an average: never outside t's range
+    assert np.allclose(spread(W, np.full(30, 0.3), alpha), 0.3)  # constants stay
+
+
+def test_spread_averages_a_noisy_group_within_its_own_explanations():
+    """A partly learned artifact: the group's transfers are high on average but noisy, and overlap the
+    class's. Spreading over the explanation graph (two cliques, one bridge) separates them."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n_a, n_b = 20, 80
+    truth = np.r_[np.ones(n_a, bool), np.zeros(n_b, bool)]
+    t = np.where(truth, rng.normal(0.25, 0.2, n_a + n_b), rng.normal(0.1, 0.2, n_a + n_b))
+    W = _two_cliques(n_a, n_b, bridge=0.5)
+    raw, smooth = roc_auc_score(truth, t), roc_auc_score(truth, spread(W, t, 0.75))
+    assert raw < 0.8 and smooth > 0.95
+    assert np.array_equal(spread(W, t, 0.0), t)
+    lonely = sp.csr_matrix((3, 3))
+    assert np.array_equal(spread(lonely, np.array([1.0, -2.0, 0.5]), 0.75), [1.0, -2.0, 0.5])
+
+
+def test_relative_transfer_lifts_a_half_learned_trigger_above_a_class_whose_evidence_transfers():
+    """A class whose own evidence transfers as far as a planted trigger (a bag's handle): equal t, but
+    the planted images of other classes are ones the model gives the class little probability."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    truth = np.r_[np.ones(30, bool), np.zeros(120, bool)]
+    t = rng.normal(0.45, 0.1, 150)  # the same transfer for both
+    p = np.where(truth, rng.uniform(0.05, 0.6, 150), rng.uniform(0.95, 1.0, 150))
+    assert roc_auc_score(truth, t) < 0.7
+    assert roc_auc_score(truth, relative_transfer(t, p, 0.5)) > 0.95
+    assert np.allclose(relative_transfer([0.4, 0.4, 0.4, -0.2], [1.0, 0.8, 0.1, 0.1], 0.5), [0.4, 0.5, 0.8, -0.4])
+    assert np.array_equal(relative_transfer(t, p, 1.0), t)  # floor 1: the plain transfer
