@@ -22,7 +22,7 @@ log = logging.getLogger("unhans")
 
 
 class ComputeConfig(Section):
-    """Where and how a run computes; no result depends on it but the torch thread count (see README)."""
+    """Where and how a run computes; no result depends on it but the torch thread count (docs/measurements.md)."""
 
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (None: all cores)")

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, ClassVar, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 from pipeline.core.errors import UserError
 
@@ -23,9 +23,20 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are validated on assignment too."""
+    """A config section: unknown keys are errors, values are validated on assignment too. `choices` maps a
+    field to the Registry whose names it takes (names select code): a value not registered is an error
+    that lists the choices, and docs/configuration.md lists them too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    choices: ClassVar[dict[str, Any]] = {}
+
+    @field_validator("*")
+    @classmethod
+    def _registered(cls, v: Any, info: ValidationInfo) -> Any:
+        registry = cls.choices.get(info.field_name or "")
+        if registry is not None and v is not None and v not in registry:
+            raise ValueError(f"{v!r} is not one of: {', '.join(registry.names())}")
+        return v
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -68,11 +79,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def _submodels(annotation: Any) -> list[type[BaseModel]]:
+def submodels(annotation: Any) -> list[type[BaseModel]]:
     """The pydantic models an annotation admits (a model, an optional one, a union of annotated ones)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    return [m for a in get_args(annotation) for m in _submodels(a)]
+    return [m for a in get_args(annotation) for m in submodels(a)]
 
 
 def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[type[BaseModel]], list[str], list[str]]:
@@ -82,7 +93,7 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[type[BaseModel]], li
     for key in loc[:-1]:
         fields = [m.model_fields[str(key)] for m in models if str(key) in m.model_fields]
         if fields:
-            models = [sub for f in fields for sub in _submodels(f.annotation)]
+            models = [sub for f in fields for sub in submodels(f.annotation)]
             keys.append(str(key))
         else:  # a discriminated union's tag: keep the member whose fields default to it
             models = [m for m in models if key in {f.default for f in m.model_fields.values()}]
@@ -145,10 +156,3 @@ def fingerprint_of(obj: Any) -> str:
         obj = obj.model_dump(mode="json")
     blob = json.dumps(obj, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def choice(registry: Any, value: str) -> str:
-    """Check a config value against a Registry (a name a config may choose)."""
-    if value not in registry:
-        raise ValueError(f"{value!r} is not one of: {', '.join(registry.names())}")
-    return value

@@ -44,10 +44,10 @@ log = logging.getLogger("unhans")
 class RunConfig(Section):
     """The runner's own settings; the run's Config (stages/config.py) adds one section per part of the chain."""
 
-    name: str
-    run_dir: str | None = Field(None, description="store root: path or fsspec URL")
-    report_dir: str | None = None
-    seed: int = 0
+    name: str = Field(..., description="the run's name (default: the config file's name)")
+    run_dir: str | None = Field(None, description="store root: path or fsspec URL (None: runs/<name>)")
+    report_dir: str | None = Field(None, description="the HTML report's folder (None: reports/<name>)")
+    seed: int = Field(0, description="seed of everything random: training, hosts, clusterings, permutations")
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @property
@@ -157,9 +157,10 @@ def code_modules(name: str) -> tuple[str, ...]:
         for node in ast.walk(ast.parse(module_source(mod))):
             if isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if a.name.split(".")[0] in PROJECT]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in PROJECT:
-                todo.append(node.module)
-                todo += [f"{node.module}.{a.name}" for a in node.names]  # `from pipeline import scores`
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                if node.module.split(".")[0] in PROJECT:
+                    todo.append(node.module)
+                    todo += [f"{node.module}.{a.name}" for a in node.names]  # `from pipeline.method import probes`
     return tuple(sorted(seen))
 
 

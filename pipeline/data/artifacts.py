@@ -32,7 +32,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator
 
-from pipeline.core.config import Section, choice
+from pipeline.core.config import Section
 from pipeline.core.errors import UserError
 from pipeline.core.registry import Registry
 
@@ -80,6 +80,8 @@ class PoisonConfig(Section):
     (pipeline/data/poisoned.py).
     """
 
+    choices = {"kind": KINDS}
+
     kind: str = Field(
         "checker",
         description="artifact: patch (solid square of colour), checker (checkerboard), text (a text stamp), "
@@ -120,11 +122,6 @@ class PoisonConfig(Section):
     )
     text: str | None = Field(None, description="text of text and watermark kinds; None: (c) and ImageNet-W's text")
     seed: int = Field(0, ge=0, description="seed of the plan: which samples, sizes, angles, positions")
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        return choice(KINDS, v)
 
     @field_validator("fraction")
     @classmethod

@@ -16,9 +16,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from pipeline.core.config import Section, choice
+from pipeline.core.config import Section
 from pipeline.core.registry import Registry
 from pipeline.data.artifacts import PoisonConfig
 
@@ -66,19 +66,20 @@ DATASETS: Registry[type[ImageDataset]] = Registry("dataset")
 class DatasetConfig(Section):
     """What the run audits (pipeline/data/): a dataset kind, its place and size, and any planted shortcut."""
 
-    kind: str = "digits"
+    choices = {"kind": DATASETS}  # filled by pipeline/data/__init__.py, which any import of this module runs first
+
+    kind: str = Field("digits", description="the dataset's kind: how its samples are listed and loaded")
     path: str | None = Field(None, description="dataset root (IDX folder or class-folder tree)")
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test"] = Field("train", description="which split of a dataset that has several")
     image_size: int = Field(32, ge=8, le=1024, description="side of the model input, pixels")
     resize: int | None = Field(None, description="shorter side before the centre crop (folders)")
     limit_per_class: int | None = Field(None, ge=1, description="take at most this many per class")
-    class_index: Literal["auto", "imagenet", "sorted"] = "auto"
+    class_index: Literal["auto", "imagenet", "sorted"] = Field(
+        "auto",
+        description="folders: class ids from ImageNet's WordNet ids, sorted folder names, or auto (the first "
+        "when every folder is a WordNet id)",
+    )
     class_names: list[str] | None = Field(None, description="names for classes 0..C-1")
     poison: PoisonConfig | None = Field(
         None, description="a planted shortcut, for validating the audit (None: the data as they are)"
     )
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        return choice(DATASETS, v)  # filled by pipeline/data/__init__.py, which any import of this module runs first

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from torch import nn
 from zennit import composites as zc
 
-from pipeline.core.config import Section, choice
+from pipeline.core.config import Section
 from pipeline.core.registry import Registry
 from pipeline.data.models import ModelSpec, penultimate_layer
 
@@ -29,8 +29,12 @@ COMPOSITES.register("epsilon_gamma_box")(lambda c, lo, hi: zc.EpsilonGammaBox(lo
 class AttributeConfig(Section):
     """LRP for every sample (pipeline/method/attribution.py, stages/attribute.py)."""
 
-    composite: str = "epsilon_plus_flat"
-    target: Literal["label", "prediction"] = "label"
+    choices = {"composite": COMPOSITES}
+
+    composite: str = Field("epsilon_plus_flat", description="zennit's LRP composite (rules per layer type)")
+    target: Literal["label", "prediction"] = Field(
+        "label", description="the logit explained: the sample's label or the model's prediction"
+    )
     batch_size: int = Field(64, ge=1, description="images per forward/backward pass")
     chunk_size: int = Field(1024, ge=1, description="rows per zarr chunk: the unit of writing and resuming")
     resolution: int = Field(32, ge=4, description="side of the stored relevance maps (power of 2)")
@@ -39,11 +43,6 @@ class AttributeConfig(Section):
         "float32", description="dtype of the LRP pass (errors against float32: benchmarks/precision.py)"
     )
     channels_last: bool = Field(False, description="NHWC activations (faster convolutions on GPUs)")
-
-    @field_validator("composite")
-    @classmethod
-    def _composite(cls, v: str) -> str:
-        return choice(COMPOSITES, v)
 
     @field_validator("resolution")
     @classmethod
@@ -63,7 +62,7 @@ def sum_pool(relevance: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 # the dtype the whole LRP pass runs in (model, inputs, rules); the errors against float32 are measured
-# by benchmarks/precision.py (README "Measurements"). No float16: its 5-bit exponent breaks LRP on
+# by benchmarks/precision.py (docs/measurements.md#attribution). No float16: its 5-bit exponent breaks LRP on
 # EfficientNet-Lite0 (median cosine to the float32 maps 0.27), while bfloat16 keeps 0.9998.
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -92,7 +91,7 @@ class LRP:
     ) -> None:
         self.dtype = PRECISIONS[precision]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(device=device, dtype=self.dtype, memory_format=self.memory_format).eval()
+        self.model = model.to(device=device, dtype=self.dtype, memory_format=self.memory_format).eval()  # type: ignore[call-overload]
         self.device = device
         self.normalise = spec.normaliser(channels, device, self.dtype)
         low = self.normalise(torch.zeros(1, channels, 1, 1, device=device, dtype=self.dtype))

@@ -30,12 +30,12 @@ from pipeline.core.errors import UserError
 class CleanConfig(Section):
     """The manifest (pipeline/method/curation.py, stages/clean.py): automatic decisions, a curator's on top."""
 
-    flagged: Literal["drop", "review", "keep"] = "drop"
+    flagged: Literal["drop", "review", "keep"] = Field("drop", description="the automatic decision for flagged samples")
     decisions: str | None = Field(
         None, description="a curator's decisions file (JSON exported from the report, docs/decisions.md)"
     )
 
-    @computed_field(description="hash of the decisions file's bytes: a changed file makes clean stale")
+    @computed_field(description="hash of the decisions file's bytes: a changed file makes clean stale")  # type: ignore[prop-decorator]
     @property
     def decisions_sha256(self) -> str | None:
         if not self.decisions:

@@ -23,9 +23,11 @@ from pipeline.core.config import Section
 class ClusterConfig(Section):
     """Spectral clustering of each class (pipeline/method/spectral.py, stages/cluster.py)."""
 
-    n_eigenvectors: int = Field(32, ge=2)
+    n_eigenvectors: int = Field(32, ge=2, description="eigenpairs of the normalised Laplacian kept per class")
     k_max: int = Field(8, ge=2, description="largest number of clusters considered")
-    embedding: Literal["spectral", "tsne"] = "spectral"
+    embedding: Literal["spectral", "tsne"] = Field(
+        "spectral", description="the 2-D display embedding: eigenvectors 2 and 3, or t-SNE of the spectral embedding"
+    )
 
 
 def knn_affinity(idx: np.ndarray, dist: np.ndarray) -> sp.csr_matrix:

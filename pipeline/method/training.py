@@ -22,11 +22,13 @@ from pipeline.data.models import MODELS
 class TrainConfig(Section):
     """Training of a model the train stage fits (pipeline/method/training.py): Adam, one-cycle schedule."""
 
-    enabled: bool = True
-    epochs: int = Field(4, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    enabled: bool = Field(
+        True, description="train the model when its architecture is trainable and no weights are given"
+    )
+    epochs: int = Field(4, ge=1, description="passes over the data")
+    batch_size: int = Field(128, ge=1, description="images per step")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate of the one-cycle schedule")
+    weight_decay: float = Field(1e-4, ge=0, description="Adam's weight decay")
 
 
 def fit(

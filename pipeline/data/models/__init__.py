@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from pipeline.core import layout
-from pipeline.core.config import Section, choice
+from pipeline.core.config import Section
 from pipeline.core.errors import UserError
 from pipeline.core.registry import Registry
 
@@ -139,15 +139,12 @@ MODELS.register("efficientnet_lite0")(
 class ModelConfig(Section):
     """The model the run explains (pipeline/data/models/): an architecture by name and its weights."""
 
-    arch: str = "small_cnn"
+    choices = {"arch": MODELS}
+
+    arch: str = Field("small_cnn", description="the architecture (its preprocessing and LRP canonizers come with it)")
     weights: str | None = Field(
         None, description="weights file; None: the train stage's checkpoint or packaged weights"
     )
-
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, v: str) -> str:
-        return choice(MODELS, v)
 
 
 def torchvision_cache_file(spec: ModelSpec) -> Path | None:
