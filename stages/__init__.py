@@ -22,4 +22,29 @@ def runner(cfg: Config, run_url: str | None = None) -> Runner:
     return Runner(cfg, all_stages(), run_url)
 
 
-__all__ = ["Config", "all_stages", "load_config", "runner"]
+def _writes(spec: StageSpec) -> str:
+    """What a stage writes, compactly: `attribution/*`, `classes/{c}/a, b`, `tables/x`, files."""
+    parts: dict[str, list[str]] = {}
+    for e in spec.outputs:
+        if e.kind == "table":
+            parts.setdefault(f"tables/{e.template}", [])
+        elif e.kind == "array" and e.template.startswith("attribution/"):
+            parts.setdefault("attribution/*", [])
+        elif e.kind == "array":
+            folder, leaf = e.template.rsplit("/", 1)
+            parts.setdefault(folder + "/", []).append(leaf)
+        elif "." in e.template.rsplit("/", 1)[-1]:  # a file, not a scratch folder
+            parts.setdefault(e.template, [])
+    cells = [f"`{k}{', '.join(v)}`" if v else f"`{k}`" for k, v in parts.items()]
+    return ", ".join(cells) if cells else "`reports/<run>/` (outside the store)"
+
+
+def stage_table() -> str:
+    """The README's stage table: each stage in run order, the sections it reads, what it does and writes."""
+    rows = ["| stage | reads config | does | writes |", "|---|---|---|---|"]
+    for name, spec in all_stages().items():
+        rows.append(f"| `{name}` | {', '.join(spec.sections)} | {spec.help} | {_writes(spec)} |")
+    return "\n".join(rows) + "\n"
+
+
+__all__ = ["Config", "all_stages", "load_config", "runner", "stage_table"]

@@ -114,3 +114,15 @@ def test_no_production_module_reads_the_planted_truth(column):
         if layer(m) in (2, 3, 4) and (f'"{column}"' in p.read_text() or f"'{column}'" in p.read_text())
     ]
     assert readers == []
+
+
+def test_no_stage_or_method_reads_the_poison_settings():
+    """A planted shortcut is the dataset's business (pipeline/data/poisoned.py): no method, report or stage
+    module reads a `.poison` attribute, so the stages run a poisoned dataset like any other."""
+    readers = [
+        m
+        for m, p in modules().items()
+        if layer(m) in (2, 3, 4)
+        and any(isinstance(n, ast.Attribute) and n.attr == "poison" for n in ast.walk(ast.parse(p.read_text())))
+    ]
+    assert readers == []
