@@ -40,7 +40,7 @@ def test_audit_from_the_console_script_writes_report_and_manifest(tmp_path):
     """`unhans audit` end to end on the demo (fewer epochs), as a subprocess."""
     exe = Path(sys.executable).with_name("unhans")
     # one torch thread: on a machine busy with other jobs, the Sinkhorn loops' many small parallel regions
-    # wait for descheduled threads and the distances stage slows 10-20x (README, Measurements)
+    # wait for descheduled threads and the distances stage slows 10-20x (docs/measurements.md)
     cmd = [str(exe), "audit", "-c", "demo", "--run-dir", str(tmp_path / "run"),
            "--set", f"report_dir={tmp_path / 'report'}", "--set", "train.epochs=3",
            "--set", "compute.threads=1"]  # fmt: skip

@@ -29,7 +29,7 @@ moves along v, the class it points to may need too: the projection can cost accu
 Both are differences of means, not a linear SVM or logistic-regression normal: the flagged group is
 often a few dozen samples in a 128- to 2048-dimensional feature space, where a max-margin direction
 fits noise in the orthogonal dimensions; a difference of means has no hyperparameter. Measured on
-the poisoning harness with `unhans verify` (README "Verification").
+the poisoning harness with `unhans verify` (docs/validation.md#verification).
 
 Export: `files/pclarc.pt` in the run store, a torch file (loadable with weights_only=True) holding
 {arch, layer, class, direction_method, direction (K, D), reference (K,)}. Load the corrected model of a run with

@@ -1,4 +1,4 @@
-"""Screenshots of a report for the README: `python -m tests.browser.screenshots REPORT_DIR OUT_DIR`.
+"""Screenshots of a report for the README (docs/img/): `python -m tests.browser.screenshots REPORT_DIR OUT_DIR`.
 
 Writes OUT_DIR/report-overview.png (the class ranking) and OUT_DIR/report-class.png (the
 top-ranked class page with a decision made), palette-quantised to stay small."""

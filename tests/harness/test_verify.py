@@ -142,7 +142,7 @@ def test_verify_end_to_end_on_a_backdoor(tmp_path):
     assert list(table.index) == ["original", "retrained on cleaned", "P-ClArC"]
     assert table[["flip_rate", "clean_accuracy"]].notna().all().all()
     orig, retrained = table.loc["original"], table.loc["retrained on cleaned"]
-    # measured on this run: 0.48 -> 0.00 (accuracy 0.90 -> 0.91); P-ClArC is not asserted (see README)
+    # measured on this run: 0.48 -> 0.00 (accuracy 0.90 -> 0.91); P-ClArC is not asserted (docs/validation.md)
     assert orig["flip_rate"] > 0.3  # the model follows the backdoor
     assert retrained["flip_rate"] < 0.5 * orig["flip_rate"]
     assert retrained["clean_accuracy"] > 0.8

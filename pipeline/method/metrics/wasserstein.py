@@ -39,10 +39,8 @@ separable Gaussian kernel K = k (x) k: applying K to a batch of grids is two GEM
   3. Rerank those pairs with the debiased Sinkhorn divergence S = OT_eps(a, g b) - (OT_eps(a, a) +
      OT_eps(b, b)) / 2 (~ W2^2); distance sqrt(max(S, 0)) (plus the position term without translation
      invariance).
-Measured on 200 Fashion-MNIST T-shirt maps (32x32) against exact invariant W2 (40 queries), recall@10:
-this method 0.955 (G=32; 0.94 at G=24); the embedding alone 0.91-0.92 (exact LOT maps from POT: 0.91);
-sliced W2 quantile embeddings (32 directions x 32 quantiles): 0.83. Its misses are near-ties, within ~3%
-of the true 10th distance. 1,300 maps take ~9 s on 2 CPU cores.
+Recall against the exact invariant W2 and the time per class are measured by benchmarks/distances.py
+(docs/measurements.md#distances); the alternatives this method was chosen over are in docs/history.md.
 Cost per class of n maps of r x r, shortlist S (>= k), iterations t (30-50), grid G: O(n r^2) to
 canonicalise and splat, O(n (1 + f) t G^3) for the embedding (f: share of isotropic maps), O(n^2 d) for
 the flat search on d = 64 (seconds at n = 6,000; the only super-linear term), O(n S G^2) for alignments
