@@ -7,7 +7,7 @@ DATASET ?= demo
 SET     ?=
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: audit test test-slow lint bench fashion-mnist chromium clean-runs
+.PHONY: audit test test-slow lint docs bench fashion-mnist chromium clean-runs
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,8 +37,14 @@ test-slow: $(VENV)/.installed fashion-mnist
 	$(BIN)/python -m pytest -m slow -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check pipeline stages tests benchmarks
-	$(BIN)/ruff format --check pipeline stages tests benchmarks
+	$(BIN)/ruff check pipeline stages tests benchmarks scripts
+	$(BIN)/ruff format --check pipeline stages tests benchmarks scripts
+	$(BIN)/mypy pipeline/core pipeline/method
+	$(BIN)/python scripts/make_docs.py --check
+
+# regenerate docs/store.md, docs/configuration.md and the README's stage table from the code
+docs: $(VENV)/.installed
+	$(BIN)/python scripts/make_docs.py
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/attribution.py

@@ -31,12 +31,13 @@ import numpy as np
 import pandas as pd
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+from zarr.core.array_spec import ArrayConfigParams
 
 from pipeline.core import layout
 from pipeline.core.errors import UserError
 from pipeline.core.layout import STORE_VERSION
 
-WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
+WRITE_ALL_CHUNKS: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 def _rerun(name: str) -> str:
@@ -239,7 +240,7 @@ class Store:
         arr = self.array(name)
         self._check_chunks(name, arr)
         with self._reading(name):
-            return arr[...]
+            return np.asarray(arr[...])
 
     def _check_chunks(self, name: str, arr: zarr.Array) -> None:
         """A UserError naming the rows of any chunk file of `arr` that is missing (a lost file reads as fill)."""
@@ -274,9 +275,9 @@ class Store:
         scale read as the fill value NaN comes from a lost chunk file: a UserError, like a garbled one."""
         name, scale_name = layout.RELEVANCE(), layout.RELEVANCE_SCALE()
         with self._reading(name):
-            maps = self.array(name).get_orthogonal_selection((indices, slice(None), slice(None)))
+            maps = np.asarray(self.array(name).get_orthogonal_selection((indices, slice(None), slice(None))))
         with self._reading(scale_name):
-            scale = self.array(scale_name).get_orthogonal_selection((indices,))
+            scale = np.asarray(self.array(scale_name).get_orthogonal_selection((indices,)))
         lost = np.isnan(scale) | np.isnan(maps).any(axis=(1, 2))
         if lost.any():
             raise UserError(
@@ -295,7 +296,7 @@ class Store:
             if entry.kind == "array" and self.has_array(entry()):
                 self._check_chunks(entry(), self.array(entry()))
         with self._reading(layout.STATUS()):
-            status = self.array(layout.STATUS())[:]
+            status = np.asarray(self.array(layout.STATUS())[:])
         counts = (self.read_json("stages/attribute.json") or {}).get("counts", {})
         recorded = {"attributed": 0, "skipped_at_index": 1, "decode_failed": 2}
         for key, code in recorded.items():

@@ -20,7 +20,7 @@ class EuclideanParams(Section):
 
 def flat_index(dim: int) -> faiss.Index:
     """An exact L2 index, on the GPU when this faiss build has one and a GPU is visible."""
-    index = faiss.IndexFlatL2(dim)
+    index: faiss.Index = faiss.IndexFlatL2(dim)
     if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_all_gpus(index)
     return index
