@@ -37,8 +37,8 @@ test-slow: $(VENV)/.installed fashion-mnist
 	$(BIN)/python -m pytest -m slow -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check pipeline stages tests benchmarks scripts
-	$(BIN)/ruff format --check pipeline stages tests benchmarks scripts
+	$(BIN)/ruff check unhans pipeline stages tests benchmarks scripts
+	$(BIN)/ruff format --check unhans pipeline stages tests benchmarks scripts
 	$(BIN)/mypy pipeline/core pipeline/method
 	$(BIN)/python scripts/make_docs.py --check
 

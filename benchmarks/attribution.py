@@ -23,12 +23,12 @@ from zennit.attribution import Gradient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.core.runner import Runner  # noqa: E402
-from pipeline.data import build_dataset, iter_batches  # noqa: E402
-from pipeline.data.models import MODELS, build_model  # noqa: E402
-from pipeline.data.photos import write_imagenet_folder  # noqa: E402
-from pipeline.method.attribution import COMPOSITES  # noqa: E402
-from stages import load_config, runner  # noqa: E402
+from unhans.pipeline.core.runner import Runner  # noqa: E402
+from unhans.pipeline.data import build_dataset, iter_batches  # noqa: E402
+from unhans.pipeline.data.models import MODELS, build_model  # noqa: E402
+from unhans.pipeline.data.photos import write_imagenet_folder  # noqa: E402
+from unhans.pipeline.method.attribution import COMPOSITES  # noqa: E402
+from unhans.stages import load_config, runner  # noqa: E402
 
 
 def bare_zennit(r: Runner, repeats: int) -> float:

@@ -67,12 +67,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.data.folder import FolderDataset, imagenet_classes, probe  # noqa: E402
-from pipeline.data.models import MODELS  # noqa: E402
-from pipeline.data.photos import natural_photos  # noqa: E402
-from pipeline.method.attribution import LRP, sum_pool  # noqa: E402
-from pipeline.method.probes import TransferConfig  # noqa: E402
-from stages import load_config, runner  # noqa: E402
+from unhans.pipeline.data.folder import FolderDataset, imagenet_classes, probe  # noqa: E402
+from unhans.pipeline.data.models import MODELS  # noqa: E402
+from unhans.pipeline.data.photos import natural_photos  # noqa: E402
+from unhans.pipeline.method.attribution import LRP, sum_pool  # noqa: E402
+from unhans.pipeline.method.probes import TransferConfig  # noqa: E402
+from unhans.stages import load_config, runner  # noqa: E402
 
 IMAGENET_N, IMAGENET_K = 1_281_167, 1000
 ARCHS = ("vgg16", "resnet50")

@@ -36,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.method.metrics.euclidean import knn_euclidean  # noqa: E402
-from pipeline.method.metrics.wasserstein import (  # noqa: E402
+from unhans.pipeline.method.metrics.euclidean import knn_euclidean  # noqa: E402
+from unhans.pipeline.method.metrics.wasserstein import (  # noqa: E402
     WassersteinParams,
     _Grid,
     alignments,

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from pipeline.core.store import Store
-from pipeline.harness.validate import runs_from_argv
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.harness.validate import runs_from_argv
 
 RULES = {"group": "in_group", "stands out": "stands_out"}
 

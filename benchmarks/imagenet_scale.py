@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.data.photos import write_imagenet_folder  # noqa: E402
-from stages import (
+from unhans.pipeline.data.photos import write_imagenet_folder  # noqa: E402
+from unhans.stages import (
     load_config,  # noqa: E402
     runner,  # noqa: E402
 )

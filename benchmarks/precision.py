@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.core.store import Store  # noqa: E402
-from pipeline.data import build_dataset, iter_batches  # noqa: E402
-from pipeline.data.models import MODELS, build_model, model_for_run  # noqa: E402
-from pipeline.data.photos import write_imagenet_folder  # noqa: E402
-from pipeline.method.attribution import LRP, sum_pool  # noqa: E402
-from stages import load_config  # noqa: E402
+from unhans.pipeline.core.store import Store  # noqa: E402
+from unhans.pipeline.data import build_dataset, iter_batches  # noqa: E402
+from unhans.pipeline.data.models import MODELS, build_model, model_for_run  # noqa: E402
+from unhans.pipeline.data.photos import write_imagenet_folder  # noqa: E402
+from unhans.pipeline.method.attribution import LRP, sum_pool  # noqa: E402
+from unhans.stages import load_config  # noqa: E402
 
 SETTINGS = [("float32", False), ("bfloat16", False), ("float16", False), ("float32", True), ("bfloat16", True)]
 # float16 is measured to show why attribute.precision does not offer it

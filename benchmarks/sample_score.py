@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from pipeline.core import layout
-from pipeline.core.store import Store
-from pipeline.data.artifacts import PoisonConfig
-from pipeline.harness.validate import FOLLOWED, detection, randomised, runs_from_argv
-from pipeline.method.probes import stored_transfers
-from pipeline.method.statistics import ScoreConfig, class_clusters, relative_transfer, spread
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.data.artifacts import PoisonConfig
+from unhans.pipeline.harness.validate import FOLLOWED, detection, randomised, runs_from_argv
+from unhans.pipeline.method.probes import stored_transfers
+from unhans.pipeline.method.statistics import ScoreConfig, class_clusters, relative_transfer, spread
 
 ALPHAS = (0.0, 0.5, 0.75, 0.9)
 FLOORS = (0.1, 0.25, 0.5, 1.0)

@@ -1,3 +1,1 @@
-"""unhans: audit image datasets for Clever Hans shortcuts (SpRAy at scale)."""
-
-__version__ = "0.1.0"
+"""The pipeline: framework (core), data, method, report and validation harness, in layers (docs/architecture.md)."""

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from pipeline.core.errors import UserError
-from pipeline.core.runner import Runner
-from stages import all_stages, load_config, runner
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.runner import Runner
+from unhans.stages import all_stages, load_config, runner
 
 app = typer.Typer(
     add_completion=False,
@@ -119,7 +118,7 @@ def poison(
     """Write the poisoned dataset as class folders of PNGs plus ground_truth.csv (runs index if needed)."""
 
     def go() -> None:
-        from pipeline.harness.poisoned_copy import check_out, write_folder
+        from unhans.pipeline.harness.poisoned_copy import check_out, write_folder
 
         r = _runner(config, set_, run_dir)
         if r.cfg.dataset.poison is None:
@@ -154,7 +153,7 @@ def validate(
     """Poison, train and audit every scenario of a spec once per seed; print detection against the baselines."""
 
     def go() -> None:
-        from pipeline.harness.validate import run_validation, summary
+        from unhans.pipeline.harness.validate import run_validation, summary
 
         results = run_validation(spec, root, scenario, set_ or [], seed, collect)
         typer.echo(summary(results))
@@ -184,8 +183,8 @@ def verify(
     """Flip rate and clean accuracy of the original, retrained-on-cleaned and P-ClArC-corrected models."""
 
     def go() -> None:
-        from pipeline.harness.verify import resolve, summary
-        from pipeline.harness.verify import verify as run_verify
+        from unhans.pipeline.harness.verify import resolve, summary
+        from unhans.pipeline.harness.verify import verify as run_verify
 
         cfg, poison_cfg, split = resolve(config, set_ or [], run_dir, poison_from)
         table = run_verify(cfg, poison_cfg, split, retrain, class_id or None, pclarc_direction)

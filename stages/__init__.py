@@ -6,13 +6,13 @@ them. No stage imports another stage.
 
 from __future__ import annotations
 
-from pipeline.core.runner import STAGES, Runner, StageSpec, ordered
-from stages.config import Config, load_config
+from unhans.pipeline.core.runner import STAGES, Runner, StageSpec, ordered
+from unhans.stages.config import Config, load_config
 
 
 def all_stages() -> dict[str, StageSpec]:
     """Every stage, in run order."""
-    from stages import attribute, clean, cluster, distances, index, report, score, train, transfer  # noqa: F401
+    from unhans.stages import attribute, clean, cluster, distances, index, report, score, train, transfer  # noqa: F401
 
     return ordered(STAGES)
 

@@ -17,15 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import torch
-
-from pipeline.core import layout
-from pipeline.core.compute import progress, resolve_device, worker_device
-from pipeline.core.errors import UserError
-from pipeline.core.runner import Context, stage
-from pipeline.core.store import Store
-from pipeline.data import build_dataset, iter_batches
-from pipeline.data.models import MODELS, model_for_run, penultimate_layer
-from pipeline.method.attribution import LRP, sum_pool
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.compute import progress, resolve_device, worker_device
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.data import build_dataset, iter_batches
+from unhans.pipeline.data.models import MODELS, model_for_run, penultimate_layer
+from unhans.pipeline.method.attribution import LRP, sum_pool
 
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
 # the per-sample arrays, chunked by attribute.chunk_size rows (their dtypes and fills: pipeline/core/layout.py)

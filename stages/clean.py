@@ -4,10 +4,9 @@ cleaned-dataset list a training script can consume (the rules: pipeline/method/c
 from __future__ import annotations
 
 import pandas as pd
-
-from pipeline.core import layout
-from pipeline.core.runner import Context, stage
-from pipeline.method.curation import manifest, read_decisions
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.method.curation import manifest, read_decisions
 
 
 @stage("clean", sections=["clean"], inputs=["score"])

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.core import layout
-from pipeline.core.runner import Context, stage
-from pipeline.core.store import Store
-from pipeline.method.spectral import cluster
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.method.spectral import cluster
 
 
 def cluster_class(cfg, url: str, c: int) -> int:

@@ -8,23 +8,24 @@ before validation, so every problem is one error naming the key.
 
 from __future__ import annotations
 
+import inspect
 import typing
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
-
-from pipeline.core.config import load, submodels
-from pipeline.core.runner import RunConfig
-from pipeline.data import DatasetConfig
-from pipeline.data.models import ModelConfig
-from pipeline.method.attribution import AttributeConfig
-from pipeline.method.curation import CleanConfig
-from pipeline.method.metrics import DistancesConfig, WassersteinParams
-from pipeline.method.probes import TransferConfig
-from pipeline.method.spectral import ClusterConfig
-from pipeline.method.statistics import ScoreConfig
-from pipeline.method.training import TrainConfig
-from pipeline.report.pages import ReportConfig
+from unhans.pipeline.core.config import load, submodels
+from unhans.pipeline.core.runner import RunConfig
+from unhans.pipeline.data import DatasetConfig
+from unhans.pipeline.data.models import ModelConfig
+from unhans.pipeline.method.attribution import AttributeConfig
+from unhans.pipeline.method.curation import CleanConfig
+from unhans.pipeline.method.metrics import DistancesConfig, WassersteinParams
+from unhans.pipeline.method.probes import TransferConfig
+from unhans.pipeline.method.spectral import ClusterConfig
+from unhans.pipeline.method.statistics import ScoreConfig
+from unhans.pipeline.method.training import TrainConfig
+from unhans.pipeline.report.pages import ReportConfig
 
 
 class Config(RunConfig):
@@ -48,6 +49,14 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config
 def _sections() -> list[tuple[str, list[type[BaseModel]]]]:
     """(section name, its models: one, or a union's members) in Config order, the runner's own first."""
     return [(name, submodels(field.annotation)) for name, field in Config.model_fields.items()]
+
+
+def _source(model: type) -> str:
+    """The file a section is declared in, relative to the code's root: pipeline/data/datasets.py."""
+    import unhans.pipeline
+
+    root = Path(unhans.pipeline.__file__).resolve().parent.parent
+    return Path(inspect.getfile(model)).resolve().relative_to(root).as_posix()
 
 
 def _type(annotation: Any) -> str:
@@ -89,7 +98,7 @@ def reference() -> str:
             tag = model.model_fields.get("metric")
             title = f"`{name}`" + (f" with `metric: {tag.default}`" if tag is not None and len(models) > 1 else "")
             doc = (model.__doc__ or "").strip().splitlines()[0]
-            lines += ["", f"## {title}", "", f"{doc} Declared in `{model.__module__}`.", ""]
+            lines += ["", f"## {title}", "", f"{doc} Declared in `{_source(model)}`.", ""]
             lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
             for key, f in model.model_fields.items():
                 if submodels(f.annotation):  # a nested section (dataset.poison): its own heading below
@@ -98,7 +107,7 @@ def reference() -> str:
             for key, f in model.model_fields.items():
                 for sub in submodels(f.annotation):
                     subdoc = (sub.__doc__ or "").strip().splitlines()[0]
-                    lines += ["", f"## `{name}.{key}`", "", f"{subdoc} Declared in `{sub.__module__}`.", ""]
+                    lines += ["", f"## `{name}.{key}`", "", f"{subdoc} Declared in `{_source(sub)}`.", ""]
                     lines += ["| key | type | default | meaning |", "|---|---|---|---|"]
                     lines += [_row(f"{name}.{key}.{k}", g, sub.choices.get(k)) for k, g in sub.model_fields.items()]
     return "\n".join(lines) + "\n"

@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.core import layout
-from pipeline.core.compute import resolve_device
-from pipeline.core.runner import Context, stage
-from pipeline.core.store import Store
-from pipeline.method.metrics import knn_graph
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.compute import resolve_device
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.method.metrics import knn_graph
 
 MIN_CLASS_SIZE = 4
 

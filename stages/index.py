@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from pipeline.core import layout
-from pipeline.core.runner import Context, stage
-from pipeline.data import build_dataset
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.data import build_dataset
 
 
 @stage("index", sections=["dataset"])

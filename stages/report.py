@@ -12,12 +12,12 @@ import re
 import shutil
 from pathlib import Path
 
-from pipeline.core import layout
-from pipeline.core.runner import Context, stage
-from pipeline.report import ASSET_DIR, ASSETS, assets_hash
-from pipeline.report.pages import index_page, plain, render_class
-from pipeline.report.provenance import provenance, provenance_html
-from pipeline.report.render import safe_json
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.report import ASSET_DIR, ASSETS, assets_hash
+from unhans.pipeline.report.pages import index_page, plain, render_class
+from unhans.pipeline.report.provenance import provenance, provenance_html
+from unhans.pipeline.report.render import safe_json
 
 
 def _report_current(cfg) -> bool:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from pipeline.core import layout
-from pipeline.core.runner import Context, stage
-from pipeline.core.store import Store
-from pipeline.method.probes import stored_transfers
-from pipeline.method.statistics import class_clusters, class_findings, flag_classes
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.method.probes import stored_transfers
+from unhans.pipeline.method.statistics import class_clusters, class_findings, flag_classes
 
 ScoreItem = tuple[int, str, str]
 

@@ -7,12 +7,11 @@ import io
 
 import numpy as np
 import torch
-
-from pipeline.core import layout
-from pipeline.core.runner import Context, stage
-from pipeline.data import build_dataset, iter_batches
-from pipeline.data.models import MODELS, trained_by_run
-from pipeline.method.training import fit
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.data import build_dataset, iter_batches
+from unhans.pipeline.data.models import MODELS, trained_by_run
+from unhans.pipeline.method.training import fit
 
 
 @stage("train", sections=["model", "train"], inputs=["index"], enabled=trained_by_run)

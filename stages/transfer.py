@@ -12,14 +12,13 @@ can be changed and rerun without the model.
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.core import layout
-from pipeline.core.compute import resolve_device, worker_device
-from pipeline.core.runner import Context, stage
-from pipeline.core.store import Store
-from pipeline.data import build_dataset
-from pipeline.data.models import MODELS, model_for_run
-from pipeline.method.probes import class_transfer, host_pool
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.compute import resolve_device, worker_device
+from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.data import build_dataset
+from unhans.pipeline.data.models import MODELS, model_for_run
+from unhans.pipeline.method.probes import class_transfer, host_pool
 
 _CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
 

@@ -6,8 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from unhans.pipeline.core.runner import Runner
 
-from pipeline.core.runner import Runner
 from tests.helpers import FAST_DEMO, make_imagenet_folder, make_runner
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
-
-from pipeline.core.runner import Runner
-from pipeline.data.photos import natural_photos
-from stages import load_config, runner
+from unhans.pipeline.core.runner import Runner
+from unhans.pipeline.data.photos import natural_photos
+from unhans.stages import load_config, runner
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -9,27 +9,32 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# layer of each package (the longest matching prefix wins); the `pipeline` package itself holds only __version__
+# layer of each package (the longest matching prefix wins)
 LAYERS = {
-    "pipeline": 0,
-    "pipeline.core": 0,
-    "pipeline.data": 1,
-    "pipeline.method": 2,
-    "pipeline.report": 3,
-    "stages": 4,
-    "pipeline.harness": 5,
-    "pipeline.cli": 6,
+    "unhans": 6,  # the package's entry points (audit, open_run), importing the API lazily
+    "unhans._version": 0,
+    "unhans.pipeline": 0,
+    "unhans.pipeline.core": 0,
+    "unhans.pipeline.data": 1,
+    "unhans.pipeline.method": 2,
+    "unhans.pipeline.report": 3,
+    "unhans.stages": 4,
+    "unhans.pipeline.harness": 5,
+    "unhans.pipeline.cli": 6,
+    "unhans.pipeline.api": 6,
+    "unhans.pipeline.init": 6,
 }
 NAMES = {0: "core", 1: "data", 2: "method", 3: "report", 4: "stages", 5: "harness", 6: "cli"}
 
 
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return ".".join(parts if parts[0] == "unhans" else ("unhans", *parts))
 
 
 def modules() -> dict[str, Path]:
-    files = [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "stages").rglob("*.py")]
+    files = [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "stages").rglob("*.py"), *(ROOT / "unhans").glob("*.py")]
     return {module_name(f): f for f in files}
 
 
@@ -71,9 +76,9 @@ def test_no_module_imports_a_higher_layer():
 
 def test_no_stage_imports_another_stage():
     g = graph()
-    stage_modules = {m for m in g if m.startswith("stages.") and m != "stages.config"}
-    assert stage_modules >= {"stages.index", "stages.attribute", "stages.score", "stages.report"}
-    bad = [f"{m} imports {d}" for m in sorted(stage_modules) for d in sorted(g[m]) if d.split(".")[0] == "stages"]
+    stage_modules = {m for m in g if m.startswith("unhans.stages.") and m != "unhans.stages.config"}
+    assert stage_modules >= {f"unhans.stages.{s}" for s in ("index", "attribute", "score", "report")}
+    bad = [f"{m} imports {d}" for m in sorted(stage_modules) for d in sorted(g[m]) if d.startswith("unhans.stages")]
     assert bad == []
 
 
@@ -100,8 +105,8 @@ def test_no_import_cycles():
 def test_the_rule_catches_an_upward_import():
     """A core module that imports a stage is reported (the check cannot pass vacuously)."""
     g = graph()
-    g["pipeline.core.runner"] = g["pipeline.core.runner"] | {"stages.score"}
-    assert upward_imports(g) == ["pipeline.core.runner (core) imports stages.score (stages)"]
+    g["unhans.pipeline.core.runner"] = g["unhans.pipeline.core.runner"] | {"unhans.stages.score"}
+    assert upward_imports(g) == ["unhans.pipeline.core.runner (core) imports unhans.stages.score (stages)"]
 
 
 @pytest.mark.parametrize("column", ["artifact", "original_label", "art_y"])

@@ -5,8 +5,7 @@ import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
-
-from pipeline.cli import app
+from unhans.pipeline.cli import app
 
 runner = CliRunner()
 

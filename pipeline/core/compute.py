@@ -13,9 +13,8 @@ from typing import Any, TypeVar
 import torch
 from pydantic import Field
 from tqdm import tqdm
-
-from pipeline.core.config import Section
-from pipeline.core.errors import UserError
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.errors import UserError
 
 T = TypeVar("T")
 log = logging.getLogger("unhans")

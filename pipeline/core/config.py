@@ -16,8 +16,7 @@ from typing import Any, ClassVar, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
-
-from pipeline.core.errors import UserError
+from unhans.pipeline.core.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 

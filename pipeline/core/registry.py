@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from pipeline.core.errors import UserError
+from unhans.pipeline.core.errors import UserError
 
 T = TypeVar("T")
 

@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 from pydantic import Field
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.compute import ComputeConfig, TaskMapper, resolve_device, set_threads
+from unhans.pipeline.core.config import Section, fingerprint_of
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.store import Store
 
-from pipeline import __version__
-from pipeline.core import layout
-from pipeline.core.compute import ComputeConfig, TaskMapper, resolve_device, set_threads
-from pipeline.core.config import Section, fingerprint_of
-from pipeline.core.errors import UserError
-from pipeline.core.store import Store
+from unhans._version import __version__
 
 log = logging.getLogger("unhans")
 
@@ -123,11 +123,12 @@ class StageSpec:
 # the config schema (settings reach a fingerprint through the config sections themselves). Their
 # changes leave finished stages done; every other project module a stage uses is in its code version.
 INFRASTRUCTURE = frozenset(
-    {"pipeline", "pipeline.cli", "pipeline.core", "pipeline.core.compute", "pipeline.core.config",
-     "pipeline.core.errors", "pipeline.core.layout", "pipeline.core.registry", "pipeline.core.runner",
-     "pipeline.core.store", "stages", "stages.config"}
+    {"unhans", "unhans.pipeline", "unhans.pipeline.cli", "unhans.pipeline.api", "unhans.pipeline.core",
+     "unhans.pipeline.core.compute", "unhans.pipeline.core.config", "unhans.pipeline.core.errors",
+     "unhans.pipeline.core.layout", "unhans.pipeline.core.registry", "unhans.pipeline.core.runner",
+     "unhans.pipeline.core.store", "unhans.stages", "unhans.stages.config"}
 )  # fmt: skip
-PROJECT = ("pipeline", "stages")
+PROJECT = ("unhans",)
 
 
 def module_source(name: str) -> str:
@@ -160,7 +161,9 @@ def code_modules(name: str) -> tuple[str, ...]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 if node.module.split(".")[0] in PROJECT:
                     todo.append(node.module)
-                    todo += [f"{node.module}.{a.name}" for a in node.names]  # `from pipeline.method import probes`
+                    todo += [
+                        f"{node.module}.{a.name}" for a in node.names
+                    ]  # `from unhans.pipeline.method import probes`
     return tuple(sorted(seen))
 
 

@@ -31,11 +31,10 @@ import numpy as np
 import pandas as pd
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.layout import STORE_VERSION
 from zarr.core.array_spec import ArrayConfigParams
-
-from pipeline.core import layout
-from pipeline.core.errors import UserError
-from pipeline.core.layout import STORE_VERSION
 
 WRITE_ALL_CHUNKS: ArrayConfigParams = {"write_empty_chunks": True}
 

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from pipeline.data.datasets import DATASETS, ClassInfo, DatasetConfig, ImageDataset
-from pipeline.data.loading import iter_batches
-from pipeline.data.poisoned import PoisonedDataset
+from unhans.pipeline.data.datasets import DATASETS, ClassInfo, DatasetConfig, ImageDataset
+from unhans.pipeline.data.loading import iter_batches
+from unhans.pipeline.data.poisoned import PoisonedDataset
 
 
 def build_dataset(cfg: DatasetConfig) -> ImageDataset:
@@ -18,8 +18,8 @@ def build_dataset(cfg: DatasetConfig) -> ImageDataset:
 
 
 # register the built-in dataset kinds
-import pipeline.data.digits  # noqa: E402,F401
-import pipeline.data.folder  # noqa: E402,F401
-import pipeline.data.idx  # noqa: E402,F401
+import unhans.pipeline.data.digits  # noqa: E402,F401
+import unhans.pipeline.data.folder  # noqa: E402,F401
+import unhans.pipeline.data.idx  # noqa: E402,F401
 
 __all__ = ["DATASETS", "ClassInfo", "DatasetConfig", "ImageDataset", "PoisonedDataset", "build_dataset", "iter_batches"]

@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-
-from pipeline.data.datasets import ClassInfo, ImageDataset
+from unhans.pipeline.data.datasets import ClassInfo, ImageDataset
 
 
 class ArrayDataset(ImageDataset):

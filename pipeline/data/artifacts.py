@@ -31,10 +31,9 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator
-
-from pipeline.core.config import Section
-from pipeline.core.errors import UserError
-from pipeline.core.registry import Registry
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.registry import Registry
 
 # the samples-table columns a plan adds (label is replaced: the backdoor relabels)
 PLAN_COLUMNS = ["original_label", "artifact", "art_y", "art_x", "art_h", "art_w", "art_angle", "art_size"]

@@ -17,10 +17,9 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
-
-from pipeline.core.config import Section
-from pipeline.core.registry import Registry
-from pipeline.data.artifacts import PoisonConfig
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.registry import Registry
+from unhans.pipeline.data.artifacts import PoisonConfig
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.datasets import load_digits
-
-from pipeline.data.arrays import ArrayDataset
-from pipeline.data.datasets import DATASETS
+from unhans.pipeline.data.arrays import ArrayDataset
+from unhans.pipeline.data.datasets import DATASETS
 
 
 @DATASETS.register("digits")

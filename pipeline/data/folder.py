@@ -13,9 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
-
-from pipeline.core.errors import UserError
-from pipeline.data.datasets import DATASETS, ClassInfo, ImageDataset
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data.datasets import DATASETS, ClassInfo, ImageDataset
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 IMAGENET_TABLE = Path(__file__).with_name("imagenet_classes.tsv")

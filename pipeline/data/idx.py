@@ -6,10 +6,9 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.core.errors import UserError
-from pipeline.data.arrays import ArrayDataset
-from pipeline.data.datasets import DATASETS
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data.arrays import ArrayDataset
+from unhans.pipeline.data.datasets import DATASETS
 
 PREFIX = {"train": "train", "test": "t10k"}
 

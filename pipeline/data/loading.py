@@ -10,8 +10,7 @@ from itertools import islice
 import numpy as np
 import pandas as pd
 import torch
-
-from pipeline.data.datasets import ImageDataset
+from unhans.pipeline.data.datasets import ImageDataset
 
 
 def iter_batches(

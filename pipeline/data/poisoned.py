@@ -14,9 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
-
-from pipeline.data.artifacts import PoisonConfig, paint, plan
-from pipeline.data.datasets import ImageDataset
+from unhans.pipeline.data.artifacts import PoisonConfig, paint, plan
+from unhans.pipeline.data.datasets import ImageDataset
 
 
 class PoisonedDataset(ImageDataset):

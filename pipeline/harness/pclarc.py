@@ -34,8 +34,8 @@ the poisoning harness with `unhans verify` (docs/validation.md#verification).
 Export: `files/pclarc.pt` in the run store, a torch file (loadable with weights_only=True) holding
 {arch, layer, class, direction_method, direction (K, D), reference (K,)}. Load the corrected model of a run with
 
-    from stages import load_config
-    from pipeline.harness.pclarc import corrected_model
+    from unhans.stages import load_config
+    from unhans.pipeline.harness.pclarc import corrected_model
     model = corrected_model(load_config("demo"))          # eval mode, on CPU
 
 or put the correction on a model of the same architecture you built yourself with
@@ -50,13 +50,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-
-from pipeline.core import layout
-from pipeline.core.errors import UserError
-from pipeline.core.store import Store
-from pipeline.data import build_dataset, iter_batches
-from pipeline.data.models import MODELS, model_for_run, penultimate_layer
-from pipeline.method.probes import evidence_masks, paste, restyle
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.data import build_dataset, iter_batches
+from unhans.pipeline.data.models import MODELS, model_for_run, penultimate_layer
+from unhans.pipeline.method.probes import evidence_masks, paste, restyle
 
 
 class Projection(nn.Module):

@@ -14,11 +14,10 @@ import pandas as pd
 import torch
 import yaml
 from PIL import Image
-
-from pipeline.core.compute import progress
-from pipeline.core.errors import UserError
-from pipeline.data import build_dataset, iter_batches
-from pipeline.data.artifacts import PLAN_COLUMNS
+from unhans.pipeline.core.compute import progress
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data import build_dataset, iter_batches
+from unhans.pipeline.data.artifacts import PLAN_COLUMNS
 
 
 def check_out(out: str | Path) -> Path:

@@ -33,15 +33,14 @@ import pandas as pd
 import torch
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
-
-from pipeline.core.config import CONFIG_DIR
-from pipeline.core.errors import UserError
-from pipeline.core.store import Store
-from pipeline.data import build_dataset
-from pipeline.data.artifacts import PoisonConfig, masks, stamp
-from pipeline.data.models import MODELS, model_for_run
-from pipeline.harness.detectors import DETECTORS, RunView, names
-from stages import Config, load_config, runner
+from unhans.pipeline.core.config import CONFIG_DIR
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.data import build_dataset
+from unhans.pipeline.data.artifacts import PoisonConfig, masks, stamp
+from unhans.pipeline.data.models import MODELS, model_for_run
+from unhans.pipeline.harness.detectors import DETECTORS, RunView, names
+from unhans.stages import Config, load_config, runner
 
 log = logging.getLogger("unhans.validate")
 SPEC_DIR = CONFIG_DIR / "validate"
@@ -202,7 +201,7 @@ def flip_rate(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: s
 
 def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) -> pd.DataFrame:
     """One finished run -> one row per detector (pipeline/harness/detectors/)."""
-    from pipeline.core.compute import resolve_device
+    from unhans.pipeline.core.compute import resolve_device
 
     store = Store(cfg.run_url)
     samples = store.read_table("samples")

@@ -36,19 +36,18 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-
-from pipeline.core import layout
-from pipeline.core.compute import resolve_device
-from pipeline.core.errors import UserError
-from pipeline.data import build_dataset
-from pipeline.data.artifacts import PoisonConfig
-from pipeline.data.models import MODELS, model_for_run, trained_by_run
-from pipeline.harness.pclarc import apply_pclarc, fit_pclarc
-from pipeline.harness.validate import flips, held_out, labelled_batches, load_spec, scenario_config
-from pipeline.method.probes import class_transfer, host_pool
-from pipeline.method.statistics import class_clusters, score_class
-from pipeline.method.training import fit
-from stages import Config, load_config, runner
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.compute import resolve_device
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data import build_dataset
+from unhans.pipeline.data.artifacts import PoisonConfig
+from unhans.pipeline.data.models import MODELS, model_for_run, trained_by_run
+from unhans.pipeline.harness.pclarc import apply_pclarc, fit_pclarc
+from unhans.pipeline.harness.validate import flips, held_out, labelled_batches, load_spec, scenario_config
+from unhans.pipeline.method.probes import class_transfer, host_pool
+from unhans.pipeline.method.statistics import class_clusters, score_class
+from unhans.pipeline.method.training import fit
+from unhans.stages import Config, load_config, runner
 
 log = logging.getLogger("unhans.verify")
 

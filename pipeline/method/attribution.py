@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.registry import Registry
+from unhans.pipeline.data.models import ModelSpec, penultimate_layer
 from zennit import composites as zc
-
-from pipeline.core.config import Section
-from pipeline.core.registry import Registry
-from pipeline.data.models import ModelSpec, penultimate_layer
 
 # factory(canonizers, low, high) -> composite; low/high bound the normalised input (box rule)
 CompositeFactory = Callable[[list, torch.Tensor, torch.Tensor], zc.Composite]

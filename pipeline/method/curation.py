@@ -22,9 +22,8 @@ import fsspec
 import numpy as np
 import pandas as pd
 from pydantic import Field, computed_field
-
-from pipeline.core.config import Section
-from pipeline.core.errors import UserError
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.errors import UserError
 
 
 class CleanConfig(Section):

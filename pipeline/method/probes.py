@@ -20,10 +20,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-
-from pipeline.core import layout
-from pipeline.core.config import Section
-from pipeline.data import iter_batches
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.data import iter_batches
 
 DONOR_CHUNK = 256  # donor images (and their masks) held in memory at a time: bounded for 224-px classes
 

@@ -16,8 +16,7 @@ import scipy.sparse as sp
 from pydantic import Field
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
-
-from pipeline.core.config import Section
+from unhans.pipeline.core.config import Section
 
 
 class ClusterConfig(Section):

@@ -24,10 +24,9 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
 from scipy.special import gammaln
-
-from pipeline.core import layout
-from pipeline.core.config import Section
-from pipeline.method.spectral import conductance, knn_affinity
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.method.spectral import conductance, knn_affinity
 
 
 class ScoreConfig(Section):

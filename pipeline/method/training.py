@@ -12,11 +12,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-
-from pipeline.core.compute import progress
-from pipeline.core.config import Section
-from pipeline.data import iter_batches
-from pipeline.data.models import MODELS
+from unhans.pipeline.core.compute import progress
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.data import iter_batches
+from unhans.pipeline.data.models import MODELS
 
 
 class TrainConfig(Section):

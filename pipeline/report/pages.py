@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pydantic import Field
-
-from pipeline.core import layout
-from pipeline.core.config import Section
-from pipeline.core.store import Store
-from pipeline.data import build_dataset, iter_batches
-from pipeline.method.curation import DECISIONS
-from pipeline.report.render import (
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.data import build_dataset, iter_batches
+from unhans.pipeline.method.curation import DECISIONS
+from unhans.pipeline.report.render import (
     PALETTE,
     esc,
     heatmap_rgb,

@@ -6,10 +6,11 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline import __version__
-from pipeline.core import layout
-from pipeline.core.config import fingerprint_of
-from pipeline.report.render import esc
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.config import fingerprint_of
+from unhans.pipeline.report.render import esc
+
+from unhans._version import __version__
 
 
 def provenance(cfg, store) -> dict:

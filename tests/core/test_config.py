@@ -1,7 +1,6 @@
 import pytest
-
-from pipeline.core.errors import UserError
-from stages import load_config
+from unhans.pipeline.core.errors import UserError
+from unhans.stages import load_config
 
 
 def test_demo_config_loads_with_defaults():

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from pipeline.core import layout
-from pipeline.core.store import Store
-from stages import all_stages
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.store import Store
+from unhans.stages import all_stages
 
 COMMANDS = {"verify", "validate"}  # writers beside the stages (pipeline/harness/)
 

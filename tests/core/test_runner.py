@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
+from unhans.pipeline.core.errors import UserError
+from unhans.stages import load_config, runner
 
-from pipeline.core.errors import UserError
-from stages import load_config, runner
 from tests.helpers import make_runner
 
 SMALL = ["dataset.limit_per_class=30", "train.epochs=1", "attribute.batch_size=32"]
@@ -13,7 +13,7 @@ def states(r):
 
 
 def test_stages_run_after_their_inputs():
-    from stages import all_stages
+    from unhans.stages import all_stages
 
     order = list(all_stages())
     assert order[:7] == ["index", "train", "attribute", "distances", "cluster", "transfer", "score"]
@@ -49,19 +49,21 @@ def test_rerun_is_skipped_and_config_change_makes_downstream_stale(tmp_path):
 def test_a_change_to_a_method_module_makes_the_stages_that_use_it_stale(tmp_path, monkeypatch):
     """The code version covers the project modules a stage imports, not only its own file: editing
     pipeline/method/spectral.py restales cluster (and what reads it) but not distances."""
-    import pipeline.core.runner as runner_module
+    import unhans.pipeline.core.runner as runner_module
 
-    deps = runner_module.code_modules("stages.cluster")
-    assert "pipeline.method.spectral" in deps and "stages.cluster" in deps
+    deps = runner_module.code_modules("unhans.stages.cluster")
+    assert "unhans.pipeline.method.spectral" in deps and "unhans.stages.cluster" in deps
     assert not set(deps) & runner_module.INFRASTRUCTURE  # orchestration and I/O changes restale nothing
-    assert "pipeline.method.probes" in runner_module.code_modules("stages.score")  # through the importer's imports
+    assert "unhans.pipeline.method.probes" in runner_module.code_modules(
+        "unhans.stages.score"
+    )  # through the importer's imports
     r = make_runner(tmp_path, overrides=SMALL)
     r.run_all(until="cluster")
     real = runner_module.module_source
     monkeypatch.setattr(
         runner_module,
         "module_source",
-        lambda name: real(name) + ("\n# edited" if name == "pipeline.method.spectral" else ""),
+        lambda name: real(name) + ("\n# edited" if name == "unhans.pipeline.method.spectral" else ""),
     )
     st = states(make_runner(tmp_path, overrides=SMALL))
     assert st["distances"] == "done" and st["cluster"] == "stale"

@@ -4,9 +4,9 @@ import os
 
 import pytest
 from typer.testing import CliRunner
+from unhans.pipeline.cli import app
+from unhans.pipeline.core.errors import UserError
 
-from pipeline.cli import app
-from pipeline.core.errors import UserError
 from tests.helpers import make_runner
 
 # 100 digits in 4 attribute chunks of 32 rows; chunk 1 holds samples 32..63

@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from typer.testing import CliRunner
+from unhans.pipeline.cli import app
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data import build_dataset, iter_batches
+from unhans.pipeline.data.artifacts import KINDS, PoisonConfig, look_of, masks, paint, plan, render, stamp
+from unhans.stages import load_config
 
-from pipeline.cli import app
-from pipeline.core.errors import UserError
-from pipeline.data import build_dataset, iter_batches
-from pipeline.data.artifacts import KINDS, PoisonConfig, look_of, masks, paint, plan, render, stamp
-from stages import load_config
 from tests.helpers import make_runner
 
 BOX = ["art_y", "art_x", "art_h", "art_w"]

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 from PIL import Image
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data import build_dataset
+from unhans.pipeline.data.folder import imagenet_classes
+from unhans.pipeline.data.photos import natural_photos
+from unhans.stages import load_config
 
-from pipeline.core.errors import UserError
-from pipeline.data import build_dataset
-from pipeline.data.folder import imagenet_classes
-from pipeline.data.photos import natural_photos
-from stages import load_config
 from tests.helpers import make_runner
 
 

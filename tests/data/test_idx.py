@@ -2,11 +2,11 @@ import gzip
 
 import numpy as np
 import pytest
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data import build_dataset
+from unhans.pipeline.data.idx import read_idx
+from unhans.stages import load_config
 
-from pipeline.core.errors import UserError
-from pipeline.data import build_dataset
-from pipeline.data.idx import read_idx
-from stages import load_config
 from tests.helpers import FMNIST
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from pipeline.core.errors import UserError
-from pipeline.harness.detectors import names
-from pipeline.harness.detectors.activation_clustering import activation_clustering
-from pipeline.harness.detectors.spectral_signature import spectral_signature
-from pipeline.harness.detectors.spray_euclidean import spray_euclidean
-from pipeline.harness.validate import detection, load_spec, mask_share, rank_of, summary
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.harness.detectors import names
+from unhans.pipeline.harness.detectors.activation_clustering import activation_clustering
+from unhans.pipeline.harness.detectors.spectral_signature import spectral_signature
+from unhans.pipeline.harness.detectors.spray_euclidean import spray_euclidean
+from unhans.pipeline.harness.validate import detection, load_spec, mask_share, rank_of, summary
 
 SCORERS = {f.__name__: f for f in (activation_clustering, spectral_signature, spray_euclidean)}
 
@@ -66,7 +65,7 @@ def test_specs_load_and_bad_specs_say_what_to_fix(tmp_path):
 
 
 def test_each_seed_is_its_own_run_on_the_same_planted_data(tmp_path):
-    from pipeline.harness.validate import scenario_config
+    from unhans.pipeline.harness.validate import scenario_config
 
     spec = load_spec("demo")
     sc = next(s for s in spec.scenarios if not s.control)
@@ -139,8 +138,8 @@ def test_spray_baseline_reproduces_corelays_miss_that_our_spectrum_fixes():
     two components. CoRelAy's recipe (eigsh which='LM', k-means on all 32 eigenvectors) mixes in the
     far end of the spectrum and misses the group; the same graph through pipeline.spectral (which='LA',
     row-normalised spectral embedding) recovers it exactly."""
-    from pipeline.method.metrics.euclidean import knn_euclidean
-    from pipeline.method.spectral import knn_affinity, spectral_labels, spectrum
+    from unhans.pipeline.method.metrics.euclidean import knn_euclidean
+    from unhans.pipeline.method.spectral import knn_affinity, spectral_labels, spectrum
 
     rng = np.random.default_rng(0)
     maps = rng.random((200, 16, 16)).astype(np.float32) * 0.2
@@ -161,8 +160,7 @@ def test_spray_baseline_reproduces_corelays_miss_that_our_spectrum_fixes():
 def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     """`unhans validate` poisons, trains, audits and reports every method on one backdoor scenario."""
     from typer.testing import CliRunner
-
-    from pipeline.cli import app
+    from unhans.pipeline.cli import app
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(

@@ -8,12 +8,11 @@ import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
-
-from pipeline.cli import app
-from pipeline.core import layout
-from pipeline.core.store import Store
-from pipeline.harness.pclarc import apply_pclarc, estimate, fit_pclarc, load_pclarc
-from stages import load_config, runner
+from unhans.pipeline.cli import app
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.harness.pclarc import apply_pclarc, estimate, fit_pclarc, load_pclarc
+from unhans.stages import load_config, runner
 
 
 class Tiny(nn.Module):
@@ -104,9 +103,9 @@ BACKDOOR = [
 
 
 def test_verify_end_to_end_on_a_backdoor(tmp_path):
-    from pipeline.harness.pclarc import corrected_model
-    from pipeline.harness.validate import flip_rate
-    from pipeline.harness.verify import held_out, measure
+    from unhans.pipeline.harness.pclarc import corrected_model
+    from unhans.pipeline.harness.validate import flip_rate
+    from unhans.pipeline.harness.verify import held_out, measure
 
     sets = BACKDOOR + [f"report_dir={tmp_path / 'report'}"]
     run_dir = str(tmp_path / "run")
@@ -173,8 +172,8 @@ def test_verify_needs_a_known_artifact(tmp_path):
 def test_transfer_direction_removes_the_demo_shortcut(demo_run, copy_of, tmp_path):
     """On the demo (checker backdoor: 20 patched digits relabelled 3), P-ClArC along the transfer direction of the
     planted group cuts the flip rate at least in half and keeps most of the accuracy."""
-    from pipeline.data.models import model_for_run
-    from pipeline.harness.verify import held_out, measure
+    from unhans.pipeline.data.models import model_for_run
+    from unhans.pipeline.harness.verify import held_out, measure
 
     store = Store(str(copy_of(demo_run.store.url, tmp_path / "run")))
     cfg = demo_run.cfg

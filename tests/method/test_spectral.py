@@ -4,9 +4,8 @@ import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pipeline.method.metrics.euclidean import exact_knn
-from pipeline.method.spectral import conductance, eigengap, knn_affinity, spectral_labels, spectrum
+from unhans.pipeline.method.metrics.euclidean import exact_knn
+from unhans.pipeline.method.spectral import conductance, eigengap, knn_affinity, spectral_labels, spectrum
 
 
 def blobs(sizes, dim=5, spread=0.05, seed=0):

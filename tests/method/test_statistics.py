@@ -8,9 +8,8 @@ import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pipeline.method.probes import evidence_masks, restyle, transfer
-from pipeline.method.statistics import ScoreConfig, relative_transfer, score_class, spread
+from unhans.pipeline.method.probes import evidence_masks, restyle, transfer
+from unhans.pipeline.method.statistics import ScoreConfig, relative_transfer, score_class, spread
 
 NO_NULL = ScoreConfig(permutations=0)  # the defaults, without the permutation test
 NULL_200 = ScoreConfig(permutations=200)
@@ -147,8 +146,8 @@ def test_a_small_excess_in_a_tight_class_is_no_alarm():
 
 
 def test_vectorised_group_scores_equal_the_formula_group_by_group():
-    from pipeline.method.spectral import conductance
-    from pipeline.method.statistics import candidate_groups, group_scores
+    from unhans.pipeline.method.spectral import conductance
+    from unhans.pipeline.method.statistics import candidate_groups, group_scores
 
     rng = np.random.default_rng(1)
     n = 50
@@ -167,8 +166,7 @@ def test_vectorised_group_scores_equal_the_formula_group_by_group():
 def _random_class(rng, n: int):
     """A kNN graph and k-means clusterings of n random points, as the cluster stage makes them."""
     from sklearn.cluster import KMeans
-
-    from pipeline.method.spectral import knn_affinity
+    from unhans.pipeline.method.spectral import knn_affinity
 
     x = rng.normal(size=(n, 5))
     d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
@@ -203,7 +201,7 @@ def test_a_chance_group_in_a_tiny_class_is_not_significant_where_a_real_one_is()
 
 
 def test_benjamini_hochberg_q_values():
-    from pipeline.method.statistics import benjamini_hochberg
+    from unhans.pipeline.method.statistics import benjamini_hochberg
 
     p = np.array([0.01, 0.04, 0.03, 0.5])
     # sorted 0.01, 0.03, 0.04, 0.5 -> 0.04, 0.06, 0.0533, 0.5 -> running min from the top: 0.04, 0.0533, 0.0533, 0.5

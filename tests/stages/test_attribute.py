@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
+import unhans.stages.attribute as attribute_stage
 
-import stages.attribute as attribute_stage
 from tests.helpers import FAST_DEMO, make_runner
 
 SMALL = ["dataset.limit_per_class=20", "train.epochs=1", "attribute.batch_size=8", "attribute.chunk_size=16"]
@@ -113,7 +113,7 @@ def test_sigkilled_attribute_run_resumes_to_the_same_store(tmp_path, imagenet_fo
 def test_bfloat16_attribution_stays_close_to_float32(tmp_path, demo_run, copy_of):
     """attribute.precision=bfloat16 through the stage, on the demo's trained model: the stored maps stay
     within the error benchmarks/precision.py measures (median cosine to float32 about 0.999)."""
-    from stages import load_config, runner
+    from unhans.stages import load_config, runner
 
     copy_of(demo_run.store.url, tmp_path / "run")
     cfg = load_config("demo", FAST_DEMO + [f"run_dir={tmp_path / 'run'}", "attribute.precision=bfloat16"])

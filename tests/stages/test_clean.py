@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
+from unhans.pipeline.cli import app
+from unhans.pipeline.core.runner import Runner
+from unhans.stages import load_config, runner
 
-from pipeline.cli import app
-from pipeline.core.runner import Runner
-from stages import load_config, runner
 from tests.helpers import FAST_DEMO
 
 cli = CliRunner()

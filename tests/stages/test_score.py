@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import unhans.pipeline.method.probes as probes
 
-import pipeline.method.probes as probes
 from tests.helpers import make_runner
 
 SMALL = ["train.epochs=1", "dataset.limit_per_class=20", "distances.metric=euclidean"]
@@ -45,9 +45,8 @@ def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     the score stage reports them as label issues (cleanlab-style self-confidence), apart from shortcuts."""
     import torch
     from sklearn.metrics import roc_auc_score
-
-    from pipeline.data import build_dataset, iter_batches
-    from pipeline.data.models import MODELS, model_for_run
+    from unhans.pipeline.data import build_dataset, iter_batches
+    from unhans.pipeline.data.models import MODELS, model_for_run
 
     sets = ["dataset.poison={kind: text, regime: backdoor, target: 1, fraction: 0.2, strength: 0.3, seed: 2}",
             "train.epochs=8", "dataset.limit_per_class=60", "distances.metric=euclidean"]  # fmt: skip
@@ -113,7 +112,7 @@ def test_score_settings_rerun_without_the_model(tmp_path, monkeypatch):
 
 
 def test_samples_are_flagged_when_their_score_stands_out_from_their_class():
-    from pipeline.method.statistics import stands_out
+    from unhans.pipeline.method.statistics import stands_out
 
     s = np.r_[np.full(5, 0.9), 0.05 + 0.01 * np.arange(20)]
     group = np.zeros(25, bool)
@@ -126,8 +125,8 @@ def test_samples_are_flagged_when_their_score_stands_out_from_their_class():
 def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(tmp_path):
     """clever_hans_score = spread(t / max(p, confidence_floor)) over the class's kNN graph, from the
     stored transfers and self-confidences; floor 1 gives the plain transfer, spread."""
-    from pipeline.method.spectral import knn_affinity
-    from pipeline.method.statistics import spread
+    from unhans.pipeline.method.spectral import knn_affinity
+    from unhans.pipeline.method.statistics import spread
 
     def expected(r, c, floor):
         W = knn_affinity(r.store.array(f"classes/{c}/knn_idx")[:], r.store.array(f"classes/{c}/knn_dist")[:])

@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 from pydantic import Field
 from torch import nn
-
-from pipeline.core import layout
-from pipeline.core.config import Section
-from pipeline.core.errors import UserError
-from pipeline.core.registry import Registry
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ for _arch, _enum, _canon in [
 
 
 def _efficientnet_lite0(n_classes: int, in_channels: int, image_size: int, state: dict | None) -> nn.Module:
-    from pipeline.data.models.efficientnet_lite import build_efficientnet_lite0
+    from unhans.pipeline.data.models.efficientnet_lite import build_efficientnet_lite0
 
     if n_classes != 1000 or in_channels != 3:
         raise UserError("efficientnet_lite0 has ImageNet weights: it needs an RGB dataset with ImageNet classes")
@@ -126,7 +125,7 @@ def _efficientnet_lite0(n_classes: int, in_channels: int, image_size: int, state
 
 
 def _lite_canonizers() -> list:
-    from pipeline.data.models.efficientnet_lite import EfficientNetLiteCanonizer
+    from unhans.pipeline.data.models.efficientnet_lite import EfficientNetLiteCanonizer
 
     return [EfficientNetLiteCanonizer()]
 

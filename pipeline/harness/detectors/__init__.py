@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from pipeline.harness.detectors.base import DETECTORS, Detection, Detector, RunView, detector
+from unhans.pipeline.harness.detectors.base import DETECTORS, Detection, Detector, RunView, detector
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")

@@ -13,10 +13,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
-
-from pipeline.core import layout
-from pipeline.core.registry import Registry
-from pipeline.core.store import Store
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.registry import Registry
+from unhans.pipeline.core.store import Store
 
 
 @dataclass(frozen=True)

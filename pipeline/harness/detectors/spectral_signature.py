@@ -6,8 +6,7 @@ variance along that direction.
 from __future__ import annotations
 
 import numpy as np
-
-from pipeline.harness.detectors.base import Detection, RunView, detector
+from unhans.pipeline.harness.detectors.base import Detection, RunView, detector
 
 
 def spectral_signature(features: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
-
-from pipeline.harness.detectors.base import Detection, RunView, closer_to_small, detector, two_means
-from pipeline.method.metrics.euclidean import exact_knn
+from unhans.pipeline.harness.detectors.base import Detection, RunView, closer_to_small, detector, two_means
+from unhans.pipeline.method.metrics.euclidean import exact_knn
 
 
 def spray_euclidean(maps: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:

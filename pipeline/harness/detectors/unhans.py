@@ -3,7 +3,7 @@ flags, and the label issues (ranked by each class's share of them; no class alar
 
 from __future__ import annotations
 
-from pipeline.harness.detectors.base import Detection, RunView, detector
+from unhans.pipeline.harness.detectors.base import Detection, RunView, detector
 
 
 @detector("unhans", "scores")

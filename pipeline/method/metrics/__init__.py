@@ -15,11 +15,10 @@ from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Discriminator, Tag
-
-from pipeline.core.registry import Registry
-from pipeline.method.metrics import euclidean, wasserstein
-from pipeline.method.metrics.euclidean import EuclideanParams
-from pipeline.method.metrics.wasserstein import WassersteinParams
+from unhans.pipeline.core.registry import Registry
+from unhans.pipeline.method.metrics import euclidean, wasserstein
+from unhans.pipeline.method.metrics.euclidean import EuclideanParams
+from unhans.pipeline.method.metrics.wasserstein import WassersteinParams
 
 DEFAULT_METRIC = "wasserstein"
 

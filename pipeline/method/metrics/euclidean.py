@@ -7,8 +7,7 @@ from typing import Literal
 import faiss
 import numpy as np
 from pydantic import Field
-
-from pipeline.core.config import Section
+from unhans.pipeline.core.config import Section
 
 
 class EuclideanParams(Section):

@@ -59,9 +59,8 @@ import numpy as np
 import ot
 import torch
 from pydantic import Field, field_validator
-
-from pipeline.core.config import Section
-from pipeline.method.metrics.euclidean import flat_index
+from unhans.pipeline.core.config import Section
+from unhans.pipeline.method.metrics.euclidean import flat_index
 
 # Fixed numerics (not tunables): grid half-width in RMS radii (image units without scale invariance),
 # entropic blur, Sinkhorn iterations and over-relaxation, PCA dimension, mass floor of the grids.

@@ -10,14 +10,8 @@ import pytest
 import torch
 from skimage import data
 from skimage.transform import resize
-from zennit.attribution import Gradient
-from zennit.canonizers import MergeBatchNorm
-from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
-from zennit.core import Composite
-from zennit.layer import Sum
-
-from pipeline.core.errors import UserError
-from pipeline.data.models.efficientnet_lite import (
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data.models.efficientnet_lite import (
     INPUT_SIZE,
     MEAN,
     STD,
@@ -25,6 +19,11 @@ from pipeline.data.models.efficientnet_lite import (
     build_efficientnet_lite0,
     packaged_weights_path,
 )
+from zennit.attribution import Gradient
+from zennit.canonizers import MergeBatchNorm
+from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
+from zennit.core import Composite
+from zennit.layer import Sum
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE = {967, 968, 504}  # espresso, cup, coffee mug

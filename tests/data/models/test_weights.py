@@ -5,10 +5,9 @@ import os
 import pytest
 import torch
 from typer.testing import CliRunner
-
-from pipeline.cli import app
-from pipeline.core.errors import UserError
-from pipeline.data.models import SmallCNN, load_state
+from unhans.pipeline.cli import app
+from unhans.pipeline.core.errors import UserError
+from unhans.pipeline.data.models import SmallCNN, load_state
 
 
 def audit(tmp_path, folder, *settings: str):

@@ -5,11 +5,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from pipeline.method.metrics import knn_graph
-from pipeline.method.metrics.euclidean import knn_euclidean
-from pipeline.method.metrics.wasserstein import WassersteinParams, canonicalise, exact_w2, knn_wasserstein
-from pipeline.method.spectral import eigengap, knn_affinity, spectral_labels, spectrum
+from unhans.pipeline.method.metrics import knn_graph
+from unhans.pipeline.method.metrics.euclidean import knn_euclidean
+from unhans.pipeline.method.metrics.wasserstein import WassersteinParams, canonicalise, exact_w2, knn_wasserstein
+from unhans.pipeline.method.spectral import eigengap, knn_affinity, spectral_labels, spectrum
 
 DEFAULT = WassersteinParams()
 FEW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
