@@ -7,13 +7,16 @@ DATASET ?= demo
 SET     ?=
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: audit test test-slow lint docs bench fashion-mnist chromium clean-runs
+.PHONY: install audit test test-slow lint docs bench fashion-mnist chromium clean-runs
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# the virtual environment with the pinned dependencies and unhans itself (then: .venv/bin/unhans init PATH)
+install: $(VENV)/.installed
 
 # Fashion-MNIST ships as a Debian package; install it when missing (needs root or sudo).
 fashion-mnist:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from unhans.pipeline.core.runner import Runner  # noqa: E402
 from unhans.pipeline.data import build_dataset, iter_batches  # noqa: E402
-from unhans.pipeline.data.models import MODELS, build_model  # noqa: E402
+from unhans.pipeline.data.models import build_model, model_spec  # noqa: E402
 from unhans.pipeline.data.photos import write_imagenet_folder  # noqa: E402
 from unhans.pipeline.method.attribution import COMPOSITES  # noqa: E402
 from unhans.stages import load_config, runner  # noqa: E402
@@ -36,7 +36,7 @@ def bare_zennit(r: Runner, repeats: int) -> float:
     cfg, store = r.cfg, r.store
     samples = store.read_table("samples")
     ds = build_dataset(cfg.dataset)
-    spec = MODELS.get(cfg.model.arch)
+    spec = model_spec(cfg.model)
     ckpt = store.read_bytes("files/model.pt") if r.state("train") == "done" else None
     model = build_model(cfg.model, len(ds.classes), ds.channels, cfg.dataset.image_size, ckpt)
     for p in model.parameters():

@@ -12,7 +12,7 @@ threads and the load average while each part ran):
  stages  the whole chain on Fashion-MNIST (small CNN trained 1 epoch by the train stage, the default
          invariant Wasserstein distances) at three N (n = N/10 per class), one torch/BLAS/faiss
          thread: process CPU time (self + children) and wall time of every stage.
- decode  pipeline.datasets.folder.FolderDataset.decode (PIL draft decoding, resize to 256, centre
+ decode  pipeline/data/folder.py FolderDataset.decode (PIL draft decoding, resize to 256, centre
          crop to 224) of ImageNet-sized JPEGs (500 x 375, quality 90, crops of the photos shipped in
          installed packages) and the index stage's header probe: CPU seconds per image on one core.
 

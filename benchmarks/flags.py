@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.harness.validate import runs_from_argv
 

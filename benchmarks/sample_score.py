@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data.artifacts import PoisonConfig

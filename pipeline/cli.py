@@ -1,22 +1,32 @@
-"""The `unhans` command line: `unhans audit`, `unhans <stage>`, `unhans status`."""
+"""The `unhans` command line: `unhans init`, `unhans audit`, `unhans <stage>`, `unhans status`, ...
+
+Heavy modules (torch, the stages) are imported inside the commands, so `unhans --help` answers at once;
+the stage commands are read from the stage modules' source (their `@stage` name, inputs and docstring)
+without importing them.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from unhans._version import __version__
 from unhans.pipeline.core.errors import UserError
-from unhans.pipeline.core.runner import Runner
-from unhans.stages import all_stages, load_config, runner
+
+if TYPE_CHECKING:
+    from unhans.pipeline.core.runner import Runner
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Audit image datasets for Clever Hans shortcuts (LRP + SpRAy).",
+    help="Audit image datasets for Clever Hans shortcuts (LRP, invariant distances, SpRAy, un-Hansing).",
     pretty_exceptions_enable=False,
 )
 
@@ -41,6 +51,8 @@ def _runner(
     scheduler: str | None = None,
     workers: int | None = None,
 ) -> Runner:
+    from unhans.stages import load_config, runner
+
     extra = [f"compute.scheduler={json.dumps(scheduler)}"] if scheduler else []
     extra += [f"compute.workers={workers}"] if workers is not None else []
     cfg = load_config(config, (overrides or []) + extra)
@@ -50,22 +62,70 @@ def _runner(
 
 
 def _guard(fn):
-    """Run fn; a UserError becomes one line on stderr and exit code 2, with no traceback."""
+    """Run fn; a UserError becomes one line on stderr and exit code 2, with no traceback; Ctrl-C says how
+    to go on (every stage resumes where it stopped) and exits with 130."""
     try:
         return fn()
     except UserError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.secho("interrupted; rerun to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"unhans {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it picked
+
+
+@app.command()
+def init(
+    path: Annotated[str, typer.Argument(help="a folder with one sub-folder of images per class")],
+    out: Annotated[str | None, typer.Option("--out", "-o", help="the config to write (default: <name>.yaml)")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="the run's name (default: the folder's)")] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="your model's architecture (e.g. resnet50, python:pkg.mod:fn)")
+    ] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="your model's weights (a state dict)")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", min=8, help="the model's input side")] = None,
+    fit: Annotated[
+        str | None, typer.Option("--fit", help="pad, squash or crop (default: chosen from the data)")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace the config file if it exists")] = False,
+) -> None:
+    """Look at a folder of class sub-folders and write a commented config for its audit."""
+
+    def go() -> None:
+        from unhans.pipeline.init import plan, write
+
+        if fit not in (None, "pad", "squash", "crop"):
+            raise UserError(f"--fit {fit!r}: choose pad, squash or crop")
+        p = plan(path, name, arch, weights, image_size, fit)
+        target = write(p, out, force)
+        for line in p.summary:
+            typer.echo(line)
+        typer.echo(f"wrote {target} (its comments say why each choice was made)")
+        typer.echo(f"next: unhans audit -c {target}    then open reports/{p.name}/index.html")
+
+    _guard(go)
 
 
 @app.command()
@@ -103,7 +163,7 @@ def status(
     run_dir: RunDirOpt = None,
     settings: Annotated[bool, typer.Option("--settings", help="also print each stage's settings")] = False,
 ) -> None:
-    """The stage table: done / stale / missing, when, how long, what counts."""
+    """The stage table: done / stale / missing, when, how long, what counts; and the run's warnings."""
     _guard(lambda: _print_status(_runner(config, set_, run_dir), settings))
 
 
@@ -150,7 +210,7 @@ def validate(
         bool, typer.Option("--collect", help="run nothing: gather the finished runs' results into the tables")
     ] = False,
 ) -> None:
-    """Poison, train and audit every scenario of a spec once per seed; print detection against the baselines."""
+    """Poison, train and audit every scenario of a spec once per seed; print detection against the peers."""
 
     def go() -> None:
         from unhans.pipeline.harness.validate import run_validation, summary
@@ -180,7 +240,7 @@ def verify(
         str, typer.Option("--pclarc-direction", help="transfer (evidence pasted into other classes) or group")
     ] = "transfer",
 ) -> None:
-    """Flip rate and clean accuracy of the original, retrained-on-cleaned and P-ClArC-corrected models."""
+    """Retrain on the cleaned list and correct with P-ClArC: re-audit, accuracy, a known artifact's flip rate."""
 
     def go() -> None:
         from unhans.pipeline.harness.verify import resolve, summary
@@ -212,6 +272,11 @@ def _print_status(r: Runner, settings: bool = False) -> None:
                 values = r.cfg.section(sec).model_dump(mode="json", exclude_none=True)
                 parts.append(f"{sec}(" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")")
             typer.echo(f"{name:<10} <- {', '.join(r.active_inputs(spec)) or 'dataset'}: {' '.join(parts)}")
+    clean = (r.record("clean") or {}).get("counts", {}) if r.state("clean") == "done" else {}
+    if clean.get("unreadable"):
+        typer.echo(f"{clean['unreadable']} unreadable files: dropped, each with its reason in tables/manifest.csv")
+    for w in r.warnings():
+        typer.secho(f"warning: {w}", fg=typer.colors.YELLOW)
 
 
 def _stage_command(name: str, help_text: str):
@@ -236,7 +301,10 @@ def _stage_command(name: str, help_text: str):
 
 DecisionsOpt = Annotated[
     str | None,
-    typer.Option("--decisions", help="a curator's decisions file exported from the report (sets clean.decisions)"),
+    typer.Option("--decisions", help="a curator's decisions file exported from the report (kept with the run)"),
+]
+ClearOpt = Annotated[
+    bool, typer.Option("--clear-decisions", help="remove the decisions kept with the run: automatic decisions only")
 ]
 
 
@@ -247,14 +315,22 @@ def _clean_command(help_text: str):
         run_dir: RunDirOpt = None,
         force: ForceOpt = False,
         decisions: DecisionsOpt = None,
+        clear_decisions: ClearOpt = False,
     ) -> None:
         def go() -> None:
+            from unhans.pipeline.core import layout
+
             extra = []
+            if decisions and clear_decisions:
+                raise UserError("--decisions and --clear-decisions contradict each other; give one")
             if decisions:  # a local path is made absolute; the value is quoted as a YAML string
                 path = decisions if "://" in decisions else str(Path(decisions).resolve())
                 extra = [f"clean.decisions={json.dumps(path)}"]
             r = _runner(config, (set_ or []) + extra, run_dir)
-            r.run("clean", force=force)
+            if clear_decisions:
+                with r.locked():
+                    r.store.delete(layout.DECISIONS())
+            r.run("clean", force=force or clear_decisions)
             _print_status(r)
 
         _guard(go)
@@ -263,8 +339,30 @@ def _clean_command(help_text: str):
     return command
 
 
-for _name, _spec in all_stages().items():
-    app.command(name=_name)(_clean_command(_spec.help) if _name == "clean" else _stage_command(_name, _spec.help))
+def stage_commands() -> list[tuple[str, str]]:
+    """(name, help) of every stage, in run order, read from the stage modules' source without importing them."""
+    spec = importlib.util.find_spec("unhans.stages")
+    folder = Path(next(iter(spec.submodule_search_locations)))  # type: ignore[union-attr, arg-type]
+    found: dict[str, tuple[list[str], str]] = {}
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            for deco in node.decorator_list:
+                if isinstance(deco, ast.Call) and getattr(deco.func, "id", "") == "stage":
+                    inputs = next((kw.value for kw in deco.keywords if kw.arg == "inputs"), None)
+                    names = [e.value for e in inputs.elts] if isinstance(inputs, ast.List) else []  # type: ignore[attr-defined]
+                    doc = (ast.get_docstring(node) or "").strip().splitlines()
+                    found[deco.args[0].value] = (names, doc[0] if doc else "")  # type: ignore[attr-defined]
+    ordered: list[str] = []
+    while len(ordered) < len(found):  # each after its inputs, ties by name (as the runner orders them)
+        ready = sorted(n for n, (ins, _) in found.items() if n not in ordered and all(i in ordered for i in ins))
+        ordered.append(ready[0])
+    return [(n, found[n][1]) for n in ordered]
+
+
+for _name, _help in stage_commands():
+    app.command(name=_name)(_clean_command(_help) if _name == "clean" else _stage_command(_name, _help))
 
 
 if __name__ == "__main__":

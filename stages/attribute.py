@@ -17,14 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pandas as pd
 import torch
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.compute import progress, resolve_device, worker_device
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset, iter_batches
-from unhans.pipeline.data.models import MODELS, model_for_run, penultimate_layer
+from unhans.pipeline.data.models import model_for_run, model_spec, penultimate_layer, trained_by_run
 from unhans.pipeline.method.attribution import LRP, sum_pool
+from unhans.pipeline.method.training import chance, quality_warnings
 
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
 # the per-sample arrays, chunked by attribute.chunk_size rows (their dtypes and fills: pipeline/core/layout.py)
@@ -57,6 +59,15 @@ def run(ctx: Context) -> dict:
     status = store.array(layout.STATUS())[:]
     failed = [r for rel in store.list(layout.FAILURE_CHUNKS()) for r in store.read_json(rel)]
     store.write_table(layout.ATTRIBUTE_FAILURES.name, pd.DataFrame(failed, columns=["index", "source", "reason"]))
+    if failed:
+        ctx.warn(f"{len(failed)} images could not be decoded; they are dropped (tables/attribute_failures)")
+    ok = status == OK
+    labels = store.read_table(layout.SAMPLES.name)["label"].to_numpy()[ok]
+    acc = float((store.array(layout.PREDICTION())[:][ok] == labels).mean()) if ok.any() else float("nan")
+    if not trained_by_run(cfg):  # a given model: the train stage measured none on held-out images
+        where = "on these images (it may have been trained on them)"
+        for w in quality_warnings(acc, float("nan"), chance(labels), "the model", where):
+            ctx.warn(w)
     return {
         "samples": n,
         "attributed": int((status == OK).sum()),
@@ -64,6 +75,7 @@ def run(ctx: Context) -> dict:
         "decode_failed": int((status == FAILED).sum()),
         "chunks_resumed_from": n_chunks - len(todo),
         "chunks": n_chunks,
+        "accuracy": round(acc, 4) if np.isfinite(acc) else None,
         "device": str(ctx.device),
     }
 
@@ -77,7 +89,7 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
     acfg = cfg.attribute
     samples = store.read_table(layout.SAMPLES.name)
     ds = build_dataset(cfg.dataset)
-    spec = MODELS.get(cfg.model.arch)
+    spec = model_spec(cfg.model)
     device = device or worker_device(resolve_device(cfg.compute.device))
     model = model_for_run(cfg, store, len(ds.classes), ds.channels)
     n, bs, cs, res = len(samples), acfg.batch_size, acfg.chunk_size, acfg.resolution
@@ -139,7 +151,7 @@ def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) 
     res, cs = cfg.attribute.resolution, cfg.attribute.chunk_size
     attrs = {
         "model": cfg.model.arch,
-        "weights": cfg.model.weights or ("trained" if MODELS.get(cfg.model.arch).trainable else "default"),
+        "weights": cfg.model.weights or ("trained" if model_spec(cfg.model).trainable else "default"),
         "composite": cfg.attribute.composite,
         "target_rule": cfg.attribute.target,
         "resolution": res,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store

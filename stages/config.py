@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
 from unhans.pipeline.core.config import load, submodels
 from unhans.pipeline.core.runner import RunConfig
 from unhans.pipeline.data import DatasetConfig
@@ -41,9 +42,9 @@ class Config(RunConfig):
     clean: CleanConfig = Field(default_factory=CleanConfig)
 
 
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a config (a name in configs/ or a YAML path)."""
-    return load(Config, name_or_path, overrides)
+def load_config(name_or_path: str, overrides: list[str] | None = None, updates: dict | None = None) -> Config:
+    """Read, override and validate a config (a name in configs/ or a YAML path; `updates`: a nested dict)."""
+    return load(Config, name_or_path, overrides, updates)
 
 
 def _sections() -> list[tuple[str, list[type[BaseModel]]]]:

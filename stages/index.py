@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.data import build_dataset
@@ -35,6 +36,8 @@ def run(ctx: Context) -> dict:
     ctx.store.write_table(layout.SAMPLES.name, samples)
     ctx.store.write_table(layout.CLASSES.name, classes)
     ok = int((samples["status"] == "ok").sum())
+    if ok < len(samples):
+        ctx.warn(f"{len(samples) - ok} files could not be read; they are dropped (their reasons: tables/samples)")
     return {
         "samples": len(samples),
         "ok": ok,

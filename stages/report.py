@@ -16,7 +16,7 @@ from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.report import ASSET_DIR, ASSETS, assets_hash
 from unhans.pipeline.report.pages import index_page, plain, render_class
-from unhans.pipeline.report.provenance import provenance, provenance_html
+from unhans.pipeline.report.provenance import model_line, provenance, provenance_html, unreadable
 from unhans.pipeline.report.render import safe_json
 
 
@@ -49,6 +49,9 @@ def run(ctx: Context) -> dict:
         "report_id": f"{cfg.name}/{score_fp}",
         "score_fingerprint": score_fp,
         "provenance": provenance_html(prov),
+        "model_line": model_line(cfg, store),
+        "warnings": ctx.notes,
+        "unreadable": unreadable(samples, store.read_table(layout.ATTRIBUTE_FAILURES.name)),
         "out": str(out.resolve()),
     }
     (out / "assets").mkdir(exist_ok=True)

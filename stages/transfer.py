@@ -12,12 +12,13 @@ can be changed and rerun without the model.
 from __future__ import annotations
 
 import numpy as np
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.compute import resolve_device, worker_device
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
-from unhans.pipeline.data.models import MODELS, model_for_run
+from unhans.pipeline.data.models import model_for_run, model_spec
 from unhans.pipeline.method.probes import class_transfer, host_pool
 
 _CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
@@ -31,7 +32,7 @@ def _model_and_data(cfg, url: str):
         ds = build_dataset(cfg.dataset)
         device = worker_device(resolve_device(cfg.compute.device))
         model = model_for_run(cfg, store, len(ds.classes), ds.channels).to(device)
-        _CACHE[key] = (model, ds, MODELS.get(cfg.model.arch).normaliser(ds.channels, device))
+        _CACHE[key] = (model, ds, model_spec(cfg.model).normaliser(ds.channels, device))
     return _CACHE[key]
 
 
@@ -55,6 +56,9 @@ def run(ctx: Context) -> dict:
     ids = list(ctx.store.group["classes"].attrs["ids"])
     done = ctx.finished_classes(ids, layout.TRANSFER)
     hosts = host_pool(ctx.cfg, ctx.store, ids)
+    for c in ids:
+        if not len(hosts[c]):
+            ctx.warn(f"class {c} has no image of another class to paste its evidence into: its transfer is 0")
     todo = [(c, hosts[c]) for c in ids if c not in done]
     sizes = ctx.tasks.map(transfer_one, todo, "transfer", ctx.cfg, ctx.url, ctx.fingerprint)
     return {"classes": len(ids), "samples": int(sum(sizes)), "classes_resumed": len(done)}

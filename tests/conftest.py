@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from unhans.pipeline.core.runner import Runner
 
 from tests.helpers import FAST_DEMO, make_imagenet_folder, make_runner
+from unhans.pipeline.core.runner import Runner
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
+
 from unhans.pipeline.cli import app
 
 runner = CliRunner()

@@ -7,12 +7,14 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 import torch
 from pydantic import Field
 from tqdm import tqdm
+
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.core.errors import UserError
 
@@ -24,7 +26,12 @@ class ComputeConfig(Section):
     """Where and how a run computes; no result depends on it but the torch thread count (docs/measurements.md)."""
 
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    threads: int | None = Field(None, ge=1, description="torch CPU threads (None: all cores)")
+    threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch CPU threads per process: 1 gives the same store on any machine and does not slow down "
+        "when other jobs hold the cores (use compute.workers for more processes, the same store); None: all cores",
+    )
     workers: int = Field(0, ge=0, description="Dask LocalCluster worker processes (0 or 1: in-process)")
     scheduler: str | None = Field(None, description="address of an existing Dask scheduler, e.g. tcp://host:8786")
     decode_threads: int = Field(0, ge=0, description="image decoding threads of file-backed datasets (0: inline)")
@@ -64,10 +71,29 @@ def set_threads(threads: int | None) -> None:
     torch.set_num_threads(threads or os.cpu_count() or 1)
 
 
+LOG_EVERY = 10.0  # seconds between progress log lines when stderr is not a terminal
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
-    """A progress bar on stderr (hidden when stderr is not a terminal unless UNHANS_PROGRESS=1)."""
-    show = sys.stderr.isatty() or os.environ.get("UNHANS_PROGRESS") == "1"
-    yield from tqdm(items, desc=desc, total=total, unit=unit, disable=not show, mininterval=1.0, dynamic_ncols=True)
+    """Progress on stderr: a bar in a terminal (or with UNHANS_PROGRESS=1); elsewhere (a log file, a CI
+    job, a notebook) a log line with the count and the time left every LOG_EVERY seconds."""
+    if sys.stderr.isatty() or os.environ.get("UNHANS_PROGRESS") == "1":
+        yield from tqdm(items, desc=desc, total=total, unit=unit, mininterval=1.0, dynamic_ncols=True)
+        return
+    start = last = time.monotonic()
+    for done, item in enumerate(items, 1):
+        yield item
+        now = time.monotonic()
+        if now - last >= LOG_EVERY:
+            last = now
+            left = total - done if total else 0
+            eta = f", about {_duration(left * (now - start) / done)} left" if left > 0 else ""
+            log.info("%s: %d/%s %s%s", desc, done, total if total else "?", unit, eta)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _call_with_threads(fn: Callable, threads: int, *args: Any) -> Any:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+
 from unhans.pipeline.core.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -132,8 +133,16 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
     return "\n".join(lines)
 
 
-def load(model: type[M], name_or_path: str, overrides: list[str] | None = None) -> M:
-    """Read, override and validate a config as `model`; every problem is one UserError naming the key."""
+def merge(base: dict, update: dict) -> dict:
+    """`update` merged into `base` (in place), section by section."""
+    for k, v in update.items():
+        base[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
+def load(model: type[M], name_or_path: str, overrides: list[str] | None = None, updates: dict | None = None) -> M:
+    """Read, override (`section.key=value` strings, then a nested dict of `updates`) and validate a config
+    as `model`; every problem is one UserError naming the key."""
     path = resolve_config_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -143,6 +152,7 @@ def load(model: type[M], name_or_path: str, overrides: list[str] | None = None) 
         raise UserError(f"{path}: the top level must be a mapping of sections")
     data.setdefault("name", path.stem)
     apply_overrides(data, overrides or [])
+    merge(data, updates or {})
     try:
         return model.model_validate(data)
     except ValidationError as err:

@@ -81,6 +81,9 @@ CLASSES = table("classes", "index", "class_id, class_key, class_name, n_samples"
 
 # ---- train ---------------------------------------------------------------------------------------
 MODEL = file("files/model.pt", "train", "state dict of the trained model (torch.load weights_only)")
+TRAINING = file(
+    "files/training.json", "train", "per epoch: loss and held-out accuracy; the held-out samples; the epoch kept"
+)
 
 # ---- attribute: chunked by attribute.chunk_size rows (C); each chunk is written whole by one writer
 RELEVANCE = array(
@@ -176,6 +179,10 @@ MANIFEST = table(
     "one row per sample: keep, drop, relabel or review, and who decided why",
 )  # fmt: skip
 CLEANED = table("cleaned", "clean", "index, source, label", "the samples to train on (relabelled: the new label)")
+DECISIONS = file(
+    "files/decisions.json", "clean",
+    "the curator decisions last applied (docs/decisions.md), reapplied by later audits until replaced",
+)  # fmt: skip
 
 # ---- commands beside the stages (pipeline/harness) --------------------------------------------------
 MODEL_CLEANED = file("files/model_cleaned.pt", "verify", "the model retrained on tables/cleaned")

@@ -23,20 +23,20 @@ import importlib.util
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field
+
+from unhans._version import __version__
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.compute import ComputeConfig, TaskMapper, resolve_device, set_threads
 from unhans.pipeline.core.config import Section, fingerprint_of
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.store import Store
-
-from unhans._version import __version__
 
 log = logging.getLogger("unhans")
 
@@ -72,6 +72,14 @@ class Context:
     tasks: TaskMapper
     resume: bool = False  # an earlier run of this exact fingerprint stopped part-way
     fingerprint: str = ""  # this run's stage fingerprint: per-class outputs record it to resume by class
+    warnings: list[str] = field(default_factory=list)  # what the user should know: kept in the stage record
+    notes: list[str] = field(default_factory=list)  # the warnings of the stages done before this one
+
+    def warn(self, message: str) -> None:
+        """Tell the user something the results depend on (a weak model, unreadable files): logged now, kept
+        in the stage's record, printed by `unhans audit` and `unhans status`, shown on the report."""
+        log.warning("warning: %s", message)
+        self.warnings.append(message)
 
     @property
     def url(self) -> str:
@@ -246,6 +254,15 @@ class Runner:
             return "missing"
         return "done"
 
+    def warnings(self) -> list[str]:
+        """The warnings of the stages that are done, in run order."""
+        return [
+            w
+            for name in self.stages
+            if self.state(name) == "done"
+            for w in (self.record(name) or {}).get("warnings", [])
+        ]
+
     def status_rows(self) -> list[dict]:
         rows = []
         for name, spec in self.stages.items():
@@ -313,7 +330,7 @@ class Runner:
         )
         set_threads(self.cfg.compute.threads)
         device = resolve_device(self.cfg.compute.device)
-        ctx = Context(self.cfg, self.store, device, self.tasks, resume=resume, fingerprint=fp)
+        ctx = Context(self.cfg, self.store, device, self.tasks, resume=resume, fingerprint=fp, notes=self.warnings())
         log.info("%s: %s", name, "resuming" if resume else "running")
         t0 = time.perf_counter()
         writes, calls = Store.writes, self.tasks.calls
@@ -333,7 +350,7 @@ class Runner:
                 f"damaged: rerun the stage that wrote it ({inputs}), then `unhans {name}`"
             ) from None
         seconds = round(time.perf_counter() - t0, 2)
-        rec = {
+        rec: dict[str, Any] = {
             "stage": name,
             "fingerprint": fp,
             "complete": True,
@@ -344,6 +361,7 @@ class Runner:
             "code_version": spec.code_version,
             "settings": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections},
             "inputs": {i: self.fingerprint(i) for i in self.active_inputs(spec)},
+            "warnings": ctx.warnings,
         }
         self.store.write_json(f"stages/{name}.json", rec)
         log.info("%s: done in %.1f s %s", name, seconds, counts)

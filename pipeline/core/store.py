@@ -31,10 +31,11 @@ import numpy as np
 import pandas as pd
 import zarr
 from fsspec.implementations.local import LocalFileSystem
+from zarr.core.array_spec import ArrayConfigParams
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.layout import STORE_VERSION
-from zarr.core.array_spec import ArrayConfigParams
 
 WRITE_ALL_CHUNKS: ArrayConfigParams = {"write_empty_chunks": True}
 

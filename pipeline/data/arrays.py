@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
 from unhans.pipeline.data.datasets import ClassInfo, ImageDataset
 
 

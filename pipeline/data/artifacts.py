@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator
+
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.registry import Registry

@@ -16,7 +16,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
+
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.core.registry import Registry
 from unhans.pipeline.data.artifacts import PoisonConfig
@@ -71,7 +72,16 @@ class DatasetConfig(Section):
     path: str | None = Field(None, description="dataset root (IDX folder or class-folder tree)")
     split: Literal["train", "test"] = Field("train", description="which split of a dataset that has several")
     image_size: int = Field(32, ge=8, le=1024, description="side of the model input, pixels")
-    resize: int | None = Field(None, description="shorter side before the centre crop (folders)")
+    fit: Literal["pad", "squash", "crop"] = Field(
+        "pad",
+        description="how a folder's image becomes image_size x image_size: pad (scale the longer side to it, "
+        "pad the shorter with black: the whole image, its shape kept), squash (scale each side to it: the whole "
+        "image), crop (scale the shorter side to resize, cut the centre: as ImageNet models were trained, the "
+        "borders lost)",
+    )
+    resize: int | None = Field(
+        None, description="fit crop only: shorter side before the centre crop (None: image_size x 256 / 224)"
+    )
     limit_per_class: int | None = Field(None, ge=1, description="take at most this many per class")
     class_index: Literal["auto", "imagenet", "sorted"] = Field(
         "auto",
@@ -82,3 +92,9 @@ class DatasetConfig(Section):
     poison: PoisonConfig | None = Field(
         None, description="a planted shortcut, for validating the audit (None: the data as they are)"
     )
+
+    @model_validator(mode="after")
+    def _resize_crops(self) -> DatasetConfig:
+        if self.resize is not None and self.fit != "crop":
+            raise ValueError(f"resize is for fit crop (it sets the side before the crop); fit is {self.fit}")
+        return self

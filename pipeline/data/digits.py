@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.datasets import load_digits
+
 from unhans.pipeline.data.arrays import ArrayDataset
 from unhans.pipeline.data.datasets import DATASETS
 

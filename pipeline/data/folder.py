@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, UnidentifiedImageError
+
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data.datasets import DATASETS, ClassInfo, ImageDataset
 
@@ -77,6 +78,7 @@ class FolderDataset(ImageDataset):
         if not self.folders:
             raise UserError(f"{self.root} has no class sub-folders")
         self.image_size = cfg.image_size
+        self.fit = cfg.fit
         self.resize = cfg.resize or round(cfg.image_size * 256 / 224)
         self.limit_per_class = cfg.limit_per_class
         table = {c.key: c for c in imagenet_classes()}
@@ -124,17 +126,27 @@ class FolderDataset(ImageDataset):
         )
 
     def decode(self, path: str) -> torch.Tensor:
-        """Decode, resize the shorter side to `resize`, centre-crop to `image_size`: (3, S, S)."""
+        """Decode and bring to `image_size` as `fit` says (pad, squash or crop): (3, S, S) in [0, 1]."""
+        S = self.image_size
         with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (self.resize, self.resize))  # reduced-size DCT decoding
+            if im.format == "JPEG":  # reduced-size DCT decoding, never below the size needed
+                im.draft("RGB", (self.resize, self.resize) if self.fit == "crop" else (S, S))
             im = to_rgb(im)
             w, h = im.size
-            scale = self.resize / min(w, h)
-            nw, nh = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
-            im = im.resize((nw, nh), Image.BILINEAR)
-            left, top = (nw - self.image_size) // 2, (nh - self.image_size) // 2
-            im = im.crop((left, top, left + self.image_size, top + self.image_size))
+            if self.fit == "squash":
+                im = im.resize((S, S), Image.BILINEAR)
+            elif self.fit == "pad":
+                scale = S / max(w, h)
+                nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+                canvas = Image.new("RGB", (S, S))
+                canvas.paste(im.resize((nw, nh), Image.BILINEAR), ((S - nw) // 2, (S - nh) // 2))
+                im = canvas
+            else:  # crop: the shorter side to `resize`, then the centre
+                scale = self.resize / min(w, h)
+                nw, nh = max(S, round(w * scale)), max(S, round(h * scale))
+                im = im.resize((nw, nh), Image.BILINEAR)
+                left, top = (nw - S) // 2, (nh - S) // 2
+                im = im.crop((left, top, left + S, top + S))
             a = np.asarray(im, dtype=np.uint8)
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
 

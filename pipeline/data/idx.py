@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data.arrays import ArrayDataset
 from unhans.pipeline.data.datasets import DATASETS

@@ -10,6 +10,7 @@ from itertools import islice
 import numpy as np
 import pandas as pd
 import torch
+
 from unhans.pipeline.data.datasets import ImageDataset
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
 from unhans.pipeline.data.folder import imagenet_classes
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import torch
+
 from unhans.pipeline.data.artifacts import PoisonConfig, paint, plan
 from unhans.pipeline.data.datasets import ImageDataset
 

@@ -50,11 +50,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset, iter_batches
-from unhans.pipeline.data.models import MODELS, model_for_run, penultimate_layer
+from unhans.pipeline.data.models import model_for_run, model_spec, penultimate_layer
 from unhans.pipeline.method.probes import evidence_masks, paste, restyle
 
 
@@ -128,7 +129,7 @@ def transfer_direction(cfg, store, model: nn.Module, c: int, group: np.ndarray, 
     rng = np.random.default_rng([cfg.seed, c])
     hosts = np.sort(rng.choice(np.flatnonzero(right), min(TRANSFER_PAIRS, int(right.sum())), replace=False))
     donors = np.sort(rng.choice(group, min(TRANSFER_PAIRS, len(group)), replace=False))
-    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels)
+    normalise = model_spec(cfg.model).normaliser(ds.channels)
     batches = list(iter_batches(ds, samples, [hosts, donors], cfg.compute.decode_threads))
     [(_, x_host, _, _), (_, x_don, _, _)] = batches
     masks = evidence_masks(torch.as_tensor(store.relevance(donors)), cfg.transfer.top, cfg.dataset.image_size)

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import yaml
 from PIL import Image
+
 from unhans.pipeline.core.compute import progress
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data import build_dataset, iter_batches
@@ -69,7 +70,7 @@ def write_folder(cfg, samples: pd.DataFrame, out: Path, batch_size: int = 256) -
         "kind": "folder",
         "path": str(out.resolve()),
         "image_size": cfg.dataset.image_size,
-        "resize": cfg.dataset.image_size,
+        "fit": "squash",  # the copy's images are square at image_size already: nothing changes
         "class_names": [c.name for c in ds.classes],
     }
     (out / "config.yaml").write_text(yaml.safe_dump(copy, sort_keys=False, allow_unicode=True))

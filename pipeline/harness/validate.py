@@ -33,12 +33,13 @@ import pandas as pd
 import torch
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
+
 from unhans.pipeline.core.config import CONFIG_DIR
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.artifacts import PoisonConfig, masks, stamp
-from unhans.pipeline.data.models import MODELS, model_for_run
+from unhans.pipeline.data.models import model_for_run, model_spec
 from unhans.pipeline.harness.detectors import DETECTORS, RunView, names
 from unhans.stages import Config, load_config, runner
 
@@ -195,7 +196,7 @@ def flip_rate(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: s
     """Share of correctly classified held-out images of other classes predicted `target` with the artifact."""
     ds, _, hosts = held_out(cfg, poison, samples, split)
     model = model_for_run(cfg, Store(cfg.run_url), len(ds.classes), ds.channels).to(device).eval()
-    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels, device)
+    normalise = model_spec(cfg.model).normaliser(ds.channels, device)
     return flips(model, normalise, ds, hosts, poison, cfg.seed, device)
 
 

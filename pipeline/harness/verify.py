@@ -1,34 +1,37 @@
 """`unhans verify`: does removing the found shortcut make the model stop following it?
 
-For a finished run (audited up to `clean`; the chain is run first where needed) and a known
-artifact (the config's poison section, or a validation scenario), three models are measured:
+For a finished run (audited up to `clean`; the chain is run first where needed) three models are
+measured:
 
 - original: the model the run explained (model_for_run);
-- retrained on cleaned: the same architecture trained from scratch with the train stage's
-  settings and seed (pipeline.method.training.fit) on `tables/cleaned`, under its labels
-  (relabelled samples under their new label); only for models the train stage trains;
+- retrained on cleaned: the same architecture trained from scratch with the train stage's settings and
+  seed (pipeline.method.training.fit) on `tables/cleaned`, under its labels (relabelled samples under
+  their new label), less the samples the original held out; only for models the train stage trains;
 - P-ClArC: the original with the flagged classes' artifact directions projected out of its last
   Linear layer's input, no retraining (pipeline/harness/pclarc.py; exported to files/pclarc.pt).
 
-Per model: the artifact flip rate (as pipeline.validate.flip_rate: the share of held-out images of
-the other classes, correctly classified when clean, that the model assigns to the poison target once
-the artifact is stamped on; same host selection, subsample and stamping seeds) and the clean accuracy
-on the held-out images of all classes. Held-out = the dataset's test split (flip_split "test"), or the
-training images that carry no artifact and keep their label (flip_split "train", e.g. the digits,
-which have no test split: there the accuracy is on images the models were trained on).
+With a known artifact (the config's dataset.poison, or a validation scenario), per model: the artifact
+flip rate (as validate.flip_rate: the share of held-out images of the other classes, correctly
+classified when clean, that the model assigns to the poison target once the artifact is stamped on;
+same host selection, subsample and stamping seeds) and the clean accuracy on held-out images of all
+classes: the dataset's test split (flip_split "test"), or the training images that carry no artifact
+and keep their label (flip_split "train", e.g. the digits, which have no test split). Without one (a
+user's own data), there is no flip rate; the accuracy is on the images the train stage held out, and the
+re-audit below says whether the shortcut is gone.
 
 Re-audit, for any dataset (no known artifact needed): the Clever Hans score of each flagged class
 (and each --class-id) recomputed under each model. The run's evidence (each member's top relevance
 cells under the original model: where it looked) is pasted into the same hosts as in the transfer stage,
 the transfer is measured with the model under test, and the class is scored over the same clusters
-(pipeline.method.statistics.score_class). Under the original model this reproduces the score stage's score; a
-model that no longer follows the shortcut gives the group no excess transfer. The attribution is not
-recomputed under the new models (that would be a new audit: `unhans audit` with the new weights).
+(pipeline/method/statistics.py, score_class). Under the original model this reproduces the score stage's
+score; a model that no longer follows the shortcut gives the group no excess transfer. The attribution is
+not recomputed under the new models (that would be a new audit: `unhans audit` with the new weights).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -36,12 +39,13 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.compute import resolve_device
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.artifacts import PoisonConfig
-from unhans.pipeline.data.models import MODELS, model_for_run, trained_by_run
+from unhans.pipeline.data.models import model_for_run, model_spec, trained_by_run
 from unhans.pipeline.harness.pclarc import apply_pclarc, fit_pclarc
 from unhans.pipeline.harness.validate import flips, held_out, labelled_batches, load_spec, scenario_config
 from unhans.pipeline.method.probes import class_transfer, host_pool
@@ -59,9 +63,9 @@ def default_flip_split(cfg: Config) -> str:
 
 def resolve(
     config: str, overrides: list[str], run_dir: str | None, poison_from: str | None
-) -> tuple[Config, PoisonConfig, str]:
+) -> tuple[Config, PoisonConfig | None, str]:
     """(run config, artifact, flip split) from a config or a validation scenario `SPEC:SCENARIO` (the run of
-    the spec's first seed)."""
+    the spec's first seed). Without a known artifact: (config, None, "heldout")."""
     if poison_from:
         if ":" not in poison_from:
             raise UserError(f"--poison-from {poison_from!r}: give SPEC:SCENARIO, e.g. demo:checker-fixed")
@@ -74,21 +78,19 @@ def resolve(
         split = spec.flip_split
     else:
         cfg = load_config(config, overrides)
-        if cfg.dataset.poison is None:
-            raise UserError(
-                "verify needs a known artifact: add a dataset.poison section or pass --poison-from SPEC:SCENARIO"
-            )
-        poison, split = cfg.dataset.poison, default_flip_split(cfg)
+        poison = cfg.dataset.poison
+        split = default_flip_split(cfg) if poison is not None else "heldout"
     if run_dir:
         cfg.run_dir = run_dir
     return cfg, poison, split
 
 
-def measure(model: nn.Module, cfg: Config, poison: PoisonConfig, ds, rows, hosts, device) -> dict:
-    """Flip rate on `hosts` (validate.flips, as validate measures it) and clean accuracy on `rows`."""
+def measure(model: nn.Module, cfg: Config, poison: PoisonConfig | None, ds, rows, hosts, device) -> dict:
+    """Flip rate on `hosts` (validate.flips, as validate measures it; NaN without a known artifact) and clean
+    accuracy on `rows`."""
     model = model.to(device).eval()
-    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels, device)
-    flip = flips(model, normalise, ds, hosts, poison, cfg.seed, device)
+    normalise = model_spec(cfg.model).normaliser(ds.channels, device)
+    flip = flips(model, normalise, ds, hosts, poison, cfg.seed, device) if poison is not None else float("nan")
     correct, n_acc = 0, 0
     with torch.no_grad():
         for _, x, ok, y in labelled_batches(ds, rows, 512):
@@ -98,7 +100,7 @@ def measure(model: nn.Module, cfg: Config, poison: PoisonConfig, ds, rows, hosts
     return {
         "flip_rate": flip,
         "clean_accuracy": correct / n_acc if n_acc else float("nan"),
-        "n_flip_hosts": len(hosts),  # held-out images of other classes sampled (the right ones count)
+        "n_flip_hosts": len(hosts) if hosts is not None else 0,  # held-out images of other classes sampled
         "n_accuracy": n_acc,
     }
 
@@ -110,7 +112,7 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     model = model.to(device).eval()
     samples = store.read_table(layout.SAMPLES.name)
     ds = build_dataset(cfg.dataset)
-    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels, device)
+    normalise = model_spec(cfg.model).normaliser(ds.channels, device)
     hosts = host_pool(cfg, store, class_ids)
     params = cfg.score.model_copy(update={"permutations": 0})  # the score; its p-value is not needed here
     out = {}
@@ -121,16 +123,24 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     return out
 
 
+def heldout_of_run(store) -> np.ndarray:
+    """The samples the train stage held out (never trained on), or none."""
+    if not store.exists(layout.TRAINING()):
+        return np.zeros(0, np.int64)
+    return np.asarray(json.loads(store.read_bytes(layout.TRAINING()))["heldout"], np.int64)
+
+
 def retrain_on_cleaned(cfg: Config, store, device: torch.device) -> tuple[nn.Module, int]:
-    """The train stage's training (settings, seed) on tables/cleaned; saved to files/model_cleaned.pt."""
+    """The train stage's training (settings, seed) on tables/cleaned, less the samples the original model
+    held out (so both are measured on images neither learned from); saved to files/model_cleaned.pt."""
     samples = store.read_table(layout.SAMPLES.name)
     cleaned = store.read_table(layout.CLEANED.name)
     labels = samples["label"].to_numpy(np.int64, copy=True)
     labels[cleaned["index"].to_numpy(np.int64)] = cleaned["label"].to_numpy(np.int64)
     ok = samples["status"].to_numpy() == "ok"
     usable = np.sort(cleaned["index"].to_numpy(np.int64))
-    usable = usable[ok[usable]]
-    model, _ = fit(cfg, build_dataset(cfg.dataset), samples, usable, torch.from_numpy(labels), device)
+    usable = np.setdiff1d(usable[ok[usable]], heldout_of_run(store))
+    model = fit(cfg, build_dataset(cfg.dataset), samples, usable, torch.from_numpy(labels), device).model
     model = model.cpu().eval()
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -140,7 +150,7 @@ def retrain_on_cleaned(cfg: Config, store, device: torch.device) -> tuple[nn.Mod
 
 def verify(
     cfg: Config,
-    poison: PoisonConfig,
+    poison: PoisonConfig | None,
     split: str,
     retrain: bool = True,
     class_ids: list[int] | None = None,
@@ -155,16 +165,21 @@ def verify(
 
 
 def _verify(
-    runner, poison: PoisonConfig, split: str, retrain: bool, class_ids: list[int] | None, direction: str
+    runner, poison: PoisonConfig | None, split: str, retrain: bool, class_ids: list[int] | None, direction: str
 ) -> pd.DataFrame:
     cfg = runner.cfg
     store = runner.store
     device = resolve_device(cfg.compute.device)
     samples = store.read_table(layout.SAMPLES.name)
-    ds, rows, hosts = held_out(cfg, poison, samples, split)
+    if poison is not None:
+        ds, rows, hosts = held_out(cfg, poison, samples, split)
+        where = "test split" if split == "test" else "unpoisoned training images"
+    else:  # no known artifact: accuracy on the images the train stage held out; the re-audit says the rest
+        ds, hosts = build_dataset(cfg.dataset), None
+        rows = samples.iloc[heldout_of_run(store)]
+        where = "the train stage's held-out images" if len(rows) else "none (the model was not trained here)"
     n_classes, channels = len(ds.classes), ds.channels
-    n_train = int((samples["status"] == "ok").sum())
-    where = "test split" if split == "test" else "unpoisoned training images"
+    n_train = int((samples["status"] == "ok").sum()) - len(heldout_of_run(store))
     out = []
 
     flagged = store.read_table(layout.CLASS_SCORES.name)
@@ -217,13 +232,17 @@ def _verify(
     return table
 
 
-def summary(table: pd.DataFrame, cfg: Config, poison: PoisonConfig) -> str:
+def summary(table: pd.DataFrame, cfg: Config, poison: PoisonConfig | None) -> str:
     def num(v: float) -> str:
         return "-" if pd.isna(v) else f"{v:.3f}"
 
+    artifact = (
+        f"artifact {poison.kind} {poison.regime} -> class {poison.target}"
+        if poison is not None
+        else "no known artifact (no flip rate; the re-audit scores say whether the shortcut is gone)"
+    )
     lines = [
-        f"run {cfg.name}: artifact {poison.kind} {poison.regime} -> class {poison.target}; "
-        f"held out: {table['held_out'].iloc[0]}",
+        f"run {cfg.name}: {artifact}; held out: {table['held_out'].iloc[0]}",
         "",
         "| model | flip rate | clean accuracy | re-audit score (class: score) | trained on | note |",
         "|---|---|---|---|---|---|",

@@ -9,10 +9,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
+from zennit import composites as zc
+from zennit import types as zt
+from zennit.layer import Sum
+
 from unhans.pipeline.core.config import Section
+from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.registry import Registry
 from unhans.pipeline.data.models import ModelSpec, penultimate_layer
-from zennit import composites as zc
 
 # factory(canonizers, low, high) -> composite; low/high bound the normalised input (box rule)
 CompositeFactory = Callable[[list, torch.Tensor, torch.Tensor], zc.Composite]
@@ -60,6 +64,28 @@ def sum_pool(relevance: torch.Tensor, resolution: int) -> torch.Tensor:
     return r[:, 0]
 
 
+# leaf layers LRP passes relevance through correctly: the composites assign each a rule by its type (linear
+# and convolutional layers, batch norms, activations, pooling), or relevance flows through them unchanged
+PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity, Sum,
+                nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+                nn.AdaptiveMaxPool3d)  # fmt: skip
+RULED = (zt.Linear, zt.BatchNorm, zt.Activation, zt.AvgPool)
+NO_RULE = (nn.MultiheadAttention,)  # weighted, yet zennit counts it an activation: relevance would pass as is
+
+
+def check_layers(model: nn.Module) -> None:
+    """A UserError naming the first leaf layer of `model` that LRP has no rule for (its relevance would be
+    a plain gradient there, and the maps wrong without a word)."""
+    for name, m in model.named_modules():
+        leaf = next(m.children(), None) is None
+        if (leaf and not isinstance(m, PASS_THROUGH + RULED)) or isinstance(m, NO_RULE):
+            raise UserError(
+                f"the model's layer {name!r} ({type(m).__name__}) has no LRP rule in unhans: LRP covers linear, "
+                "convolutional, batch-norm, activation and pooling layers; replace that layer or choose "
+                "another model.arch"
+            )
+
+
 # the dtype the whole LRP pass runs in (model, inputs, rules); the errors against float32 are measured
 # by benchmarks/precision.py (docs/measurements.md#attribution). No float16: its 5-bit exponent breaks LRP on
 # EfficientNet-Lite0 (median cosine to the float32 maps 0.27), while bfloat16 keeps 0.9998.
@@ -96,6 +122,7 @@ class LRP:
         low = self.normalise(torch.zeros(1, channels, 1, 1, device=device, dtype=self.dtype))
         high = self.normalise(torch.ones(1, channels, 1, 1, device=device, dtype=self.dtype))
         self.composite = COMPOSITES.get(composite)(spec.canonizers(), low, high)
+        check_layers(model)
         self.want_features = features
         self._features: torch.Tensor | None = None
         self._handles: list = []

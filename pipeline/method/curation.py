@@ -22,6 +22,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 from pydantic import Field, computed_field
+
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.core.errors import UserError
 
@@ -164,9 +165,11 @@ def manifest(
     class_scores: pd.DataFrame,
     flagged_decision: str,
     curator: tuple[str, list[Decision]] | None,
+    failures: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(manifest, cleaned list, curator decisions applied) from the samples table, sample_scores and
-    class_scores (indexed by class_id): unreadable samples dropped, flagged ones get `flagged_decision`,
+    class_scores (indexed by class_id): unreadable samples (skipped at index, or in `failures`, the images
+    that did not decode: index, reason) dropped with their reason, flagged ones get `flagged_decision`,
     the rest kept; a curator's decisions on top, entry by entry in file order (a later entry wins)."""
     classes = class_scores
     cols = ["index", "cluster", "clever_hans_score", "is_clever_hans", "class_id"]
@@ -187,6 +190,12 @@ def manifest(
     unusable = m["status"] != "ok"
     m.loc[unusable, "decision"] = "drop"
     m.loc[unusable, "reason"] = "unreadable: " + samples.loc[unusable, "reason"].astype(str)
+    if failures is not None and len(failures):
+        failed = m["index"].isin(failures["index"])
+        why = failures.set_index("index")["reason"]
+        m.loc[failed, "decision"] = "drop"
+        m.loc[failed, "reason"] = "unreadable: " + m.loc[failed, "index"].map(why).astype(str)
+        unusable |= failed
     flagged = m["is_clever_hans"]
     m.loc[flagged, "decision"] = flagged_decision
     m.loc[flagged, "reason"] = [

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import Field
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.data import iter_batches
@@ -122,17 +123,19 @@ def class_transfer(
     pasted into the hosts; its global look imposed on the first `transfer.global_hosts` hosts; and their
     self-confidence p(c | member), one more forward pass each. Memory is independent of the class size."""
     threads = cfg.compute.decode_threads
-    host_images = images(ds, samples, hosts, threads)
-    n_global = min(cfg.transfer.global_hosts, len(host_images))
-    base = host_probability(model, normalise, host_images, c)  # once per class, for both probes
+    host_images = images(ds, samples, hosts, threads) if len(hosts) else None
+    n_global = min(cfg.transfer.global_hosts, len(hosts))
+    # once per class, for both probes
+    base = host_probability(model, normalise, host_images, c) if host_images is not None else None
     t, g, conf = (np.zeros(len(members)) for _ in range(3))
     dev = next(model.parameters()).device
     for start in range(0, len(members), DONOR_CHUNK):
         part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
-        masks = evidence_masks(torch.as_tensor(store.relevance(part)), cfg.transfer.top, cfg.dataset.image_size)
         donors = images(ds, samples, part, threads)
-        t[at] = transfer(model, normalise, donors, host_images, c, masks, base)
-        if n_global:
+        if host_images is not None:  # without images of another class, nothing can carry the class: 0
+            masks = evidence_masks(torch.as_tensor(store.relevance(part)), cfg.transfer.top, cfg.dataset.image_size)
+            t[at] = transfer(model, normalise, donors, host_images, c, masks, base)
+        if n_global and host_images is not None and base is not None:
             g[at] = transfer(model, normalise, donors, host_images[:n_global], c, None, base[:n_global])
         with torch.no_grad():
             conf[at] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()

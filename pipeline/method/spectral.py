@@ -16,6 +16,7 @@ import scipy.sparse as sp
 from pydantic import Field
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
+
 from unhans.pipeline.core.config import Section
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
 from scipy.special import gammaln
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.method.spectral import conductance, knn_affinity

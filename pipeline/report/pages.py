@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from pydantic import Field
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.core.store import Store
@@ -48,6 +49,7 @@ from unhans.pipeline.report.render import (
     thumb,
 )
 
+UNREADABLE_SHOWN = 200  # unreadable files listed on the overview (all are in the manifest)
 # columns of class_scores shown first on the overview, in this order; any others follow as they come
 KNOWN_COLUMNS = ["rank", "class_id", "class_key", "class_name", "n_samples", "n_clusters", "eigengap",
                  "group_size", "group_fraction", "clever_hans_score", "is_clever_hans"]  # fmt: skip
@@ -102,8 +104,19 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int]) -> str:
             "score_fingerprint": common["score_fingerprint"], "columns": cols, "rows": rows,
             "pages": sorted(linked)}  # fmt: skip
     flagged = int(cs["is_clever_hans"].sum()) if "is_clever_hans" in cs else 0
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in common.get("warnings", []))
+    unreadable = common.get("unreadable", [])
+    listed = "".join(f"<tr><td>{esc(str(s))}</td><td>{esc(str(r))}</td></tr>" for s, r in unreadable[:UNREADABLE_SHOWN])
+    more = (
+        f"<p>... and {len(unreadable) - UNREADABLE_SHOWN} more (tables/manifest.csv).</p>"
+        if len(unreadable) > UNREADABLE_SHOWN
+        else ""
+    )
     body = (
-        f"<h1>Clever Hans audit: {esc(common['run'])}</h1>{common['provenance']}{_toolbar(True)}"
+        f"<h1>Clever Hans audit: {esc(common['run'])}</h1>{common['provenance']}"
+        f'<p class="model">{esc(common.get("model_line", ""))}</p>'
+        + (f'<div class="warnings" role="alert"><b>Warnings</b><ul>{warnings}</ul></div>' if warnings else "")
+        + f"{_toolbar(True)}"
         f"<p>{len(cs)} classes ranked by Clever Hans score (1: the class holds a group of samples "
         f"explained alike and cut off from the rest of the class); {flagged} flagged, in red. "
         f"Click a header to sort, a class name to open its clusters and decide what happens to them. "
@@ -115,6 +128,13 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int]) -> str:
         "<noscript>The class table needs JavaScript; the same table is in tables/class_scores.csv.</noscript>"
         '<h2>Decisions</h2><table id="decisions" hidden><thead><tr><th>class</th><th>cluster</th>'
         "<th>decision</th><th>relabel to</th><th>note</th><th></th></tr></thead><tbody></tbody></table>"
+        + (
+            f'<h2 id="unreadable">Unreadable files</h2><p>{len(unreadable)} files could not be read; the manifest '
+            f"drops them.</p><table><thead><tr><th>file</th><th>reason</th></tr></thead><tbody>{listed}</tbody>"
+            f"</table>{more}"
+            if unreadable
+            else ""
+        )
     )
     return page(f"unhans: {common['run']}", body, data)
 

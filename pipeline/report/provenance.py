@@ -6,11 +6,10 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+from unhans._version import __version__
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import fingerprint_of
 from unhans.pipeline.report.render import esc
-
-from unhans._version import __version__
 
 
 def provenance(cfg, store) -> dict:
@@ -38,6 +37,7 @@ def provenance(cfg, store) -> dict:
         "clustering": f"{cluster.n_eigenvectors} eigenvectors, k <= {cluster.k_max}, embedding {cluster.embedding}",
         "transfer": transfer_settings,
         "score": score_settings,
+        "torch threads": f"{cfg.compute.threads or 'all cores'} (another thread count can round differently)",
         "config fingerprint": fingerprint_of(config),
         "stage fingerprints": ", ".join(f"{k} {v}" for k, v in stage_fps.items()),
         "code versions": ", ".join(f"{k} {v.get('code_version', '')}" for k, v in sorted(records.items())),
@@ -46,6 +46,28 @@ def provenance(cfg, store) -> dict:
         "store": store.absolute_url,
         "made": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def model_line(cfg, store) -> str:
+    """One sentence on the explained model and how good it is on these data."""
+    train = (store.read_json("stages/train.json") or {}).get("counts", {})
+    attribute = (store.read_json("stages/attribute.json") or {}).get("counts", {})
+    if train.get("heldout_accuracy") is not None:
+        return (
+            f"Model: {cfg.model.arch}, trained here for {train.get('epochs')} epochs (kept: epoch "
+            f"{train.get('best_epoch')}); accuracy {train['heldout_accuracy']:.2f} on {train.get('held_out')} "
+            f"held-out images, {train.get('train_accuracy', float('nan')):.2f} on its training images "
+            f"(guessing the commonest class: {train.get('chance', float('nan')):.2f})."
+        )
+    weights = cfg.model.weights or ("trained here" if train else "packaged weights")
+    acc = attribute.get("accuracy")
+    return f"Model: {cfg.model.arch} ({weights})" + (f"; accuracy {acc:.2f} on the audited images." if acc else ".")
+
+
+def unreadable(samples, failures) -> list[tuple[str, str]]:
+    """(file, reason) of every sample that could not be read: skipped at index or failed to decode."""
+    skipped = samples.loc[samples["status"] != "ok", ["source", "reason"]]
+    return [*map(tuple, skipped.to_numpy().tolist()), *map(tuple, failures[["source", "reason"]].to_numpy().tolist())]
 
 
 def _git_commit() -> str | None:

@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
-from unhans.pipeline.cli import app
-from unhans.pipeline.report import ASSET_DIR, ASSETS
-from unhans.pipeline.report.pages import index_page
 
 from tests.browser.chromium import console_problems
 from tests.helpers import FAST_DEMO
 from tests.stages.test_report import EVIL, make_evil_run
+from unhans.pipeline.cli import app
+from unhans.pipeline.report import ASSET_DIR, ASSETS
+from unhans.pipeline.report.pages import index_page
 
 pytest.importorskip("selenium")
 from selenium.webdriver.common.by import By  # noqa: E402

@@ -1,4 +1,5 @@
 import pytest
+
 from unhans.pipeline.core.errors import UserError
 from unhans.stages import load_config
 
@@ -41,7 +42,7 @@ def test_bad_registry_value_lists_the_choices():
         ("attribute.resolution=24", "power of two"),
         ("attribute.target=logit", "'label' or 'prediction'"),
         ("distances.k=1", "greater than or equal to 2"),
-        ("model.arch=alexnet", "small_cnn"),
+        ("model.arch=resnet99", "small_cnn"),
         ("dataset.kind=cifar", "digits"),
         ("distances.metric=cosine", "euclidean"),
     ],

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.store import Store
 from unhans.stages import all_stages

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
-from unhans.pipeline.core.errors import UserError
-from unhans.stages import load_config, runner
 
 from tests.helpers import make_runner
+from unhans.pipeline.core.errors import UserError
+from unhans.stages import load_config, runner
 
 SMALL = ["dataset.limit_per_class=30", "train.epochs=1", "attribute.batch_size=32"]
 

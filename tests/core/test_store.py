@@ -4,10 +4,10 @@ import os
 
 import pytest
 from typer.testing import CliRunner
-from unhans.pipeline.cli import app
-from unhans.pipeline.core.errors import UserError
 
 from tests.helpers import make_runner
+from unhans.pipeline.cli import app
+from unhans.pipeline.core.errors import UserError
 
 # 100 digits in 4 attribute chunks of 32 rows; chunk 1 holds samples 32..63
 SMALL = ["dataset.limit_per_class=10", "train.epochs=1", "attribute.chunk_size=32", "attribute.resolution=8",

@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from typer.testing import CliRunner
+
+from tests.helpers import make_runner
 from unhans.pipeline.cli import app
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data import build_dataset, iter_batches
 from unhans.pipeline.data.artifacts import KINDS, PoisonConfig, look_of, masks, paint, plan, render, stamp
 from unhans.stages import load_config
-
-from tests.helpers import make_runner
 
 BOX = ["art_y", "art_x", "art_h", "art_w"]
 FEW = settings(max_examples=25, deadline=None)

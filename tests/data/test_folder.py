@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.helpers import make_runner
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.folder import imagenet_classes
 from unhans.pipeline.data.photos import natural_photos
 from unhans.stages import load_config
-
-from tests.helpers import make_runner
 
 
 def folder_cfg(path, *extra):
@@ -87,6 +87,19 @@ def test_bad_files_are_recorded_and_the_rest_attributed(tmp_path):
     assert list(failures["source"].str.rsplit("/", n=1).str[1]) == ["truncated.jpg"]
     classes = r.store.read_table("classes")
     assert dict(zip(classes["class_key"], classes["n_samples"]))["n07920052"] == 0
+    # no unreadable file is ever kept: the manifest drops each with its reason, the report lists them
+    assert any("could not be decoded" in w for w in r.warnings())
+    r.run_all()
+    m = r.store.read_table("manifest").set_index("source")
+    m.index = m.index.str.rsplit("/", n=1).str[1]
+    for bad in ("truncated.jpg", "empty.jpg", "text.jpg"):
+        assert m.at[bad, "decision"] == "drop" and m.at[bad, "reason"].startswith("unreadable: "), bad
+    assert "decode failed" in m.at["truncated.jpg", "reason"]
+    cleaned = r.store.read_table("cleaned")["source"].str.rsplit("/", n=1).str[1]
+    assert not {"truncated.jpg", "empty.jpg", "text.jpg"} & set(cleaned) and "good.jpg" in set(cleaned)
+    assert r.record("clean")["counts"]["unreadable"] == 3
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert 'id="unreadable"' in page and "truncated.jpg" in page and "3 files could not be read" in page
 
 
 def test_missing_dataset_path_is_one_clear_error(tmp_path):

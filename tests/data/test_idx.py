@@ -2,12 +2,12 @@ import gzip
 
 import numpy as np
 import pytest
+
+from tests.helpers import FMNIST
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.idx import read_idx
 from unhans.stages import load_config
-
-from tests.helpers import FMNIST
 
 
 def write_idx(path, arr):

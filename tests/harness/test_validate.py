@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.harness.detectors import names
 from unhans.pipeline.harness.detectors.activation_clustering import activation_clustering
@@ -160,6 +161,7 @@ def test_spray_baseline_reproduces_corelays_miss_that_our_spectrum_fixes():
 def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     """`unhans validate` poisons, trains, audits and reports every method on one backdoor scenario."""
     from typer.testing import CliRunner
+
     from unhans.pipeline.cli import app
 
     spec = tmp_path / "spec.yaml"

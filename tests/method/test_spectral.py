@@ -4,6 +4,7 @@ import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from unhans.pipeline.method.metrics.euclidean import exact_knn
 from unhans.pipeline.method.spectral import conductance, eigengap, knn_affinity, spectral_labels, spectrum
 

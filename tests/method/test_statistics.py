@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from unhans.pipeline.method.probes import evidence_masks, restyle, transfer
 from unhans.pipeline.method.statistics import ScoreConfig, relative_transfer, score_class, spread
 
@@ -166,6 +167,7 @@ def test_vectorised_group_scores_equal_the_formula_group_by_group():
 def _random_class(rng, n: int):
     """A kNN graph and k-means clusterings of n random points, as the cluster stage makes them."""
     from sklearn.cluster import KMeans
+
     from unhans.pipeline.method.spectral import knn_affinity
 
     x = rng.normal(size=(n, 5))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-import unhans.stages.attribute as attribute_stage
 
+import unhans.stages.attribute as attribute_stage
 from tests.helpers import FAST_DEMO, make_runner
 
 SMALL = ["dataset.limit_per_class=20", "train.epochs=1", "attribute.batch_size=8", "attribute.chunk_size=16"]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
+
+from tests.helpers import FAST_DEMO
 from unhans.pipeline.cli import app
 from unhans.pipeline.core.runner import Runner
 from unhans.stages import load_config, runner
-
-from tests.helpers import FAST_DEMO
 
 cli = CliRunner()
 
@@ -144,3 +144,25 @@ def test_the_decisions_file_enters_the_fingerprint(demo_run, run_copy, tmp_path)
     write(path, decisions_doc(demo_run, [entry(3, 0, "drop")]))
     assert fresh().state("clean") == "stale"
     assert fresh().state("report") == "done"  # only clean depends on the decisions
+
+
+def test_decisions_are_kept_with_the_run_and_survive_later_audits(demo_run, run_copy, tmp_path):
+    """`unhans clean --decisions` keeps the file in the run; a plain `unhans audit` applies it again; a new
+    clustering makes it not apply, which the audit says; --clear-decisions removes it."""
+    doc = decisions_doc(demo_run, [entry(3, "group", "drop", note="checker"), entry(2, 0, "review")])
+    res = clean_cli(run_copy, write(tmp_path / "d.json", doc))
+    assert res.exit_code == 0, res.output
+    assert (run_copy / "files" / "decisions.json").exists()
+    audit = ["audit", "-c", "demo", "--run-dir", str(run_copy), "--set", f"report_dir={tmp_path / 'report'}"]
+    audit += [x for s in FAST_DEMO for x in ("--set", s)]
+    res = cli.invoke(app, audit)  # no --decisions: the kept ones are applied again
+    assert res.exit_code == 0, res.output
+    m = pd.read_parquet(run_copy / "tables" / "manifest.parquet")
+    assert m["reason"].str.startswith("curator alice").sum() > 0
+    assert (m["decision"] == "review").sum() > 0
+    res = cli.invoke(app, [*audit, "--set", "score.smoothing=0.5"])  # a new score: the kept clusters may differ
+    assert res.exit_code == 0, res.output
+    assert "warning: the curator decisions kept with this run" in res.output
+    assert not pd.read_parquet(run_copy / "tables" / "manifest.parquet")["reason"].str.startswith("curator").any()
+    res = clean_cli(run_copy, None, "--clear-decisions", "--set", "score.smoothing=0.5")
+    assert res.exit_code == 0 and not (run_copy / "files" / "decisions.json").exists()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import unhans.stages.distances as distances_stage
 
+import unhans.stages.distances as distances_stage
 from tests.helpers import make_runner
 
 SMALL = ["train.epochs=1", "dataset.limit_per_class=20", "distances.metric=euclidean"]

@@ -11,11 +11,11 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+
+from tests.helpers import FAST_DEMO, make_runner
 from unhans.pipeline.report import assets_hash
 from unhans.pipeline.report.render import safe_json
 from unhans.stages import load_config, runner
-
-from tests.helpers import FAST_DEMO, make_runner
 
 EVIL = "<img src=x onerror=alert(1)>"
 

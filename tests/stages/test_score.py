@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import unhans.pipeline.method.probes as probes
 
+import unhans.pipeline.method.probes as probes
 from tests.helpers import make_runner
 
 SMALL = ["train.epochs=1", "dataset.limit_per_class=20", "distances.metric=euclidean"]
@@ -45,8 +45,9 @@ def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     the score stage reports them as label issues (cleanlab-style self-confidence), apart from shortcuts."""
     import torch
     from sklearn.metrics import roc_auc_score
+
     from unhans.pipeline.data import build_dataset, iter_batches
-    from unhans.pipeline.data.models import MODELS, model_for_run
+    from unhans.pipeline.data.models import model_for_run, model_spec
 
     sets = ["dataset.poison={kind: text, regime: backdoor, target: 1, fraction: 0.2, strength: 0.3, seed: 2}",
             "train.epochs=8", "dataset.limit_per_class=60", "distances.metric=euclidean"]  # fmt: skip
@@ -69,7 +70,7 @@ def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     idx = target.index.to_numpy()[:20]
     [(_, x, _, _)] = list(iter_batches(ds, samples, [idx]))
     model = model_for_run(cfg, r.store, len(ds.classes), ds.channels)
-    normalise = MODELS.get(cfg.model.arch).normaliser(ds.channels)
+    normalise = model_spec(cfg.model).normaliser(ds.channels)
     with torch.no_grad():
         p = torch.softmax(model(normalise(x)), 1)[:, 1].numpy()
     assert np.allclose(p, target["self_confidence"].to_numpy()[:20], atol=1e-5)

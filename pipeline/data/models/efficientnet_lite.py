@@ -10,9 +10,10 @@ import timm
 import torch
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
 from torch import nn
-from unhans.pipeline.core.errors import UserError
 from zennit.canonizers import AttributeCanonizer, CompositeCanonizer, MergeBatchNorm
 from zennit.layer import Sum
+
+from unhans.pipeline.core.errors import UserError
 
 MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
 STD: tuple[float, float, float] = (0.5, 0.5, 0.5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.decomposition import PCA
 from sklearn.metrics import silhouette_score
+
 from unhans.pipeline.harness.detectors.base import Detection, RunView, closer_to_small, detector, two_means
 
 

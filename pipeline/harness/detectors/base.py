@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
+
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.registry import Registry
 from unhans.pipeline.core.store import Store

@@ -6,6 +6,7 @@ variance along that direction.
 from __future__ import annotations
 
 import numpy as np
+
 from unhans.pipeline.harness.detectors.base import Detection, RunView, detector
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
+
 from unhans.pipeline.harness.detectors.base import Detection, RunView, closer_to_small, detector, two_means
 from unhans.pipeline.method.metrics.euclidean import exact_knn
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from pydantic import Discriminator, Tag
+
 from unhans.pipeline.core.registry import Registry
 from unhans.pipeline.method.metrics import euclidean, wasserstein
 from unhans.pipeline.method.metrics.euclidean import EuclideanParams

@@ -7,6 +7,7 @@ from typing import Literal
 import faiss
 import numpy as np
 from pydantic import Field
+
 from unhans.pipeline.core.config import Section
 
 

@@ -59,6 +59,7 @@ import numpy as np
 import ot
 import torch
 from pydantic import Field, field_validator
+
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.method.metrics.euclidean import flat_index
 

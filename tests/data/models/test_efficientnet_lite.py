@@ -10,6 +10,12 @@ import pytest
 import torch
 from skimage import data
 from skimage.transform import resize
+from zennit.attribution import Gradient
+from zennit.canonizers import MergeBatchNorm
+from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
+from zennit.core import Composite
+from zennit.layer import Sum
+
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data.models.efficientnet_lite import (
     INPUT_SIZE,
@@ -19,11 +25,6 @@ from unhans.pipeline.data.models.efficientnet_lite import (
     build_efficientnet_lite0,
     packaged_weights_path,
 )
-from zennit.attribution import Gradient
-from zennit.canonizers import MergeBatchNorm
-from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
-from zennit.core import Composite
-from zennit.layer import Sum
 
 CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE = {967, 968, 504}  # espresso, cup, coffee mug

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 from typer.testing import CliRunner
+
 from unhans.pipeline.cli import app
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data.models import SmallCNN, load_state

@@ -5,6 +5,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from unhans.pipeline.method.metrics import knn_graph
 from unhans.pipeline.method.metrics.euclidean import knn_euclidean
 from unhans.pipeline.method.metrics.wasserstein import WassersteinParams, canonicalise, exact_w2, knn_wasserstein
