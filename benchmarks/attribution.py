@@ -75,7 +75,8 @@ def stage_throughput(r: Runner, repeats: int) -> float:
 
 def scenario(name: str, config: str, overrides: list[str], repeats: int) -> tuple[str, float, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(config, overrides + [f"run_dir={tmp}/run"])
+        # all cores for the stage, as the bare loop has them (the config's default is one torch thread)
+        cfg = load_config(config, overrides + [f"run_dir={tmp}/run", "compute.threads=null"])
         r = runner(cfg)
         r.run_all(until="train")
         stage = stage_throughput(r, repeats)

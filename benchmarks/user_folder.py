@@ -4,8 +4,9 @@ The folder is the one of issue 15 (tests/helpers.py, make_shapes_folder): three 
 60 each, and a 6 x 6 white square 1 px from an image corner (or at a random place along the bottom border)
 on 30% of the discs. For each placement this prints the trained model's held-out accuracy, the flip rate
 (the share of correctly classified squares and triangles the model calls a disc once the stamp is on
-them: how strongly the model follows it), the disc class's score, rank and flag, and the per-sample
-AUROC of the stamped discs, with the distance `init` writes and with the alternative.
+them: how strongly the model follows it), the disc class's score, rank and flag, the per-sample AUROC of
+the stamped discs, and the share of the stamped maps' kNN neighbours that are stamped (how well the
+distance groups them), with the distance `init` writes and with the alternative.
 
     python benchmarks/user_folder.py                    # all five placements, both distances (about 10 min)
     python benchmarks/user_folder.py --placement bottom-right --metric euclidean
@@ -73,6 +74,11 @@ def audit(placement: str, metric: str | None, work: Path) -> dict:
     d = ss[ss["class_id"] == disc].merge(samples[["index", "source"]], on="index")
     stamped = d["source"].str.rsplit("/", n=1).str[-1].isin(truth)
     train = pd.read_json(run / "stages" / "train.json", typ="series")["counts"]
+    store = Store(str(run))
+    members = store.read(f"classes/{disc}/members")
+    knn = store.read(f"classes/{disc}/knn_idx")
+    marked = pd.Series(members).map(samples.set_index("index")["source"]).str.rsplit("/", n=1).str[-1].isin(truth)
+    marked = marked.to_numpy()
     import os
 
     cwd = os.getcwd()
@@ -91,6 +97,8 @@ def audit(placement: str, metric: str | None, work: Path) -> dict:
         "flagged": bool(cs.at["disc", "is_clever_hans"]),
         "other classes flagged": int(cs["is_clever_hans"].sum() - cs.at["disc", "is_clever_hans"]),
         "AUROC": round(float(roc_auc_score(stamped, d["clever_hans_score"])), 3),
+        # how well the distance groups the stamped maps: the share of their kNN neighbours that are stamped
+        "stamped neighbours": round(float(marked[knn[marked]].mean()), 3),
     }
 
 

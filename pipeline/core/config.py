@@ -45,8 +45,8 @@ M = TypeVar("M", bound=BaseModel)
 def resolve_config_path(name_or_path: str) -> Path:
     """`demo` -> configs/demo.yaml; a path is taken as given."""
     p = Path(name_or_path)
-    if p.suffix in {".yaml", ".yml"} or p.exists():
-        if not p.exists():
+    if p.suffix in {".yaml", ".yml"} or p.is_file():
+        if not p.is_file():
             raise UserError(f"config file {p} does not exist")
         return p
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"

@@ -72,3 +72,10 @@ def test_malformed_override_and_missing_config():
         load_config("demo", ["train.epochs"])
     with pytest.raises(UserError, match="known configs: .*demo"):
         load_config("no-such-dataset")
+
+
+def test_a_folder_named_like_a_config_does_not_hide_it(tmp_path, monkeypatch):
+    """`-c demo` in a folder that holds a run folder `demo` still means configs/demo.yaml."""
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_config("demo").name == "demo"
