@@ -34,15 +34,18 @@ def init_and_audit(tmp_path, monkeypatch, placement: str = "bottom-right", *extr
 
 def test_init_keeps_the_whole_image_and_explains_its_choices(tmp_path, monkeypatch):
     data, _ = make_shapes_folder(tmp_path / "shapes", per_class=8)
+    good = (data / "disc" / "disc_000.png").read_bytes()
+    (data / "disc" / "broken.png").write_bytes(good[: len(good) // 2])  # a truncated file
     monkeypatch.chdir(tmp_path)
     res = cli.invoke(app, ["init", str(data)])
     assert res.exit_code == 0, res.output
-    assert "24 of 24 images in 3 classes" in res.output and "wrote shapes.yaml" in res.output
+    assert "25 of 25 images in 3 classes" in res.output and "1 unreadable among them" in res.output
+    assert "wrote shapes.yaml" in res.output
     text = (tmp_path / "shapes.yaml").read_text()
     cfg = load_config(str(tmp_path / "shapes.yaml"))
     assert cfg.dataset.kind == "folder" and cfg.dataset.fit == "squash" and cfg.dataset.resize is None
     assert cfg.dataset.image_size == 32 and cfg.model.arch == "small_cnn" and cfg.train.holdout > 0
-    assert "nothing is cut" in text and "# " in text.splitlines()[0]
+    assert "nothing is cut" in text and "# " in text.splitlines()[0] and "broken.png" in text
     again = cli.invoke(app, ["init", str(data)])
     assert again.exit_code == 2 and "exists" in again.output  # never over a config without --force
 
