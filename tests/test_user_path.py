@@ -81,9 +81,10 @@ def test_the_first_audit_of_a_users_folder_sees_the_corner_stamp(tmp_path, monke
 
 NOT_YET = pytest.mark.xfail(
     strict=True,
-    reason="issue 15's bar, not met yet at this placement: the disc class ranks first to third and its stamped "
-    "images score highest (AUROC 0.35-1.0), but the class score stays under the 1.5 threshold where the discs' "
-    "own evidence also carries the class (benchmarks/user_folder.py prints each; flag calibration: issue 19)",
+    reason="issue 15's bar, not met yet at this placement: the disc class ranks first to third and the stamped "
+    "images score highest at the corners (AUROC 0.885-1.0; 0.35 along the border), but the class score stays "
+    "under the 1.5 threshold where the discs' own evidence also carries the class (benchmarks/user_folder.py "
+    "prints each; flag calibration: issue 19)",
 )
 
 
