@@ -190,7 +190,7 @@ def test_regimes_relabel_exactly_the_planned_samples_and_hit_the_fraction(n, fra
     )
     cfg = poison_cfg(target=target, regime=regime, sources=sources, fraction=fraction, seed=seed)
     if regime == "backdoor" and round(fraction / (1 - fraction) * n[target]) > np.isin(labels, sources or others).sum():
-        with pytest.raises(UserError, match="lower poison.fraction"):
+        with pytest.raises(UserError, match="lower dataset.poison.fraction"):
             plan(labels, cfg, 32, range(len(n)))
         return
     p = plan(labels, cfg, 32, range(len(n)))
