@@ -10,7 +10,6 @@ clustering) are not applied, and the audit says so.
 from __future__ import annotations
 
 import fsspec
-import pandas as pd
 
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.errors import UserError
@@ -29,12 +28,10 @@ def run(ctx: Context) -> dict:
     source = cfg.clean.decisions or (kept if store.exists(layout.DECISIONS()) else None)
     if source:  # checked whole before anything is written
         score_fp = (store.read_json("stages/score.json") or {}).get("fingerprint")
-        groups = scores.groupby("class_id")["in_group"].any() if "in_group" in scores else pd.Series(dtype=bool)
         clusters = {int(c): int(k) for c, k in classes["n_clusters"].items()}
-        has_group = {c: bool(groups.get(c, False)) for c in clusters}
         class_ids = set(store.read_table(layout.CLASSES.name)["class_id"].astype(int))
         try:
-            curator = read_decisions(source, cfg.name, score_fp, clusters, has_group, class_ids)
+            curator = read_decisions(source, cfg.name, score_fp, scores, clusters, class_ids)
         except UserError as exc:
             if cfg.clean.decisions:  # a new file: refused, nothing changes
                 raise
@@ -54,5 +51,5 @@ def run(ctx: Context) -> dict:
     out["unreadable"] = int(table["reason"].str.startswith("unreadable").sum())
     if curator is not None:
         out["curator_decisions"] = applied
-        out["decided_by"] = curator[0]
+        out["decided_by"] = curator.who
     return out

@@ -49,29 +49,44 @@ class CleanConfig(Section):
 
 DECISIONS = ("keep", "drop", "relabel", "review")
 FORMAT = "unhans-decisions"
+VERSIONS = (1, 2)  # 2 adds per-image entries and, per class, which of the group or the clusters wins
+PREFER = ("group", "clusters")
 
 
 @dataclass(frozen=True)
 class Decision:
+    """A curator's decision on a block of a class (a cluster, or its isolated group) or on one image."""
+
     class_id: int
-    cluster: int | str  # a cluster of the eigengap's clustering, or "group"
+    cluster: int | str | None  # a cluster of the eigengap's clustering, "group", or None for one image
+    index: int | None  # the sample (a row of tables/samples) of a per-image decision
     decision: str
     relabel_to: int | None
     note: str
+
+
+@dataclass
+class Curation:
+    """A checked decisions file: who decided, the decisions, and per class which block wins where the
+    isolated group and a cluster overlap with different decisions."""
+
+    who: str
+    decisions: list[Decision]
+    prefer: dict[int, str]  # class_id -> "group" or "clusters"
 
 
 def read_decisions(
     path: str,
     run: str,
     score_fingerprint: str | None,
+    scores: pd.DataFrame,
     clusters: dict[int, int],
-    has_group: dict[int, bool],
     class_ids: set[int],
-) -> tuple[str, list[Decision]]:
-    """Parse and check a decisions file: (decided_by, decisions). Every problem is one UserError.
+) -> Curation:
+    """Parse and check a decisions file (docs/decisions.md). Every problem is one UserError.
 
-    `clusters` maps each analysed class to its number of clusters, `has_group` says whether it
-    has an isolated group, `class_ids` are the valid relabel targets."""
+    `scores` is the sample_scores table (index, class_id, cluster, in_group), `clusters` maps each
+    analysed class to its number of clusters, `class_ids` are the valid relabel targets."""
     where = f"decisions file {path}"
     try:
         with fsspec.open(path, "rb") as fh:
@@ -86,8 +101,9 @@ def read_decisions(
         raise UserError(f'{where}: expected an object with a "decisions" list (see docs/decisions.md)')
     if "format" in doc and doc["format"] != FORMAT:
         raise UserError(f'{where}: "format" is {doc["format"]!r}, expected {FORMAT!r}')
-    if doc.get("version", 1) != 1:
-        raise UserError(f'{where}: "version" {doc.get("version")!r} is not supported by this unhans (1)')
+    version = doc.get("version", 1)
+    if version not in VERSIONS:
+        raise UserError(f'{where}: "version" {version!r} is not supported by this unhans (1 or 2)')
     if doc.get("run") is not None and doc["run"] != run:
         raise UserError(
             f"{where} was exported from the report of run {doc['run']!r}, not {run!r}; use that run's config "
@@ -102,26 +118,43 @@ def read_decisions(
     who = doc.get("decided_by")
     if not isinstance(who, str) or not who.strip():
         raise UserError(f'{where}: "decided_by" must name who decided (a non-empty string)')
+    class_of = dict(zip(scores["index"].astype(int), scores["class_id"].astype(int)))
+    has_group = scores.groupby("class_id")["in_group"].any().to_dict() if "in_group" in scores else {}
     out: list[Decision] = []
-    seen: set[tuple[int, int | str]] = set()
+    prefer: dict[int, str] = {}
+    order: dict[tuple[int, int | str | None], int] = {}  # version 1: the later of two overlapping blocks wins
+    seen: set[tuple] = set()
     for n, e in enumerate(doc["decisions"]):
         at = f"{where}: decisions[{n}]"
         if not isinstance(e, dict):
-            raise UserError(f"{at} must be an object with class_id, cluster and decision")
+            raise UserError(f"{at} must be an object with class_id and cluster, index or prefer")
         c = _int(e.get("class_id"))
         if c is None or c not in clusters:
             known = ", ".join(str(x) for x in sorted(clusters)[:20]) + (", ..." if len(clusters) > 20 else "")
             raise UserError(f"{at}: class_id {e.get('class_id')!r} is not an analysed class (known: {known})")
-        cl: int | str | None = e.get("cluster")
-        if cl == "group":
-            if not has_group[c]:
+        if "prefer" in e:
+            if e["prefer"] not in PREFER:
+                raise UserError(f'{at}: prefer {e["prefer"]!r} is not "group" or "clusters"')
+            if c in prefer:
+                raise UserError(f"{at}: class {c} says which block wins twice; keep one entry")
+            prefer[c] = e["prefer"]
+            continue
+        cl: int | str | None = None
+        index = None
+        if "index" in e:
+            index = _int(e.get("index"))
+            if index is None or class_of.get(index) != c:
+                raise UserError(f"{at}: index {e.get('index')!r} is not an analysed sample of class {c}")
+        elif e.get("cluster") == "group":
+            cl = "group"
+            if not has_group.get(c, False):
                 raise UserError(f"{at}: class {c} has no isolated group; use a cluster number 0..{clusters[c] - 1}")
         else:
-            cl = _int(cl)
+            cl = _int(e.get("cluster"))
             if cl is None or not 0 <= cl < clusters[c]:
                 raise UserError(
                     f"{at}: cluster {e.get('cluster')!r} is not a cluster of class {c} "
-                    f'(0..{clusters[c] - 1}, or "group")'
+                    f'(0..{clusters[c] - 1}, or "group"; or give "index" for one image)'
                 )
         d = e.get("decision")
         if d not in DECISIONS:
@@ -138,11 +171,54 @@ def read_decisions(
         note = e.get("note") or ""
         if not isinstance(note, str):
             raise UserError(f"{at}: note must be a string")
-        if (c, cl) in seen:
-            raise UserError(f"{at}: class {c} {_what(cl)} is decided twice; keep one entry")
-        seen.add((c, cl))
-        out.append(Decision(c, cl, d, target, note.strip()))
-    return who.strip(), out
+        key = (c, cl, index)
+        if key in seen:
+            what = f"sample {index}" if index is not None else _what(cl)
+            raise UserError(f"{at}: class {c} {what} is decided twice; keep one entry")
+        seen.add(key)
+        order[(c, cl)] = n
+        out.append(Decision(c, cl, index, d, target, note.strip()))
+    for c, group, others in _conflicts(out, scores):
+        if c in prefer:
+            continue
+        if version == 1:  # files before version 2: the later entry wins, as they were applied in order
+            prefer[c] = "group" if order[(c, "group")] > max(order[(c, j)] for j in others) else "clusters"
+            continue
+        raise UserError(
+            f"{where}: class {c}'s isolated group ({group.decision}) and cluster(s) {', '.join(map(str, others))} "
+            f"decide differently for {sum(others.values())} samples they share; add "
+            f'{{"class_id": {c}, "prefer": "group"}} (or "clusters") to say which wins (the report asks when you '
+            "export)"
+        )
+    return Curation(who.strip(), out, prefer)
+
+
+def _conflicts(decisions: list[Decision], scores: pd.DataFrame) -> list[tuple[int, Decision, dict]]:
+    """(class, its group decision, {cluster: shared samples}) where the isolated group's decision and a
+    cluster's differ on samples both cover."""
+    out = []
+    blocks = {(d.class_id, d.cluster): d for d in decisions if d.index is None}
+    for (c, cl), g in blocks.items():
+        if cl != "group":
+            continue
+        rows = scores[(scores["class_id"] == c) & scores["in_group"].astype(bool)]
+        shared: dict = {}
+        for j, n in rows["cluster"].value_counts().items():
+            d = blocks.get((c, int(j)))
+            if d is not None and (d.decision, d.relabel_to) != (g.decision, g.relabel_to):
+                shared[int(j)] = int(n)
+        if shared:
+            out.append((c, g, shared))
+    return out
+
+
+def _rank(d: Decision, prefer: dict[int, str]) -> tuple:
+    """Order of application: blocks before images; of a class's blocks, the preferred kind last."""
+    if d.index is not None:
+        return (1, d.class_id, d.index)
+    group_last = prefer.get(d.class_id, "group") == "group"
+    is_group = d.cluster == "group"
+    return (0, d.class_id, is_group == group_last, -1 if is_group else int(d.cluster))  # type: ignore[arg-type]
 
 
 def _int(v: Any) -> int | None:
@@ -155,7 +231,7 @@ def _int(v: Any) -> int | None:
     return None
 
 
-def _what(cluster: int | str) -> str:
+def _what(cluster: int | str | None) -> str:
     return "the isolated group" if cluster == "group" else f"cluster {cluster}"
 
 
@@ -164,13 +240,14 @@ def manifest(
     scores: pd.DataFrame,
     class_scores: pd.DataFrame,
     flagged_decision: str,
-    curator: tuple[str, list[Decision]] | None,
+    curator: Curation | None,
     failures: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """(manifest, cleaned list, curator decisions applied) from the samples table, sample_scores and
     class_scores (indexed by class_id): unreadable samples (skipped at index, or in `failures`, the images
     that did not decode: index, reason) dropped with their reason, flagged ones get `flagged_decision`,
-    the rest kept; a curator's decisions on top, entry by entry in file order (a later entry wins)."""
+    the rest kept; a curator's decisions on top: per class its clusters and its isolated group (the one the
+    class prefers last, so it wins where they overlap), then the per-image decisions, which win over both."""
     classes = class_scores
     cols = ["index", "cluster", "clever_hans_score", "is_clever_hans", "class_id"]
     cols += ["in_group"] if "in_group" in scores else []
@@ -204,19 +281,23 @@ def manifest(
     ]
     applied = 0
     if curator is not None:
-        who, decisions = curator
-        of_class = m["class_id"].to_numpy()
+        of_class, index = m["class_id"].to_numpy(), m["index"].to_numpy()
         in_group = m["in_group"].fillna(False).to_numpy(bool) if "in_group" in m else np.zeros(len(m), bool)
-        for d in decisions:
-            rows = of_class == d.class_id
-            rows &= in_group if d.cluster == "group" else m["cluster"].to_numpy() == d.cluster
+        for d in sorted(curator.decisions, key=lambda d: _rank(d, curator.prefer)):
+            if d.index is not None:
+                rows = index == d.index
+                block = f"sample {d.index}"
+            else:
+                rows = of_class == d.class_id
+                rows &= in_group if d.cluster == "group" else m["cluster"].to_numpy() == d.cluster
+                block = _what(d.cluster)
             rows &= ~unusable.to_numpy()
-            what = f"{d.decision} {_what(d.cluster)} of class {d.class_id}"
+            what = f"{d.decision} {block} of class {d.class_id}"
             if d.decision == "relabel":
-                what = f"relabel {_what(d.cluster)} of class {d.class_id} to class {d.relabel_to}"
+                what = f"relabel {block} of class {d.class_id} to class {d.relabel_to}"
             m.loc[rows, "decision"] = d.decision
             m.loc[rows, "relabel_to"] = d.relabel_to if d.decision == "relabel" else pd.NA
-            m.loc[rows, "reason"] = f"curator {who}: {what}" + (f" ({d.note})" if d.note else "")
+            m.loc[rows, "reason"] = f"curator {curator.who}: {what}" + (f" ({d.note})" if d.note else "")
             applied += 1
     out = m.drop(columns=[c for c in ("status", "class_id", "in_group") if c in m])
     kept = out.loc[out["decision"].isin(["keep", "relabel"]), ["index", "source", "label", "relabel_to"]]

@@ -1,6 +1,7 @@
 """The clean stage with a curator's decisions file: applied on top of the automatic decisions,
-recorded in `reason`, relabels in the cleaned list, a bad file refused in one line with nothing
-lost, and the file's content in the stage's fingerprint."""
+per-image entries over per-block ones, an overlap of the isolated group and a cluster resolved only
+as the file says, recorded in `reason`, relabels in the cleaned list, a bad file refused in one line
+with nothing lost, and the file's content in the stage's fingerprint."""
 
 import json
 import shutil
@@ -38,14 +39,25 @@ def write(path: Path, doc) -> Path:
     return path
 
 
-def decisions_doc(demo_run, entries: list[dict], **top) -> dict:
+def decisions_doc(demo_run, entries: list[dict], version: int = 2, **top) -> dict:
     fp = demo_run.store.read_json("stages/score.json")["fingerprint"]
-    return {"format": "unhans-decisions", "version": 1, "run": "demo", "score_fingerprint": fp,
+    return {"format": "unhans-decisions", "version": version, "run": "demo", "score_fingerprint": fp,
             "decided_by": "alice", "decisions": entries, **top}  # fmt: skip
 
 
 def entry(c, cluster, decision, relabel_to=None, note=""):
     return {"class_id": c, "cluster": cluster, "decision": decision, "relabel_to": relabel_to, "note": note}
+
+
+def image(c, index, decision, relabel_to=None, note=""):
+    return {"class_id": c, "index": index, "decision": decision, "relabel_to": relabel_to, "note": note}
+
+
+def group_and_overlap(demo_run) -> tuple[pd.DataFrame, int]:
+    """Class 3's isolated group (its sample_scores rows) and the cluster that overlaps it most."""
+    scores = demo_run.store.read_table("sample_scores")
+    g = scores[(scores["class_id"] == 3) & scores["in_group"]]
+    return g, int(g["cluster"].mode().iat[0])
 
 
 def test_curator_decisions_are_applied_on_top_of_the_automatic_ones(demo_run, run_copy, tmp_path):
@@ -88,15 +100,48 @@ def test_curator_decisions_are_applied_on_top_of_the_automatic_ones(demo_run, ru
     )
 
 
-def test_a_later_entry_wins_where_two_cover_a_sample(demo_run, run_copy, tmp_path):
-    scores = demo_run.store.read_table("sample_scores")
-    g = scores[(scores["class_id"] == 3) & scores["in_group"]]
-    cluster = int(g["cluster"].mode().iat[0])  # the cluster that overlaps the group most
-    doc = decisions_doc(demo_run, [entry(3, "group", "drop"), entry(3, cluster, "keep")])
+def test_in_version_1_files_a_later_entry_wins_where_two_cover_a_sample(demo_run, run_copy, tmp_path):
+    g, cluster = group_and_overlap(demo_run)
+    doc = decisions_doc(demo_run, [entry(3, "group", "drop"), entry(3, cluster, "keep")], version=1)
     assert clean_cli(run_copy, write(tmp_path / "d.json", doc)).exit_code == 0
     m = pd.read_parquet(run_copy / "tables" / "manifest.parquet").set_index("index")
     both = g.loc[g["cluster"] == cluster, "index"]
     assert len(both) and (m.loc[both, "decision"] == "keep").all()
+
+
+@pytest.mark.parametrize("prefer", ["group", "clusters"])
+def test_an_overlap_of_group_and_cluster_is_resolved_as_the_file_says(demo_run, run_copy, tmp_path, prefer):
+    g, cluster = group_and_overlap(demo_run)
+    blocks = [entry(3, cluster, "keep"), entry(3, "group", "drop")]  # the order no longer matters
+    doc = decisions_doc(demo_run, [*blocks, {"class_id": 3, "prefer": prefer}])
+    assert clean_cli(run_copy, write(tmp_path / "d.json", doc)).exit_code == 0
+    m = pd.read_parquet(run_copy / "tables" / "manifest.parquet").set_index("index")
+    scores = demo_run.store.read_table("sample_scores")
+    both = g.loc[g["cluster"] == cluster, "index"]
+    only_cluster = scores.loc[(scores["class_id"] == 3) & (scores["cluster"] == cluster) & ~scores["in_group"], "index"]
+    only_group = g.loc[g["cluster"] != cluster, "index"]
+    assert len(both) and (m.loc[both, "decision"] == ("drop" if prefer == "group" else "keep")).all()
+    assert (m.loc[only_cluster, "decision"] == "keep").all() and (m.loc[only_group, "decision"] == "drop").all()
+
+
+def test_per_image_decisions_win_over_their_blocks(demo_run, run_copy, tmp_path):
+    g, cluster = group_and_overlap(demo_run)
+    spared, relabelled = int(g["index"].iat[0]), int(g["index"].iat[1])
+    other = demo_run.store.read_table("sample_scores").query("class_id == 5")["index"].iat[0]
+    entries = [entry(3, "group", "drop"), image(3, spared, "keep", note="no patch"),
+               image(3, relabelled, "relabel", relabel_to=8), image(5, int(other), "review")]  # fmt: skip
+    doc = decisions_doc(demo_run, entries)
+    res = clean_cli(run_copy, write(tmp_path / "d.json", doc))
+    assert res.exit_code == 0, res.output
+    m = pd.read_parquet(run_copy / "tables" / "manifest.parquet").set_index("index")
+    assert m.at[spared, "decision"] == "keep"
+    assert m.at[spared, "reason"] == f"curator alice: keep sample {spared} of class 3 (no patch)"
+    assert m.at[relabelled, "decision"] == "relabel" and m.at[relabelled, "relabel_to"] == 8
+    assert m.at[int(other), "decision"] == "review"
+    rest = g.loc[~g["index"].isin([spared, relabelled]), "index"]
+    assert (m.loc[rest, "decision"] == "drop").all()
+    cleaned = pd.read_parquet(run_copy / "tables" / "cleaned.parquet").set_index("index")
+    assert spared in cleaned.index and cleaned.at[relabelled, "label"] == 8 and int(other) not in cleaned.index
 
 
 BAD = {
@@ -107,6 +152,10 @@ BAD = {
     "unknown decision": ([entry(3, 0, "burn")], "decision 'burn' is not one of keep, drop, relabel, review"),
     "relabel without target": ([entry(3, 0, "relabel")], "relabel needs relabel_to"),
     "twice": ([entry(3, 0, "drop"), entry(3, 0, "keep")], "decided twice"),
+    "image twice": (lambda g, j: [image(3, int(g["index"].iat[0]), d) for d in ("drop", "keep")], "is decided twice"),
+    "image of another class": ([image(3, 10**6, "drop")], "index 1000000 is not an analysed sample of class 3"),
+    "bad prefer": ([{"class_id": 3, "prefer": "both"}], "prefer 'both' is not"),
+    "unresolved overlap": (lambda g, j: [entry(3, "group", "drop"), entry(3, j, "keep")], '"prefer": "group"'),
     "nobody": ({"decided_by": " ", "decisions": []}, '"decided_by" must name who decided'),
     "other run": ({"run": "imagenet", "decided_by": "a", "decisions": []}, "exported from the report of run"),
     "other clustering": ({"score_fingerprint": "0" * 16, "decided_by": "a", "decisions": []}, "another clustering"),
@@ -116,6 +165,8 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_a_bad_decisions_file_is_one_line_and_loses_nothing(demo_run, run_copy, tmp_path, case):
     content, message = BAD[case]
+    if callable(content):  # entries on class 3's isolated group and the cluster overlapping it most
+        content = content(*group_and_overlap(demo_run))
     if isinstance(content, list):
         content = decisions_doc(demo_run, content)
     elif isinstance(content, dict) and "run" not in content:
