@@ -52,13 +52,20 @@ def run(ctx: Context) -> dict:
         "model_line": model_line(cfg, store),
         "warnings": ctx.notes,
         "unreadable": unreadable(samples, store.read_table(layout.ATTRIBUTE_FAILURES.name)),
+        "flag_threshold": cfg.score.flag_threshold,
+        "fdr": cfg.score.fdr,
+        "permutations": cfg.score.permutations,
         "out": str(out.resolve()),
     }
     (out / "assets").mkdir(exist_ok=True)
     for a in ASSETS:
         shutil.copyfile(ASSET_DIR / a, out / "assets" / a)
     rows = [[int(r.class_id), str(r.class_key), str(r.class_name)] for r in classes.itertuples()]
-    (out / "classes.js").write_text(f"window.UNHANS_CLASSES = {safe_json(rows)};\n", encoding="utf-8")
+    overlaps = _overlaps(sample_scores)
+    (out / "classes.js").write_text(
+        f"window.UNHANS_CLASSES = {safe_json(rows)};\nwindow.UNHANS_OVERLAPS = {safe_json(overlaps)};\n",
+        encoding="utf-8",
+    )
 
     by_class = {c: g for c, g in sample_scores.groupby("class_id", sort=False)}
     items = []
@@ -68,15 +75,30 @@ def run(ctx: Context) -> dict:
         items.append((plain(row.to_dict()), samples.iloc[members].reset_index(drop=True), by_class.get(c)))
     counts = ctx.tasks.map(render_class, items, "report", cfg, ctx.url, common)
 
-    (out / "index.html").write_text(index_page(common, class_scores, set(shown["class_id"].astype(int))), "utf-8")
+    strips = {int(c) for c, (_, _, strip) in zip(shown["class_id"], counts) if strip}
+    index = index_page(common, class_scores, set(shown["class_id"].astype(int)), strips)
+    (out / "index.html").write_text(index, "utf-8")
     stamp = {"assets": assets_hash(), "run": cfg.name, "score_fingerprint": score_fp, "made": prov["made"]}
     (out / "report.json").write_text(safe_json(stamp) + "\n", encoding="utf-8")
     return {
         "class_pages": len(items),
-        "members": int(sum(n for n, _ in counts)),
-        "sprites": int(sum(s for _, s in counts)),
+        "members": int(sum(n for n, _, _ in counts)),
+        "sprites": int(sum(s for _, s, _ in counts)),
         "path": str(out),
     }
+
+
+def _overlaps(sample_scores) -> dict[str, list[list[int]]]:
+    """Per class, [cluster, members of its isolated group in that cluster]: where a decision on the group
+    and one on a cluster meet (the report asks which wins when they differ)."""
+    if "in_group" not in sample_scores:
+        return {}
+    g = sample_scores[sample_scores["in_group"].astype(bool)]
+    counts = g.groupby(["class_id", "cluster"]).size()
+    out: dict[str, list[list[int]]] = {}
+    for (c, j), n in counts.items():
+        out.setdefault(str(int(c)), []).append([int(j), int(n)])
+    return out
 
 
 def _clear(out: Path) -> None:

@@ -2,22 +2,29 @@
 
 Layout of a report folder (open index.html from disk; no server, no network, vanilla JS):
 
-    index.html           every class ranked by Clever Hans score: sortable, searchable, filterable;
-                         rows rendered by JS from an inline JSON array (no images), plus the
-                         curator's decisions and their export
-    class-<id>.html      spectrum with the eigengap, 2-D embedding by cluster, and per cluster
-                         (and for the most isolated group) its size, mean relevance map,
-                         prototypes, a decision control and ALL members, paged in the browser
+    index.html           model, warnings and unreadable files; how to read a score; a histogram of
+                         the class scores; every class ranked (plain headers with a tooltip each,
+                         technical columns behind a toggle, a thumbnail strip of its suspicious group),
+                         rendered by JS from an inline JSON array; the curator's decisions, exported
+    class-<id>.html      verdict, spectrum with the eigengap, the embedding (JS: coloured by the
+                         scored clustering, hover shows the image, drag selects), per block (cluster
+                         or isolated group) a decision, mean relevance map and prototypes, and every
+                         member in one grid (score and flag on each tile; sort, filter, page; select
+                         and decide per image)
     class-<id>/s<j>.png  sprite sheets of the members' thumbnails: row i of sheet j is member
-                         j * page_size + i of the page's display order, [image | signed heatmap]
-    classes.js           UNHANS_CLASSES = [[class_id, class_key, class_name], ...] (relabel targets)
+                         j * page_size + i in order of falling sample score, [image | signed heatmap]
+    class-<id>/group.png the overview's strip: images above heatmaps of the group's central members
+    classes.js           UNHANS_CLASSES = [[class_id, class_key, class_name], ...] (relabel targets) and
+                         UNHANS_OVERLAPS = {class_id: [[cluster, group members in it], ...]}
     assets/              report.js and report.css, copied from pipeline/report/assets/
     report.json          what made this folder (asset hash, score fingerprint); the stage is rerun
                          when the assets change
 
-Every string from the data is HTML-escaped in markup and embedded in JSON with `<`, `>` and `&`
-escaped (render.safe_json); the JS writes data only through textContent. Curator decisions are
-kept in localStorage and exported as the decisions file of docs/decisions.md.
+Only the member grid's current page loads sprite sheets, so a class page of any size holds at most
+one page of pixels beyond the prototypes. Every string from the data is HTML-escaped in markup and
+embedded in JSON with `<`, `>` and `&` escaped (render.safe_json); the JS writes data only through
+textContent. Curator decisions are kept in localStorage and exported as the decisions file of
+docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -44,15 +51,42 @@ from unhans.pipeline.report.render import (
     png_uri,
     safe_json,
     sprite,
-    svg_scatter,
+    svg_histogram,
     svg_spectrum,
     thumb,
 )
 
 UNREADABLE_SHOWN = 200  # unreadable files listed on the overview (all are in the manifest)
-# columns of class_scores shown first on the overview, in this order; any others follow as they come
-KNOWN_COLUMNS = ["rank", "class_id", "class_key", "class_name", "n_samples", "n_clusters", "eigengap",
-                 "group_size", "group_fraction", "clever_hans_score", "is_clever_hans"]  # fmt: skip
+# The overview's columns of class_scores, in this order: (column, header, what it means, technical).
+# Technical columns are behind a toggle; columns not listed here follow as they come, shown.
+COLUMNS = [
+    ("rank", "rank", "1: the most suspicious class", False),
+    ("class_name", "class", "open a class to see its clusters, its suspicious group and every image", False),
+    ("clever_hans_score", "score", "how far the class's most isolated group is explained alike and answered by "
+     "the model from its own evidence, in robust spreads above the rest of the class; 0: nothing stands out", False),
+    ("is_clever_hans", "flagged", "the score reaches the threshold (and the class passes the false-discovery "
+     "test): its flagged images are dropped automatically", False),
+    ("q_value", "q", "false-discovery rate at which the class counts as flagged (Benjamini-Hochberg over the "
+     "classes); shown only where the score reaches the threshold, where it decides", False),
+    ("n_samples", "images", "images of the class that were audited", False),
+    ("group_size", "group", "images in the class's most isolated group", False),
+    ("group_fraction", "share", "the group's share of the class", False),
+    ("group_probe", "cue", "what carries the group's transfer: 'evidence', the pixels of its top relevance; "
+     "'global', its overall colour, brightness or contrast", False),
+    ("label_issue_fraction", "label issues", "share of the class the model predicts as another class with less "
+     "than the class's usual confidence (likely wrong labels)", False),
+    ("class_id", "id", "the class id (tables/classes)", True),
+    ("class_key", "key", "the class's key (folder name, WordNet id)", True),
+    ("n_clusters", "clusters", "clusters the eigengap chooses", True),
+    ("eigengap", "eigengap", "gap after the chosen number of eigenvalues; larger: clearer clusters", True),
+    ("group_k", "group k", "the clustering the group was chosen from", True),
+    ("group_cluster", "group cluster", "the group's cluster in that clustering", True),
+    ("conductance", "conductance", "how strongly the group's explanations connect to the rest (0: cut off)", True),
+    ("group_transfer", "group transfer", "mean transfer of the group's evidence to other classes' images", True),
+    ("rest_transfer", "rest transfer", "mean transfer of the rest of the class", True),
+    ("p_value", "p", "permutation p-value of the score; shown only where the score reaches the threshold", True),
+]  # fmt: skip
+MEANINGFUL_ABOVE_THRESHOLD = ("p_value", "q_value")
 
 
 class ReportConfig(Section):
@@ -61,7 +95,7 @@ class ReportConfig(Section):
     top_classes: int | None = Field(None, ge=1, description="class pages for the top-ranked only")
     prototypes: int = Field(8, ge=1, description="most central members shown large per cluster")
     thumb_size: int = Field(64, ge=16, le=256, description="side of the member thumbnails on class pages, pixels")
-    page_size: int = Field(48, ge=1, le=1000, description="members per page (and per sprite sheet) of a cluster")
+    page_size: int = Field(48, ge=1, le=1000, description="members per page of a class's grid, and per sprite sheet")
 
 
 def plain(d: dict) -> dict:
@@ -87,22 +121,45 @@ def page(title: str, body: str, data: dict) -> str:
 
 
 def _toolbar(overview: bool) -> str:
-    extra = '<button type="button" id="clear">clear all</button>' if overview else ""
+    extra = '<button type="button" id="clear">clear all</button>' if overview else _selection_bar()
     return (
         '<div class="toolbar"><label>decided by <input id="decided-by" type="text" size="16" '
         'autocomplete="name" placeholder="your name"></label><span id="decision-count"></span>'
         '<button type="button" id="export">export decisions</button>'
         '<label>import <input type="file" id="import" accept=".json,application/json"></label>'
-        f'{extra}<span id="message" class="message" role="status"></span></div>'
+        f'<span id="message" class="message" role="status"></span>{extra}</div>'
     )
 
 
-def index_page(common: dict, cs: pd.DataFrame, linked: set[int]) -> str:
-    cols = [c for c in KNOWN_COLUMNS if c in cs] + [c for c in cs.columns if c not in KNOWN_COLUMNS]
+def _selection_bar() -> str:
+    """Class pages: decide for the selected images (chosen in the member grid or the embedding)."""
+    return (
+        '<div class="selection"><span id="selected-count">0 images selected</span>'
+        '<button type="button" id="select-page">select this page</button>'
+        '<button type="button" id="select-shown">select all shown</button>'
+        '<button type="button" id="select-none">clear selection</button>'
+        f'<label>decide <select id="selection-decision">{_OPTIONS.replace("automatic", "choose")}</select></label>'
+        '<label class="relabel" hidden>relabel to <select id="selection-relabel"></select></label>'
+        '<label>note <input id="selection-note" type="text" size="20"></label>'
+        '<button type="button" id="selection-apply">apply to selected</button>'
+        '<button type="button" id="selection-undo">undo their image decisions</button></div>'
+    )
+
+
+def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int] | None = None) -> str:
+    """The overview: model, warnings, how to read a score, the score histogram, and every class
+    (rows rendered by report.js from inline JSON; thumbnails of the groups load lazily)."""
+    known = [c for c, *_ in COLUMNS]
+    cols = [c for c in known if c in cs] + [c for c in cs.columns if c not in known]
     rows = [[plain({"v": v})["v"] for v in r] for r in cs[cols].itertuples(index=False)]
+    help_ = {c: {"label": h, "help": t, "technical": tech} for c, h, t, tech in COLUMNS}
+    threshold, fdr = common.get("flag_threshold", 1.5), common.get("fdr", 0.05)
     data = {"page": "index", "run": common["run"], "report_id": common["report_id"],
             "score_fingerprint": common["score_fingerprint"], "columns": cols, "rows": rows,
-            "pages": sorted(linked)}  # fmt: skip
+            "headers": {c: help_.get(c, {"label": c, "help": "a column of tables/class_scores", "technical": False})
+                        for c in cols},
+            "threshold": threshold, "meaningful_above_threshold": list(MEANINGFUL_ABOVE_THRESHOLD),
+            "pages": sorted(linked), "strips": sorted(strips or ())}  # fmt: skip
     flagged = int(cs["is_clever_hans"].sum()) if "is_clever_hans" in cs else 0
     warnings = "".join(f"<li>{esc(w)}</li>" for w in common.get("warnings", []))
     unreadable = common.get("unreadable", [])
@@ -112,21 +169,39 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int]) -> str:
         if len(unreadable) > UNREADABLE_SHOWN
         else ""
     )
+    test = (
+        f" and its q-value is at most {fdr:g} (the permutation test says the group is not chance)"
+        if common.get("permutations", 1)
+        else ""
+    )
+    scores = cs["clever_hans_score"].to_numpy(np.float64) if "clever_hans_score" in cs else np.zeros(0)
     body = (
         f"<h1>Clever Hans audit: {esc(common['run'])}</h1>{common['provenance']}"
         f'<p class="model">{esc(common.get("model_line", ""))}</p>'
         + (f'<div class="warnings" role="alert"><b>Warnings</b><ul>{warnings}</ul></div>' if warnings else "")
+        + (
+            f'<p class="warnings"><a href="#unreadable">{len(unreadable)} unreadable files</a> are left out of the '
+            "audit and dropped by the manifest.</p>"
+            if unreadable
+            else ""
+        )
         + f"{_toolbar(True)}"
-        f"<p>{len(cs)} classes ranked by Clever Hans score (1: the class holds a group of samples "
-        f"explained alike and cut off from the rest of the class); {flagged} flagged, in red. "
-        f"Click a header to sort, a class name to open its clusters and decide what happens to them. "
-        f"Decisions are kept in this browser until you export them (<code>unhans clean --decisions "
-        f"FILE</code> applies them).</p>"
+        f'<div class="plots"><div><p class="how"><b>How to read this.</b> Each class gets a score: how far its most '
+        f"isolated group of images is explained alike, cut off from the rest of the class, and answered by the "
+        f"model from that group's own evidence (a shortcut such as a watermark or a patch). 0: nothing stands out; "
+        f"a class is <b>flagged</b> (in red) when its score reaches {threshold:g}{test}; its images whose own score "
+        f"stands out are then dropped by the manifest unless a curator decides otherwise.</p>"
+        f"<p>{len(cs)} classes, {flagged} flagged. Click a header to sort (hover it for what it means), a class "
+        f"to open its clusters and its images and decide what happens to them. Decisions are kept in this browser "
+        f"until you export them (<code>unhans clean --decisions FILE</code> applies them).</p></div>"
+        f"<figure><figcaption><b>Class scores</b> (dashed: the flag threshold)</figcaption>"
+        f"{svg_histogram(scores, threshold)}</figure></div>"
         '<div class="controls"><label>search <input id="search" type="search" placeholder="class name or key">'
-        '</label><label><input type="checkbox" id="flagged"> flagged only</label><span id="shown"></span></div>'
+        '</label><label><input type="checkbox" id="flagged"> flagged only</label>'
+        '<label><input type="checkbox" id="technical"> technical columns</label><span id="shown"></span></div>'
         '<div class="wide"><table id="classes"><thead><tr></tr></thead><tbody></tbody></table></div>'
         "<noscript>The class table needs JavaScript; the same table is in tables/class_scores.csv.</noscript>"
-        '<h2>Decisions</h2><table id="decisions" hidden><thead><tr><th>class</th><th>cluster</th>'
+        '<h2>Decisions</h2><table id="decisions" hidden><thead><tr><th>class</th><th>what</th>'
         "<th>decision</th><th>relabel to</th><th>note</th><th></th></tr></thead><tbody></tbody></table>"
         + (
             f'<h2 id="unreadable">Unreadable files</h2><p>{len(unreadable)} files could not be read; the manifest '
@@ -150,9 +225,16 @@ def _dataset(cfg):
     return _DATASETS[key]
 
 
-def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int]:
-    """One class page and its sprite sheets; item = (class_scores row, samples of its members in
-    member order, its sample_scores rows). Returns (members, sprite sheets)."""
+GROUP_STRIP = 6  # members of the suspicious group shown on the overview, image above heatmap
+STRIP_THUMB = 32
+# the members' fields on a class page (DATA.fields), in this order
+MEMBER_FIELDS = ["index", "name", "score", "source", "cluster", "group", "flag", "x", "y", "scored", "central"]
+
+
+def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bool]:
+    """One class page, its sprite sheets and the overview's thumbnail strip of its suspicious group;
+    item = (class_scores row, samples of its members in member order, its sample_scores rows).
+    Returns (members, sprite sheets, whether the strip was written)."""
     row, sub, scores = item
     store, c = Store(url), int(row["class_id"])
     out = Path(common["out"])
@@ -162,13 +244,18 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int]:
     lam = store.read(layout.EIGENVALUES(c=c))
     lab = store.array(layout.LABELS(c=c))
     ks, k = list(lab.attrs["k"]), int(lab.attrs["n_clusters"])
-    labels = store.read(layout.LABELS(c=c))[ks.index(k)]
+    all_labels = store.read(layout.LABELS(c=c))
+    labels = all_labels[ks.index(k)]
+    group_k = int(row["group_k"]) if row.get("group_k") in ks else k
+    scored = all_labels[ks.index(group_k)]  # the clustering the suspicious group was chosen from
     emb = store.read(layout.EMBEDDING(c=c))
     vec = store.read(layout.EIGENVECTORS(c=c))[:, :k].astype(np.float64)
     u = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)  # k-means' embedding
     relevance = store.relevance(members)
     sc = _member_scores(scores, members)
     group = sc["in_group"].to_numpy(bool)
+    score = sc["clever_hans_score"].to_numpy(np.float64)
+    flag = sc["is_clever_hans"].to_numpy(bool)
 
     def central(local: np.ndarray) -> np.ndarray:
         """Member positions (local) from the most central to the least (spectral embedding)."""
@@ -177,18 +264,23 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int]:
 
     clusters = [(j, central(np.flatnonzero(labels == j))) for j in range(k)]
     clusters = [(j, loc) for j, loc in clusters if len(loc)]
-    order = np.concatenate([loc for _, loc in clusters]) if clusters else np.zeros(0, int)
-    pos_of = np.empty(n, int)
-    pos_of[order] = np.arange(len(order))
+    rank_in_cluster = np.zeros(n, int)
+    for _, loc in clusters:
+        rank_in_cluster[loc] = np.arange(len(loc))
     blocks = []  # (cluster id or "group", title, local members ordered by centrality)
     if group.any():
         blocks.append(("group", "most isolated group", central(np.flatnonzero(group))))
     blocks += [(j, f"cluster {j}", loc) for j, loc in clusters]
+    # sprite sheets in the grid's default order, the highest sample score first: the first page
+    # shown needs one sheet, and every other page or sort loads only the sheets its tiles are on
+    order = np.argsort(-score, kind="stable")
 
-    # thumbnails of every member, in display order, one sprite sheet per page of P members
     view = min(max(96, cfg.dataset.image_size), 192)
+    strip = central(np.flatnonzero(group))[:GROUP_STRIP] if group.any() else np.zeros(0, int)
+    strip_set = {int(i) for i in strip}
     need_full = {int(i) for _, _, loc in blocks for i in loc[:n_proto]}
     full: dict[int, np.ndarray] = {}
+    small: dict[int, list[np.ndarray]] = {}
     folder = out / f"class-{c}"
     folder.mkdir(parents=True, exist_ok=True)
     batches = [order[s : s + P] for s in range(0, len(order), P)]
@@ -200,27 +292,49 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int]:
             img = image_rgb(x[b].numpy()) if ok[b] else blank
             if int(i) in need_full:
                 full[int(i)] = thumb(img, view)
+            if int(i) in strip_set:
+                small[int(i)] = [thumb(img, STRIP_THUMB), heatmap_rgb(relevance[i], STRIP_THUMB)]
             tiles.append([thumb(img, T), heatmap_rgb(relevance[i], T)])
         (folder / f"s{s}.png").write_bytes(png_bytes(sprite(tiles)))
+    if len(strip):  # image row above heatmap row
+        pairs = [small[int(i)] for i in strip]
+        (folder / "group.png").write_bytes(png_bytes(sprite([[p[0] for p in pairs], [p[1] for p in pairs]])))
 
     names = sub["source"].astype(str).to_numpy()
+    lo, hi = emb.min(0), emb.max(0)
+    xy = (emb - lo) / np.where(hi - lo > 0, hi - lo, 1.0)
     data = {
         "page": "class",
         "run": common["run"],
         "report_id": common["report_id"],
         "score_fingerprint": common["score_fingerprint"],
+        "flagged_decision": cfg.clean.flagged,
         "class_id": c,
         "class_name": str(row["class_name"]),
+        "k": k,
+        "group_k": group_k,
         "thumb": T,
         "page_size": P,
         "sprite_prefix": f"class-{c}/s",
-        "members": [
-            [int(members[i]), names[i].rsplit("/", 1)[-1], round(float(sc["clever_hans_score"].iat[i]), 4), names[i]]
+        "fields": MEMBER_FIELDS,
+        "members": [  # in sprite order: member p is row p % P of sheet p // P
+            [
+                int(members[i]),
+                names[i].rsplit("/", 1)[-1],
+                round(float(score[i]), 4),
+                names[i],
+                int(labels[i]),
+                int(group[i]),
+                int(flag[i]),
+                round(float(xy[i, 0]), 4),
+                round(float(xy[i, 1]), 4),
+                int(scored[i]),
+                int(rank_in_cluster[i]),
+            ]  # fmt: skip
             for i in order
         ],
-        "blocks": [{"cluster": cl, "positions": pos_of[loc].tolist()} for cl, _, loc in blocks],
+        "blocks": [{"cluster": cl, "size": len(loc)} for cl, _, loc in blocks],
     }
-    flag = sc["is_clever_hans"].to_numpy(bool)
     sections = []
     for cluster, title, loc in blocks:
         figs = [_figure([heatmap_rgb(relevance[loc].mean(0), view)], "mean relevance")]
@@ -239,25 +353,57 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int]:
     if row.get("conductance") is not None:
         summary.append(f"conductance {esc(_num(row['conductance']))}")
     summary.append(f"the eigengap chooses k = {k} clusters")
-    legend = "".join(
-        f'<span><span class="swatch" style="background:{PALETTE[j % len(PALETTE)]}"></span>cluster {j}</span> '
-        for j in range(k)
-    )
+    if group.any() and group_k != k:
+        summary.append(f"the group comes from the clustering into k = {group_k}")
+    colour_by = "".join(
+        f'<option value="{v}">{esc(t)}</option>'
+        for v, t in (("scored", f"the scored clustering (k = {group_k})"), ("cluster", f"the clusters below (k = {k})"),
+                     ("score", "sample score"))
+    )  # fmt: skip
     head = (
         f'<nav><a href="index.html">all classes</a></nav><h1>{esc(str(row["class_name"]))} '
         f"<small>({esc(str(row['class_key']))}, class {c})</small></h1>{common['provenance']}{_toolbar(False)}"
         f"<p>{'; '.join(summary)}.</p>"
         '<div class="plots"><figure><figcaption><b>Spectrum</b> of the normalised Laplacian</figcaption>'
-        f"{svg_spectrum(lam, k)}</figure><figure><figcaption><b>Embedding</b> by cluster "
-        f"(ringed: the isolated group)</figcaption>{svg_scatter(emb, labels, group)}<div>{legend}</div></figure></div>"
+        f"{svg_spectrum(lam, k)}</figure>"
+        '<figure class="embedding"><figcaption><b>Embedding</b> of the explanations; colour by '
+        f'<select id="colour-by">{colour_by}</select>. Ringed: the isolated group. Hover a point to see '
+        "its image; drag a box to select images (shift: add to the selection).</figcaption>"
+        '<div id="embedding"></div><div id="embedding-legend" class="legend-row"></div></figure></div>'
+        '<div id="conflicts" class="conflicts" hidden></div>'
         '<p class="muted">Heatmaps: <span class="legend"></span> negative (blue), zero (white), positive (red) '
         "relevance, each map scaled to its own largest |value|; overlays show the heatmap over the greyed image. "
-        "Members are ordered from the most central (the prototypes) to the least central in the spectral "
-        "embedding.</p>"
+        "Prototypes: the most central members of each block in the spectral embedding.</p>"
     )
-    html = page(f"{row['class_name']} · unhans", head + "".join(sections), data)
+    html = page(f"{row['class_name']} · unhans", head + "".join(sections) + _members_section(k, group.any()), data)
     (out / f"class-{c}.html").write_text(html, encoding="utf-8")
-    return n, len(batches)
+    return n, len(batches), bool(len(strip))
+
+
+def _members_section(k: int, has_group: bool) -> str:
+    """Every member, image by image: filters, sort, selection and per-image decisions (filled by report.js)."""
+    clusters = ('<option value="group">isolated group</option>' if has_group else "") + "".join(
+        f'<option value="{j}">cluster {j}</option>' for j in range(k)
+    )
+    return (
+        '<section id="members" class="members-all"><h2>Members, image by image</h2>'
+        '<p class="muted">Every member with its sample score (how much of the suspicious transfer it carries) and '
+        'a <span class="badge flag">flagged</span> badge where the manifest drops it automatically. Click images '
+        "to select them, then decide for the selection in the bar at the top: an image's own decision wins over "
+        "its cluster's and its group's.</p>"
+        '<div class="controls"><label>sort <select id="sort"><option value="score-desc">score, highest first'
+        '</option><option value="score-asc">score, lowest first</option><option value="cluster">cluster, '
+        'most central first</option><option value="index">sample index</option></select></label>'
+        f'<label>show <select id="filter-block"><option value="">all members</option>{clusters}</select></label>'
+        '<label><select id="filter-flag"><option value="">flagged or not</option><option value="1">flagged only'
+        '</option><option value="0">not flagged</option></select></label>'
+        '<label>score at least <input id="filter-score" type="number" step="0.1" size="5"></label>'
+        '<label><select id="filter-decided"><option value="">any decision</option><option value="image">decided '
+        'image by image</option><option value="none">no curator decision</option><option value="selected">'
+        'selected</option></select></label><span id="members-shown"></span></div>'
+        '<div class="pager"><button type="button" class="prev">previous</button><span class="page-info"></span>'
+        '<button type="button" class="next">next</button></div><div class="grid members"></div></section>'
+    )
 
 
 def _member_scores(scores: pd.DataFrame | None, members: np.ndarray) -> pd.DataFrame:
@@ -274,7 +420,7 @@ _OPTIONS = '<option value="">automatic</option>' + "".join(f'<option value="{d}"
 
 def _section(cfg, row: dict, cluster: int | str, title: str, size: int, n_flag: int, figs: str) -> str:
     """One cluster (or the isolated group): heading, automatic decision, the curator's control,
-    mean map and prototypes; the member grid and its pager are filled in by report.js."""
+    mean map and prototypes; its members are in the page's member grid (filtered to it on request)."""
     is_group = cluster == "group"
     colour = "#000" if is_group else PALETTE[int(cluster) % len(PALETTE)]
     if n_flag and n_flag == size:
@@ -290,8 +436,7 @@ def _section(cfg, row: dict, cluster: int | str, title: str, size: int, n_flag: 
         '<label class="relabel" hidden>relabel to <select class="relabel-to"></select></label>'
         '<label>note <input class="note" type="text" size="32"></label></div>'
         f'<div class="grid">{figs}</div>'
-        '<div class="pager"><button type="button" class="prev">previous</button><span class="page-info"></span>'
-        '<button type="button" class="next">next</button></div><div class="grid members"></div></section>'
+        f'<p><button type="button" class="show-members">show its {size} members below</button></p></section>'
     )
 
 

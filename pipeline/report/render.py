@@ -122,16 +122,29 @@ def svg_spectrum(lam: np.ndarray, k: int, width: int = 360, height: int = 160) -
     return f'<svg width="{width}" height="{height}" role="img" aria-label="eigenvalue spectrum">{axis}{gap}{dots}</svg>'
 
 
-def svg_scatter(xy: np.ndarray, labels: np.ndarray, highlight: np.ndarray, size: int = 320) -> str:
-    """2-D embedding coloured by cluster; highlighted points (the suspicious group) ringed."""
-    pad = 10
-    lo, hi = xy.min(0), xy.max(0)
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
-    p = pad + (xy - lo) / span * (size - 2 * pad)
-    ring = ' stroke="black"'
-    pts = "".join(
-        f'<circle cx="{x:.1f}" cy="{size - y:.1f}" r="{4 if h else 2.5}" fill="{PALETTE[int(c) % len(PALETTE)]}"'
-        f'{ring if h else ""} fill-opacity="0.8"/>'
-        for (x, y), c, h in zip(p, labels, highlight)
+def svg_histogram(values: np.ndarray, threshold: float, width: int = 360, height: int = 160, bins: int = 24) -> str:
+    """Histogram of class scores; bars at or above `threshold` red, the threshold a dashed line."""
+    pad, top = 24, max(float(values.max()) if len(values) else 0.0, threshold * 1.25, 1e-6)
+    counts, edges = np.histogram(values, bins=bins, range=(0.0, top))
+    most = max(int(counts.max()) if len(counts) else 0, 1)
+    x = lambda v: pad + v / top * (width - 2 * pad)  # noqa: E731
+    bars = "".join(
+        f'<rect x="{x(a):.1f}" y="{height - pad - n / most * (height - 2 * pad):.1f}" width="{x(b) - x(a) - 1:.1f}" '
+        f'height="{n / most * (height - 2 * pad):.1f}" fill="{"#d62728" if a >= threshold else "#1f77b4"}">'
+        f"<title>{n} classes scoring {a:.2f} to {b:.2f}</title></rect>"
+        for n, a, b in zip(counts, edges[:-1], edges[1:])
+        if n
     )
-    return f'<svg width="{size}" height="{size}" role="img" aria-label="2-D embedding">{pts}</svg>'
+    tx = x(threshold)
+    line = (
+        f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{pad / 2}" y2="{height - pad}" stroke="#333" stroke-dasharray="4"/>'
+        f'<text x="{tx + 4:.1f}" y="{pad}" font-size="11">flag threshold {threshold:g}</text>'
+    )
+    axis = (
+        f'<line x1="{pad}" x2="{width - pad}" y1="{height - pad}" y2="{height - pad}" stroke="#333"/>'
+        f'<text x="{pad}" y="{height - 6}" font-size="11">0</text>'
+        f'<text x="{width - pad}" y="{height - 6}" font-size="11" text-anchor="end">{top:.2f}</text>'
+        f'<text x="{pad}" y="{pad / 2 + 4}" font-size="11">{most}</text>'
+    )
+    label = 'role="img" aria-label="histogram of class scores"'
+    return f'<svg width="{width}" height="{height}" {label}>{axis}{bars}{line}</svg>'

@@ -47,31 +47,39 @@ def test_demo_report_has_an_index_and_a_page_per_class(demo_run):
     out = demo_run.cfg.report_path
     index = page_data(out / "index.html")
     assert index["page"] == "index" and index["pages"] == list(range(10)) and len(index["rows"]) == 10
-    assert index["columns"][:4] == ["rank", "class_id", "class_key", "class_name"]
+    assert index["columns"][:3] == ["rank", "class_name", "clever_hans_score"]
+    assert all(index["headers"][c]["help"] for c in index["columns"])  # every column explained
+    assert 3 in index["strips"] and Image.open(out / "class-3" / "group.png").size[1] == 64  # image over heatmap
     assert (out / "assets" / "report.js").exists() and (out / "classes.js").exists()
     page = (out / "class-3.html").read_text()
     assert "<svg" in page and "data:image/png;base64," in page and "most isolated group" in page
     assert "epsilon_plus_flat" in page and "wasserstein" in page  # provenance: composite, distance
     assert "config fingerprint" in page and "git commit" in page
-    assert "<img src=" not in (out / "index.html").read_text()  # no images on the overview
+    overview = (out / "index.html").read_text()
+    assert "<img src=" not in overview and "histogram of class scores" in overview  # thumbnails load lazily
 
 
-def test_every_member_is_on_a_sprite_sheet_and_in_exactly_one_cluster(demo_run):
+def test_every_member_is_on_a_sprite_sheet_by_falling_score(demo_run):
     out, store = demo_run.cfg.report_path, demo_run.store
     T, P = demo_run.cfg.report.thumb_size, demo_run.cfg.report.page_size
+    scores = store.read_table("sample_scores").set_index("index")
     for c in range(10):
         data = page_data(out / f"class-{c}.html")
-        members = store.array(f"classes/{c}/members")[:]
-        assert sorted(m[0] for m in data["members"]) == sorted(members.tolist())
-        clusters = [b for b in data["blocks"] if b["cluster"] != "group"]
-        positions = sorted(p for b in clusters for p in b["positions"])
-        assert positions == list(range(len(members)))  # a partition of the members
+        members = [dict(zip(data["fields"], m)) for m in data["members"]]
+        assert sorted(m["index"] for m in members) == sorted(store.array(f"classes/{c}/members")[:].tolist())
+        score = [m["score"] for m in members]
+        assert score == sorted(score, reverse=True)  # sprite order: the first page shows the highest scores
+        assert [m["score"] for m in members] == [round(scores.at[m["index"], "clever_hans_score"], 4) for m in members]
+        assert [bool(m["group"]) for m in members] == [bool(scores.at[m["index"], "in_group"]) for m in members]
+        assert [m["cluster"] for m in members] == [scores.at[m["index"], "cluster"] for m in members]
+        group = [m for m in members if m["group"]]
+        assert len({m["scored"] for m in group}) <= 1  # the group is one cluster of the scored clustering
+        sizes = {b["cluster"]: b["size"] for b in data["blocks"]}
+        assert sum(v for k, v in sizes.items() if k != "group") == len(members) and sizes.get("group", 0) == len(group)
         sheets = sorted((out / f"class-{c}").glob("s*.png"))
         assert len(sheets) == math.ceil(len(members) / P)
-        sizes = [Image.open(s).size for s in sheets]
-        assert all(w == 2 * T for w, _ in sizes) and sum(h for _, h in sizes) == len(members) * T
-    group = next(b for b in page_data(out / "class-3.html")["blocks"] if b["cluster"] == "group")
-    assert len(group["positions"]) > 0
+        dims = [Image.open(s).size for s in sheets]
+        assert all(w == 2 * T for w, _ in dims) and sum(h for _, h in dims) == len(members) * T
 
 
 def test_the_report_goes_out_of_date_when_its_assets_change(demo_run, tmp_path):
