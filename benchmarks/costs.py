@@ -283,6 +283,13 @@ def measure_stages(sizes: list[int], args) -> list[dict]:
                         continue
                     stages[name] = {"cpu": cpu_seconds() - c0, "wall": time.perf_counter() - w0}
                     print(f"    {name}: {stages[name]['cpu']:.1f} s CPU", file=sys.stderr, flush=True)
+                # the report once more, of every class and of the top class alone (dataset and imports warm):
+                # their difference separates the report's cost per class from its cost per stage
+                one = runner(load_config("fashion-mnist", overrides + ["report.top_classes=1"]))
+                for name, rr in (("report_all", r), ("report_one", one)):
+                    c0 = cpu_seconds()
+                    rr.run("report", force=True)
+                    stages[name] = {"cpu": cpu_seconds() - c0}
             samples = r.store.read_table("samples")
             n_classes = int(samples["label"].nunique())
         rows.append({"N": len(samples), "classes": n_classes, "n": len(samples) / n_classes, "stages": stages,
@@ -298,6 +305,7 @@ def print_stages(rows: list[dict]) -> None:
     print("| stage | " + " | ".join(f"N = {N:,}" for N in Ns) + " | ms / sample (largest N) | marginal ms / sample "
           "(t = c0 + c1 N) | exponent in N |")  # fmt: skip
     print("|---|" + "---|" * (len(Ns) + 3))
+    names = [s for s in names if s not in ("report_all", "report_one")]
     for s in names:
         ts = [r["stages"][s]["cpu"] for r in rows]
         cells = [f"{r['stages'][s]['cpu']:.2f} ({r['stages'][s]['wall']:.2f})" for r in rows]
@@ -320,6 +328,17 @@ def print_stages(rows: list[dict]) -> None:
         _, c1 = fit_linear(Ns, [r["stages"][s]["cpu"] for r in rows])
         print(f"| {s} | " + " | ".join(f"{t:.3f}" for t in ts) + f" | {a:.3g} | {b:.2f} | {a * 1281**b:.2f} | "
               f"{c1 * 1281:.2f} |")  # fmt: skip
+    if all("report_all" in r["stages"] for r in rows):
+        # t_all = s0 + K f + N c1 (K classes of n), t_one = s0 + f + n c1
+        _, c1 = fit_linear(Ns, [r["stages"]["report_all"]["cpu"] for r in rows])
+        f = [(r["stages"]["report_all"]["cpu"] - r["stages"]["report_one"]["cpu"]) / (r["classes"] - 1) - r["n"] * c1
+             for r in rows]  # fmt: skip
+        s0 = [r["stages"]["report_one"]["cpu"] - fi - r["n"] * c1 for r, fi in zip(rows, f)]
+        print(
+            f"\nReport, rerun warm with every class and with the top class alone (t = s0 + classes x f + N x c1): "
+            f"{c1 * 1e3:.3f} ms per image, f = {np.median(f) * 1e3:.1f} ms per class (median over the sizes; "
+            f"{', '.join(f'{x * 1e3:.1f}' for x in f)}), s0 = {np.median(s0):.2f} s per stage."
+        )
 
 
 # ----------------------------------------------------------------------------- 3. decoding

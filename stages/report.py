@@ -72,7 +72,7 @@ def run(ctx: Context) -> dict:
     for _, row in shown.iterrows():
         c = int(row["class_id"])
         members = store.read(layout.MEMBERS(c=c))
-        items.append((plain(row.to_dict()), samples.iloc[members].reset_index(drop=True), by_class.get(c)))
+        items.append((plain(row.to_dict()), members, samples.iloc[members].reset_index(drop=True), by_class.get(c)))
     counts = ctx.tasks.map(render_class, items, "report", cfg, ctx.url, common)
 
     strips = {int(c) for c, (_, _, strip) in zip(shown["class_id"], counts) if strip}

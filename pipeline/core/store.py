@@ -237,10 +237,14 @@ class Store:
 
     def read(self, name: str) -> np.ndarray:
         """A whole array, refused when a chunk file is missing (it would read as the fill value)."""
+        return self.read_with_attrs(name)[0]
+
+    def read_with_attrs(self, name: str) -> tuple[np.ndarray, dict]:
+        """A whole array (as `read`) and its attributes, from one opening of the array."""
         arr = self.array(name)
         self._check_chunks(name, arr)
         with self._reading(name):
-            return np.asarray(arr[...])
+            return np.asarray(arr[...]), dict(arr.attrs)
 
     def _check_chunks(self, name: str, arr: zarr.Array) -> None:
         """A UserError naming the rows of any chunk file of `arr` that is missing (a lost file reads as fill)."""

@@ -70,8 +70,8 @@ def class_clusters(store, c: int):
     the eigengap's k, as the distances and cluster stages stored them."""
     members = store.read(layout.MEMBERS(c=c))
     W = knn_affinity(store.read(layout.KNN_IDX(c=c)), store.read(layout.KNN_DIST(c=c)))
-    lab_arr = store.array(layout.LABELS(c=c))
-    return members, W, store.read(layout.LABELS(c=c)), lab_arr.attrs["k"], lab_arr.attrs["n_clusters"]
+    labels, attrs = store.read_with_attrs(layout.LABELS(c=c))
+    return members, W, labels, attrs["k"], attrs["n_clusters"]
 
 
 def relative_transfer(t: np.ndarray, confidence: np.ndarray, floor: float) -> np.ndarray:

@@ -12,8 +12,11 @@ Layout of a report folder (open index.html from disk; no server, no network, van
                          member in one grid (score and flag on each tile; sort, filter, page; select
                          and decide per image)
     class-<id>/s<j>.png  sprite sheets of the members' thumbnails: row i of sheet j is member
-                         j * page_size + i in order of falling sample score, [image | signed heatmap]
+                         j * page_size + i in order of falling sample score, [image | signed heatmap],
+                         stored at min(thumb_size, image_size) px a tile and enlarged by the browser
     class-<id>/group.png the overview's strip: images above heatmaps of the group's central members
+    class-<id>/prototypes.png  a row per block: its mean relevance map, then image and heatmap of each
+                         prototype (the page cuts the cells with CSS; overlays are blended by CSS)
     classes.js           UNHANS_CLASSES = [[class_id, class_key, class_name], ...] (relabel targets) and
                          UNHANS_OVERLAPS = {class_id: [[cluster, group members in it], ...]}
     assets/              report.js and report.css, copied from pipeline/report/assets/
@@ -46,14 +49,13 @@ from unhans.pipeline.report.render import (
     esc,
     heatmap_rgb,
     image_rgb,
-    overlay_rgb,
     png_bytes,
-    png_uri,
     safe_json,
     sprite,
     svg_histogram,
     svg_spectrum,
     thumb,
+    thumbs,
 )
 
 UNREADABLE_SHOWN = 200  # unreadable files listed on the overview (all are in the manifest)
@@ -233,18 +235,16 @@ MEMBER_FIELDS = ["index", "name", "score", "source", "cluster", "group", "flag",
 
 def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bool]:
     """One class page, its sprite sheets and the overview's thumbnail strip of its suspicious group;
-    item = (class_scores row, samples of its members in member order, its sample_scores rows).
+    item = (class_scores row, its members, their samples rows in member order, its sample_scores rows).
     Returns (members, sprite sheets, whether the strip was written)."""
-    row, sub, scores = item
+    row, members, sub, scores = item
     store, c = Store(url), int(row["class_id"])
     out = Path(common["out"])
     T, P, n_proto = cfg.report.thumb_size, cfg.report.page_size, cfg.report.prototypes
-    members = store.read(layout.MEMBERS(c=c))
     n = len(members)
     lam = store.read(layout.EIGENVALUES(c=c))
-    lab = store.array(layout.LABELS(c=c))
-    ks, k = list(lab.attrs["k"]), int(lab.attrs["n_clusters"])
-    all_labels = store.read(layout.LABELS(c=c))
+    all_labels, attrs = store.read_with_attrs(layout.LABELS(c=c))
+    ks, k = list(attrs["k"]), int(attrs["n_clusters"])
     labels = all_labels[ks.index(k)]
     group_k = int(row["group_k"]) if row.get("group_k") in ks else k
     scored = all_labels[ks.index(group_k)]  # the clustering the suspicious group was chosen from
@@ -275,7 +275,10 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     # shown needs one sheet, and every other page or sort loads only the sheets its tiles are on
     order = np.argsort(-score, kind="stable")
 
-    view = min(max(96, cfg.dataset.image_size), 192)
+    # pixels are stored at the image's own size where that is smaller than the display size (the browser
+    # enlarges them, crisp): a 32-px image costs a quarter of a 64-px tile to draw and to encode
+    S = cfg.dataset.image_size
+    view, res, tile = min(max(96, S), 192), min(S, 192), min(S, T)
     strip = central(np.flatnonzero(group))[:GROUP_STRIP] if group.any() else np.zeros(0, int)
     strip_set = {int(i) for i in strip}
     need_full = {int(i) for _, _, loc in blocks for i in loc[:n_proto]}
@@ -284,18 +287,17 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     folder = out / f"class-{c}"
     folder.mkdir(parents=True, exist_ok=True)
     batches = [order[s : s + P] for s in range(0, len(order), P)]
-    blank = np.full((T, T, 3), 128, np.uint8)
     stream = iter_batches(_dataset(cfg), sub, batches, cfg.compute.decode_threads)
     for s, (idx, x, ok, _) in enumerate(stream):
-        tiles = []
+        imgs = image_rgb(x.numpy())
+        imgs[~np.asarray(ok, bool)] = 128  # unreadable: a grey tile
         for b, i in enumerate(idx):
-            img = image_rgb(x[b].numpy()) if ok[b] else blank
             if int(i) in need_full:
-                full[int(i)] = thumb(img, view)
+                full[int(i)] = thumb(imgs[b], res)
             if int(i) in strip_set:
-                small[int(i)] = [thumb(img, STRIP_THUMB), heatmap_rgb(relevance[i], STRIP_THUMB)]
-            tiles.append([thumb(img, T), heatmap_rgb(relevance[i], T)])
-        (folder / f"s{s}.png").write_bytes(png_bytes(sprite(tiles)))
+                small[int(i)] = [thumb(imgs[b], STRIP_THUMB), heatmap_rgb(relevance[i], STRIP_THUMB)]
+        pairs = np.concatenate([thumbs(imgs, tile), heatmap_rgb(relevance[idx], tile)], axis=2)  # (b, t, 2t, 3)
+        (folder / f"s{s}.png").write_bytes(png_bytes(pairs.reshape(-1, 2 * tile, 3)))
     if len(strip):  # image row above heatmap row
         pairs = [small[int(i)] for i in strip]
         (folder / "group.png").write_bytes(png_bytes(sprite([[p[0] for p in pairs], [p[1] for p in pairs]])))
@@ -314,6 +316,7 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
         "k": k,
         "group_k": group_k,
         "thumb": T,
+        "tile": tile,  # pixels of a sprite sheet's tile (shown at `thumb`)
         "page_size": P,
         "sprite_prefix": f"class-{c}/s",
         "fields": MEMBER_FIELDS,
@@ -335,13 +338,29 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
         ],
         "blocks": [{"cluster": cl, "size": len(loc)} for cl, _, loc in blocks],
     }
-    sections = []
-    for cluster, title, loc in blocks:
-        figs = [_figure([heatmap_rgb(relevance[loc].mean(0), view)], "mean relevance")]
-        for i in loc[:n_proto]:
-            img, heat = full[int(i)], heatmap_rgb(relevance[i], view)
-            figs.append(_figure([img, heat, overlay_rgb(img, heat)], f"#{members[i]} {names[i].rsplit('/', 1)[-1]}"))
+    # the prototypes: one sheet per class, a row per block (its mean map, then image and heatmap of each
+    # prototype), cut by CSS; the overlay is the heatmap over the greyed image, blended by the browser
+    cols = 1 + 2 * n_proto
+    sheet, sections = [], []
+    for r, (cluster, title, loc) in enumerate(blocks):
+        proto = loc[:n_proto]
+        heats = heatmap_rgb(np.concatenate([relevance[loc].mean(0, keepdims=True), relevance[proto]]), res)
+        cells = [heats[0]] + [a for j, i in enumerate(proto) for a in (full[int(i)], heats[1 + j])]
+        sheet.append(cells + [np.full((res, res, 3), 255, np.uint8)] * (cols - len(cells)))
+        figs = [f"<figure>{_cut(r, 0, view)}<figcaption>mean relevance</figcaption></figure>"]
+        for j, i in enumerate(proto):
+            image, heat = 1 + 2 * j, 2 + 2 * j
+            overlay = f'<div class="overlay">{_cut(r, image, view, "grey")}{_cut(r, heat, view, "heat")}</div>'
+            figs.append(
+                f'<figure><div class="protos">{_cut(r, image, view)}{_cut(r, heat, view)}{overlay}</div>'
+                f"<figcaption>{esc(f'#{members[i]} ' + names[i].rsplit('/', 1)[-1])}</figcaption></figure>"
+            )
         sections.append(_section(cfg, row, cluster, title, len(loc), int(flag[loc].sum()), "".join(figs)))
+    (folder / "prototypes.png").write_bytes(png_bytes(sprite(sheet)))
+    style = (
+        f"<style>.cut{{background-image:url(class-{c}/prototypes.png);background-size:{cols * view}px auto;"
+        f"width:{view}px;height:{view}px}}.overlay{{width:{view}px;height:{view}px}}</style>"
+    )
     summary = [f"Clever Hans score <b>{esc(_num(row.get('clever_hans_score')))}</b>"]
     summary[0] += " (flagged)" if row.get("is_clever_hans") else ""
     if group.any():
@@ -375,7 +394,8 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
         "relevance, each map scaled to its own largest |value|; overlays show the heatmap over the greyed image. "
         "Prototypes: the most central members of each block in the spectral embedding.</p>"
     )
-    html = page(f"{row['class_name']} · unhans", head + "".join(sections) + _members_section(k, group.any()), data)
+    body = style + head + "".join(sections) + _members_section(k, group.any())
+    html = page(f"{row['class_name']} · unhans", body, data)
     (out / f"class-{c}.html").write_text(html, encoding="utf-8")
     return n, len(batches), bool(len(strip))
 
@@ -444,7 +464,6 @@ def _num(v) -> str:
     return "n/a" if v is None else f"{float(v):.3f}"
 
 
-def _figure(images: list[np.ndarray], caption: str) -> str:
-    """Images (S, S, 3) uint8 side by side with an escaped caption."""
-    imgs = "".join(f'<img src="{png_uri(a)}" width="{a.shape[1]}" height="{a.shape[0]}" alt="">' for a in images)
-    return f"<figure>{imgs}<figcaption>{esc(caption)}</figcaption></figure>"
+def _cut(row: int, col: int, size: int, cls: str = "") -> str:
+    """A cell of the class's prototype sheet, shown at size x size px (the page's style sets the sheet)."""
+    return f'<div class="{f"cut {cls}".strip()}" style="background-position:{-col * size}px {-row * size}px"></div>'

@@ -3,7 +3,6 @@ sheets, inline SVG plots, and JSON that is safe inside an HTML <script> element.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -37,23 +36,19 @@ def _json_default(v: Any) -> Any:
     raise TypeError(f"not JSON-serialisable: {type(v).__name__}")
 
 
-def png_uri(rgb: np.ndarray) -> str:
-    """(H, W, 3) or (H, W) uint8 -> data:image/png URI."""
-    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode()
-
-
 def png_bytes(rgb: np.ndarray) -> bytes:
-    """(H, W, 3) or (H, W) uint8 -> PNG file bytes (zlib level 6, no slow optimiser pass)."""
+    """(H, W, 3) or (H, W) uint8 -> PNG file bytes at zlib level 1: on the report's sprite sheets 2-3x
+    faster than level 6 for about a fifth more bytes (benchmarks/costs.py times the report stage)."""
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
 def image_rgb(x: np.ndarray) -> np.ndarray:
-    """(C, S, S) float in [0, 1] -> (S, S, 3) uint8."""
+    """(..., C, S, S) float in [0, 1] -> (..., S, S, 3) uint8 (one image or a batch)."""
     a = np.clip(x, 0, 1)
-    a = np.repeat(a, 3, 0) if a.shape[0] == 1 else a[:3]
-    return (a.transpose(1, 2, 0) * 255).round().astype(np.uint8)
+    a = np.repeat(a, 3, -3) if a.shape[-3] == 1 else a[..., :3, :, :]
+    return (np.moveaxis(a, -3, -1) * 255).round().astype(np.uint8)
 
 
 def upscale(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -72,27 +67,38 @@ def thumb(rgb: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((size, size), method))
 
 
+def thumbs(rgb: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """A batch (n, h, w, 3) uint8 resized like `thumb` (or like `upscale` where nearest) to (n, size, size, 3);
+    an integer enlargement repeats pixels in numpy, which is what PIL's nearest resize gives."""
+    n, h, w = rgb.shape[:3]
+    if h == size and w == size:
+        return rgb
+    if h == w and size > h and size % h == 0:
+        return rgb.repeat(size // h, axis=1).repeat(size // h, axis=2)
+    one = upscale if nearest else thumb
+    return np.stack([one(a, size) for a in rgb]) if n else np.zeros((0, size, size, 3), np.uint8)
+
+
 def sprite(tiles: list[list[np.ndarray]]) -> np.ndarray:
     """Rows of equally sized (S, S, 3) uint8 tiles -> one (rows x S, cols x S, 3) sheet."""
     return np.concatenate([np.concatenate(row, axis=1) for row in tiles], axis=0)
 
 
+_POSITIVE = np.array([0.85, 0.05, 0.05], np.float32)
+_NEGATIVE = np.array([0.05, 0.25, 0.85], np.float32)
+
+
 def heatmap_rgb(r: np.ndarray, size: int | None = None) -> np.ndarray:
-    """Signed relevance (h, w) -> (size, size, 3) uint8: blue negative, white zero, red positive."""
+    """Signed relevance (..., h, w) -> (..., size, size, 3) uint8: blue negative, white zero, red positive,
+    each map scaled to its own largest |value| (nearest-neighbour to `size`)."""
     r = r.astype(np.float32)
-    m = float(np.abs(r).max()) or 1.0
-    t = np.clip(r / m, -1, 1)[..., None]
-    white = np.ones(3)
-    rgb = np.where(t >= 0, white + t * (np.array([0.85, 0.05, 0.05]) - white),
-                   white - t * (np.array([0.05, 0.25, 0.85]) - white))  # fmt: skip
-    out = (rgb * 255).round().astype(np.uint8)
-    return upscale(out, size) if size else out
-
-
-def overlay_rgb(img: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Blend a heatmap over a greyed image, both (S, S, 3) uint8."""
-    grey = img.mean(2, keepdims=True).repeat(3, 2)
-    return (grey * (1 - alpha) + heat * alpha).round().astype(np.uint8)
+    m = np.abs(r).max(axis=(-2, -1), keepdims=True)
+    t = np.clip(r / np.where(m > 0, m, 1.0), -1, 1)[..., None]
+    colour = np.where(t >= 0, _POSITIVE, _NEGATIVE)
+    out = ((1 + np.abs(t) * (colour - 1)) * 255).round().astype(np.uint8)
+    if not size:
+        return out
+    return upscale(out, size) if out.ndim == 3 else thumbs(out, size, nearest=True)
 
 
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",

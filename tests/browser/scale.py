@@ -78,11 +78,12 @@ def large_class_page(report: Path, c: int, n: int, dest: Path) -> dict:
     data["members"] = members
     data["blocks"] = [{**b, "size": b["size"] * n // len(base)} for b in data["blocks"]]
     sheets = sorted((report / f"class-{c}").glob("s*.png"), key=lambda p: int(p.stem[1:]))
-    full = [s for s in sheets if Image.open(s).size[1] == P * data["thumb"]]  # the last may be short
+    full = [s for s in sheets if Image.open(s).size[1] == P * data["tile"]]  # the last may be short
     sheets = full or sheets
     (dest / f"class-{c}").mkdir(parents=True, exist_ok=True)
     for j in range(-(-n // P)):
         shutil.copyfile(sheets[j % len(sheets)], dest / f"class-{c}" / f"s{j}.png")
+    shutil.copyfile(report / f"class-{c}" / "prototypes.png", dest / f"class-{c}" / "prototypes.png")
     page = DATA.sub(lambda mt: mt.group(1) + safe_json(data) + mt.group(3), html)
     (dest / f"class-{c}.html").write_text(page)
     return data

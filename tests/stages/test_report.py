@@ -52,7 +52,13 @@ def test_demo_report_has_an_index_and_a_page_per_class(demo_run):
     assert 3 in index["strips"] and Image.open(out / "class-3" / "group.png").size[1] == 64  # image over heatmap
     assert (out / "assets" / "report.js").exists() and (out / "classes.js").exists()
     page = (out / "class-3.html").read_text()
-    assert "<svg" in page and "data:image/png;base64," in page and "most isolated group" in page
+    assert "<svg" in page and "most isolated group" in page
+    # the prototypes: one sheet, a row per block (mean map, then image and heatmap of each prototype)
+    data, cfg = page_data(out / "class-3.html"), demo_run.cfg
+    res = min(cfg.dataset.image_size, 192)
+    sheet = Image.open(out / "class-3" / "prototypes.png").size
+    assert sheet == ((1 + 2 * cfg.report.prototypes) * res, len(data["blocks"]) * res)
+    assert page.count('class="cut"') == len(data["blocks"]) * (1 + 2 * cfg.report.prototypes)
     assert "epsilon_plus_flat" in page and "wasserstein" in page  # provenance: composite, distance
     assert "config fingerprint" in page and "git commit" in page
     overview = (out / "index.html").read_text()
@@ -79,7 +85,9 @@ def test_every_member_is_on_a_sprite_sheet_by_falling_score(demo_run):
         sheets = sorted((out / f"class-{c}").glob("s*.png"))
         assert len(sheets) == math.ceil(len(members) / P)
         dims = [Image.open(s).size for s in sheets]
-        assert all(w == 2 * T for w, _ in dims) and sum(h for _, h in dims) == len(members) * T
+        tile = min(T, demo_run.cfg.dataset.image_size)  # small images are stored at their own size
+        assert data["tile"] == tile and data["thumb"] == T
+        assert all(w == 2 * tile for w, _ in dims) and sum(h for _, h in dims) == len(members) * tile
 
 
 def test_the_report_goes_out_of_date_when_its_assets_change(demo_run, tmp_path):

@@ -591,7 +591,9 @@
     show();
   }
 
-  /** A tile cut from the sprite sheet holding member `pos`: column 0 the image, 1 the heatmap. */
+  /** A tile cut from the sprite sheet holding member `pos`: column 0 the image, 1 the heatmap. The
+   *  sheet's tiles may be smaller than the display size (small images are stored at their own size);
+   *  the sheet is scaled to two display tiles wide. */
   function spriteTile(pos, column, cls) {
     const T = DATA.thumb;
     const P = DATA.page_size;
@@ -599,6 +601,8 @@
     d.style.width = T + "px";
     d.style.height = T + "px";
     d.style.backgroundImage = "url(" + DATA.sprite_prefix + Math.floor(pos / P) + ".png)";
+    d.style.backgroundSize = 2 * T + "px auto";
+    d.style.imageRendering = "pixelated";
     d.style.backgroundPosition = -column * T + "px " + -(pos % P) * T + "px";
     return d;
   }
