@@ -3,8 +3,8 @@
 Writes <root>/train/<wnid>/<wnid>_<i>.JPEG for all 1,000 ImageNet-1k WordNet ids (seeded crops of
 real photos shipped in scikit-image, scikit-learn and matplotlib; pipeline.data.photos), runs
 `unhans audit -c imagenet` on it (EfficientNet-Lite0 with its real ImageNet weights, every stage
-including the 1,000-page report) and prints the per-stage wall-clock seconds and counts from the
-stage records. A second run of the same command must skip every stage (checked).
+including the 1,000-page report) and prints the per-stage wall-clock seconds, peak resident memory
+and counts from the stage records. A second run of the same command must skip every stage (checked).
 
     python benchmarks/imagenet_scale.py --root /tmp/imagenet-scale                # 8 images per class
     python benchmarks/imagenet_scale.py --per-class 4 --set dataset.image_size=64 --set dataset.resize=73
@@ -54,10 +54,10 @@ def main() -> None:
     print(f"\naudit: {total:.1f} s wall clock, {os.cpu_count()} CPUs, torch threads: {cfg.compute.threads or 'all'}")
     print(f"settings: image_size={cfg.dataset.image_size} model={cfg.model.arch} metric={cfg.distances.metric} "
           f"composite={cfg.attribute.composite}\n")  # fmt: skip
-    print("| stage | seconds | counts |\n|---|---|---|")
+    print("| stage | seconds | peak resident MiB | counts |\n|---|---|---|---|")
     for row in r.status_rows():
         counts = ", ".join(f"{k}={v}" for k, v in row["counts"].items())
-        print(f"| {row['stage']} | {row['seconds']} | {counts} |")
+        print(f"| {row['stage']} | {row['seconds']} | {row['peak_mib']} | {counts} |")
     cs = r.store.read_table("class_scores")
     top = cs.iloc[0]
     over = cs[cs["clever_hans_score"] >= cfg.score.flag_threshold]

@@ -257,12 +257,14 @@ def verify(
 def _print_status(r: Runner, settings: bool = False) -> None:
     rows = r.status_rows()
     typer.echo(f"run {r.cfg.name} at {r.store.url}")
-    typer.echo(f"{'stage':<10} {'state':<9} {'seconds':>8}  {'finished':<25} {'inputs':<16} counts")
+    typer.echo(f"{'stage':<10} {'state':<9} {'seconds':>8} {'peak MiB':>8}  {'finished':<25} {'inputs':<16} counts")
     for row in rows:
         secs = f"{row['seconds']:.1f}" if row["seconds"] is not None else "-"
+        peak = str(row["peak_mib"]) if row["peak_mib"] is not None else "-"
         counts = " ".join(f"{k}={v}" for k, v in row["counts"].items())
         typer.echo(
-            f"{row['stage']:<10} {row['state']:<9} {secs:>8}  {row['finished']:<25} {row['inputs']:<16} {counts}"
+            f"{row['stage']:<10} {row['state']:<9} {secs:>8} {peak:>8}  {row['finished']:<25} {row['inputs']:<16} "
+            f"{counts}"
         )
     if settings:  # the chain as it would run: each stage, what feeds it, with which settings
         typer.echo("")

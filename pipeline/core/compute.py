@@ -74,6 +74,31 @@ def set_threads(threads: int | None) -> None:
 LOG_EVERY = 10.0  # seconds between progress log lines when stderr is not a terminal
 
 
+def reset_peak_memory() -> bool:
+    """Start a new peak of this process's resident memory (Linux: /proc/self/clear_refs); False where the
+    platform cannot, and the peak then counts from the process's start."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process, MiB: since the last reset_peak_memory (Linux VmHWM), else
+    since the process started (getrusage)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """Progress on stderr: a bar in a terminal (or with UNHANS_PROGRESS=1); elsewhere (a log file, a CI
     job, a notebook) a log line with the count and the time left every LOG_EVERY seconds."""

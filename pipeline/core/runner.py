@@ -33,7 +33,14 @@ from pydantic import Field
 
 from unhans._version import __version__
 from unhans.pipeline.core import layout
-from unhans.pipeline.core.compute import ComputeConfig, TaskMapper, resolve_device, set_threads
+from unhans.pipeline.core.compute import (
+    ComputeConfig,
+    TaskMapper,
+    peak_memory_mib,
+    reset_peak_memory,
+    resolve_device,
+    set_threads,
+)
 from unhans.pipeline.core.config import Section, fingerprint_of
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.store import Store
@@ -273,6 +280,7 @@ class Runner:
                     "state": self.state(name),
                     "finished": rec.get("finished", ""),
                     "seconds": rec.get("seconds"),
+                    "peak_mib": rec.get("peak_mib"),
                     "counts": rec.get("counts", {}),
                     "inputs": ",".join(self.active_inputs(spec)),
                     "settings": ",".join(spec.sections),
@@ -333,6 +341,7 @@ class Runner:
         ctx = Context(self.cfg, self.store, device, self.tasks, resume=resume, fingerprint=fp, notes=self.warnings())
         log.info("%s: %s", name, "resuming" if resume else "running")
         t0 = time.perf_counter()
+        peak_of_stage = reset_peak_memory()
         writes, calls = Store.writes, self.tasks.calls
         try:
             counts = spec.fn(ctx) or {}
@@ -357,6 +366,10 @@ class Runner:
             "started": started,
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "seconds": seconds,
+            # this process's peak resident memory while the stage ran (with compute.workers, the workers'
+            # own memory is not in it); "process": the platform cannot reset the peak, it is the process's
+            "peak_mib": round(peak_memory_mib()),
+            "peak_of": "stage" if peak_of_stage else "process",
             "counts": counts,
             "code_version": spec.code_version,
             "settings": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections},

@@ -119,3 +119,25 @@ def test_cli_on_an_external_dask_cluster_gives_the_single_process_store(tmp_path
         )
     for name in ("class_scores", "sample_scores"):
         assert single.store.read_table(name).equals(cluster.store.read_table(name)), name
+
+
+def test_the_peak_memory_resets_per_stage_and_lands_in_the_record(tmp_path):
+    """A stage's record carries this process's peak resident memory while it ran: the peak of an allocation
+    made before the stage does not leak into the stage's figure (Linux resets it; elsewhere it is the
+    process's peak and the record says so)."""
+    from tests.helpers import make_runner
+    from unhans.pipeline.core.compute import peak_memory_mib, reset_peak_memory
+
+    reset_peak_memory()
+    base = peak_memory_mib()
+    big = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    assert peak_memory_mib() >= base + 250
+    del big
+    resettable = reset_peak_memory()
+    r = make_runner(tmp_path, overrides=["dataset.limit_per_class=30"])
+    r.run("index")
+    rec = r.record("index")
+    assert rec["peak_of"] == ("stage" if resettable else "process") and rec["peak_mib"] > 0
+    if resettable:
+        assert rec["peak_mib"] < base + 250  # the 300 MiB before the stage are not in its peak
+    assert {row["stage"]: row["peak_mib"] for row in r.status_rows()}["index"] == rec["peak_mib"]
