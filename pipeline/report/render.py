@@ -37,8 +37,9 @@ def _json_default(v: Any) -> Any:
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    """(H, W, 3) or (H, W) uint8 -> PNG file bytes at zlib level 1: on the report's sprite sheets 2-3x
-    faster than level 6 for about a fifth more bytes (benchmarks/costs.py times the report stage)."""
+    """(H, W, 3) or (H, W) uint8 -> PNG file bytes at zlib level 1: the report writes a PNG per page of
+    every class, and level 1 encodes much faster than the default 6 for somewhat larger files (the
+    report stage's cost: benchmarks/costs.py)."""
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
