@@ -285,14 +285,8 @@ def test_decisions_round_trip_from_clicks_to_the_manifest(demo_run, browser, tmp
 
     open_page(browser, out / "index.html")  # decisions made on three pages, exported once
     assert len(table(browser, "#decisions")) == 3
-    for f in browser.downloads.glob("*"):
-        f.unlink()
-    browser.find_element(By.ID, "export").click()
+    doc = export(browser)
     path = browser.downloads / "decisions-demo.json"
-    deadline = time.monotonic() + 10
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    doc = json.loads(path.read_text())
     assert doc["decided_by"] == "alice" and doc["run"] == "demo"
     assert [(d["class_id"], d["cluster"], d["decision"], d["relabel_to"], d["note"]) for d in doc["decisions"]] == [
         (0, 0, "relabel", 6, ""), (1, 0, "keep", None, "fine"), (3, "group", "drop", None, "checkerboard patch")
