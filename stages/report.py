@@ -14,6 +14,7 @@ from pathlib import Path
 
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
+from unhans.pipeline.method.curation import overlaps
 from unhans.pipeline.report import ASSET_DIR, ASSETS, assets_hash
 from unhans.pipeline.report.pages import index_page, plain, render_class
 from unhans.pipeline.report.provenance import model_line, provenance, provenance_html, unreadable
@@ -61,9 +62,9 @@ def run(ctx: Context) -> dict:
     for a in ASSETS:
         shutil.copyfile(ASSET_DIR / a, out / "assets" / a)
     rows = [[int(r.class_id), str(r.class_key), str(r.class_name)] for r in classes.itertuples()]
-    overlaps = _overlaps(sample_scores)
+    shared = {str(c): [[j, n] for j, n in by.items()] for c, by in overlaps(sample_scores).items()}
     (out / "classes.js").write_text(
-        f"window.UNHANS_CLASSES = {safe_json(rows)};\nwindow.UNHANS_OVERLAPS = {safe_json(overlaps)};\n",
+        f"window.UNHANS_CLASSES = {safe_json(rows)};\nwindow.UNHANS_OVERLAPS = {safe_json(shared)};\n",
         encoding="utf-8",
     )
 
@@ -86,19 +87,6 @@ def run(ctx: Context) -> dict:
         "sprites": int(sum(s for _, s, _ in counts)),
         "path": str(out),
     }
-
-
-def _overlaps(sample_scores) -> dict[str, list[list[int]]]:
-    """Per class, [cluster, members of its isolated group in that cluster]: where a decision on the group
-    and one on a cluster meet (the report asks which wins when they differ)."""
-    if "in_group" not in sample_scores:
-        return {}
-    g = sample_scores[sample_scores["in_group"].astype(bool)]
-    counts = g.groupby(["class_id", "cluster"]).size()
-    out: dict[str, list[list[int]]] = {}
-    for (c, j), n in counts.items():
-        out.setdefault(str(int(c)), []).append([int(j), int(n)])
-    return out
 
 
 def _clear(out: Path) -> None:

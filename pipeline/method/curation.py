@@ -193,20 +193,32 @@ def read_decisions(
     return Curation(who.strip(), out, prefer)
 
 
+def overlaps(scores: pd.DataFrame) -> dict[int, dict[int, int]]:
+    """Per class, {cluster: members of its isolated group in that cluster} from sample_scores: where a
+    decision on the group and one on a cluster meet."""
+    if "in_group" not in scores:
+        return {}
+    counts = scores[scores["in_group"].astype(bool)].groupby(["class_id", "cluster"]).size()
+    out: dict[int, dict[int, int]] = {}
+    for (c, j), n in counts.items():
+        out.setdefault(int(c), {})[int(j)] = int(n)
+    return out
+
+
 def _conflicts(decisions: list[Decision], scores: pd.DataFrame) -> list[tuple[int, Decision, dict]]:
     """(class, its group decision, {cluster: shared samples}) where the isolated group's decision and a
     cluster's differ on samples both cover."""
     out = []
     blocks = {(d.class_id, d.cluster): d for d in decisions if d.index is None}
+    shared_of = overlaps(scores)
     for (c, cl), g in blocks.items():
         if cl != "group":
             continue
-        rows = scores[(scores["class_id"] == c) & scores["in_group"].astype(bool)]
-        shared: dict = {}
-        for j, n in rows["cluster"].value_counts().items():
-            d = blocks.get((c, int(j)))
-            if d is not None and (d.decision, d.relabel_to) != (g.decision, g.relabel_to):
-                shared[int(j)] = int(n)
+        shared = {
+            j: n
+            for j, n in shared_of.get(c, {}).items()
+            if (d := blocks.get((c, j))) is not None and (d.decision, d.relabel_to) != (g.decision, g.relabel_to)
+        }
         if shared:
             out.append((c, g, shared))
     return out
