@@ -54,8 +54,9 @@ def run(ctx: Context) -> dict:
         "warnings": ctx.notes,
         "unreadable": unreadable(samples, store.read_table(layout.ATTRIBUTE_FAILURES.name)),
         "flag_threshold": cfg.score.flag_threshold,
+        "min_score": cfg.score.min_score,
         "fdr": cfg.score.fdr,
-        "permutations": cfg.score.permutations,
+        "calibrated": bool(class_scores["p_value"].notna().any()) or class_scores.empty,  # no p: < 3 classes
         "out": str(out.resolve()),
     }
     (out / "assets").mkdir(exist_ok=True)

@@ -3,8 +3,9 @@ pipeline/method/statistics.py; what the columns mean: docs/methods.md).
 
 Reads the transfer stage's per-class transfers (no model: rerunning this stage with other `score`
 settings costs seconds) and the cluster stage's clusterings. Writes class_scores (one row per
-analysed class, ranked, with p- and q-values and the flag) and sample_scores (one row per analysed
-sample: its score, whether it stands out and is flagged, its transfers and label-issue columns).
+analysed class, ranked, with p- and q-values against the run's own classes and the flag) and
+sample_scores (one row per analysed sample: its score, whether it stands out and is flagged, its
+transfers and label-issue columns).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def score_one(cfg, url: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
     predicted = store.array(layout.PREDICTION()).get_orthogonal_selection((members,))
     lam = store.read(layout.EIGENVALUES(c=c))
     row, samples = class_findings(
-        members, W, labels, ks, n_clusters, lam, stored_transfers(store, c), predicted, c, cfg.score, cfg.seed
+        members, W, labels, ks, n_clusters, lam, stored_transfers(store, c), predicted, c, cfg.score
     )
     return {"class_id": c, "class_key": key, "class_name": name} | row, samples
 
@@ -45,10 +46,11 @@ def run(ctx: Context) -> dict:
         "clever_hans_score", ascending=False, kind="stable"
     )
     class_scores.insert(0, "rank", np.arange(1, len(class_scores) + 1))
-    q, flagged = flag_classes(class_scores, ctx.cfg.score)
-    at = class_scores.columns.get_loc("p_value") + 1
-    class_scores.insert(at, "q_value", q)
-    class_scores.insert(at + 1, "is_clever_hans", flagged)
+    p, q, flagged = flag_classes(class_scores["clever_hans_score"].to_numpy(), ctx.cfg.score, ctx.cfg.seed)
+    at = class_scores.columns.get_loc("clever_hans_score") + 1
+    class_scores.insert(at, "p_value", p)
+    class_scores.insert(at + 1, "q_value", q)
+    class_scores.insert(at + 2, "is_clever_hans", flagged)
     sample_scores = pd.concat([s for _, s in results], ignore_index=True).sort_values("index", kind="stable")
     flagged_ids = class_scores.loc[class_scores["is_clever_hans"], "class_id"].to_numpy()
     at = sample_scores.columns.get_loc("clever_hans_score") + 1

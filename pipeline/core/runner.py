@@ -54,7 +54,9 @@ class RunConfig(Section):
     name: str = Field(..., description="the run's name (default: the config file's name)")
     run_dir: str | None = Field(None, description="store root: path or fsspec URL (None: runs/<name>)")
     report_dir: str | None = Field(None, description="the HTML report's folder (None: reports/<name>)")
-    seed: int = Field(0, description="seed of everything random: training, hosts, clusterings, permutations")
+    seed: int = Field(
+        0, description="seed of everything random: training, hosts, clusterings, the class p-values' simulated null"
+    )
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @property

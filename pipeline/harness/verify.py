@@ -114,12 +114,11 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     ds = build_dataset(cfg.dataset)
     normalise = model_spec(cfg.model).normaliser(ds.channels, device)
     hosts = host_pool(cfg, store, class_ids)
-    params = cfg.score.model_copy(update={"permutations": 0})  # the score; its p-value is not needed here
     out = {}
     for c in class_ids:
         members, W, labels, ks, _ = class_clusters(store, c)
         t = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts[c]).combined
-        out[c] = score_class(W, labels, ks, t, params).score
+        out[c] = score_class(W, labels, ks, t, cfg.score).score
     return out
 
 
@@ -254,5 +253,6 @@ def summary(table: pd.DataFrame, cfg: Config, poison: PoisonConfig | None) -> st
             f"{trained} | {r['note']} |"
         )
     lines += ["", f"re-audit: the flagged classes' scores with the transfers measured under each model "
-              f"(flag threshold {cfg.score.flag_threshold:g})"]  # fmt: skip
+              f"(a class is flagged from a score of {cfg.score.flag_threshold:g} when its q-value against the run's "
+              f"classes is at most {cfg.score.fdr:g})"]  # fmt: skip
     return "\n".join(lines) + "\n"

@@ -7,12 +7,16 @@ their measurements on the poisoning harness are in docs/methods.md; in short:
 - class score: over the candidate groups G (spectral clusters no larger than `max_group_fraction` of
   the class), the largest (mean t in G - mean t of the rest) / max(sd of the rest, min_spread) x
   (1 - conductance(G));
-- p-value: against the best group score of the class's transfers permuted over its members (a Gumbel
-  tail); q-values: Benjamini-Hochberg over the classes; a class is flagged at score >= flag_threshold
-  and q <= fdr;
+- p-value: against the run's own classes. A class score is the best of many groups, so the scores of
+  classes without a shortcut follow one extreme-value (Gumbel) law; it is fitted by L-moments to the
+  other classes' scores, and the class's standardised distance above the fit is referred to its exact
+  distribution for that number of classes (simulated once per run: the statistic does not depend on
+  the law's location and scale). The clustering and the choice of the best group happen in every
+  class alike, so the null accounts for the selection; q-values: Benjamini-Hochberg over the classes;
+  a class is flagged at score >= flag_threshold and p <= fdr, or at score >= min_score and q <= fdr;
 - sample score: the transfer relative to the sample's own confidence, t / max(p, confidence_floor),
   spread over the class's explanation graph (label spreading); a sample is flagged when its class is
-  and its score stands out (flag_threshold robust spreads above the rest of its class).
+  and its score stands out (sample_threshold robust spreads above the rest of its class).
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from pydantic import Field
-from scipy.special import gammaln
 
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
@@ -33,9 +36,18 @@ from unhans.pipeline.method.spectral import conductance, knn_affinity
 class ScoreConfig(Section):
     """The Clever Hans score (pipeline/method/statistics.py, stages/score.py): excess transfer of a separate group."""
 
-    flag_threshold: float = Field(1.5, ge=0, description="class score from which a class is flagged")
-    fdr: float = Field(0.05, gt=0, le=1, description="largest q-value (false discovery rate) of a flagged class")
-    permutations: int = Field(200, ge=0, description="permutation draws per class for its p-value (0: no fdr test)")
+    flag_threshold: float = Field(
+        1.5, ge=0, description="class score from which a class is flagged (unless its p-value is above fdr)"
+    )
+    min_score: float = Field(
+        0.75, ge=0, description="least class score of a class flagged by its q-value (at most fdr)"
+    )
+    fdr: float = Field(
+        0.05, gt=0, le=1, description="false discovery rate of the flags, against the run's other classes"
+    )
+    sample_threshold: float = Field(
+        1.5, ge=0, description="robust spreads above the rest of its class from which a sample stands out"
+    )
     min_spread: float = Field(
         0.1, gt=0, le=1, description="least spread of a class's usual transfer (probability) the excess is counted in"
     )
@@ -62,7 +74,6 @@ class ClassScore:
     group_transfer: float  # mean transfer inside the group
     rest_transfer: float  # mean transfer in the rest of the class
     group: np.ndarray  # (n,) bool
-    p_value: float = float("nan")  # under the permutation null (score_class with permutations)
 
 
 def class_clusters(store, c: int):
@@ -145,54 +156,85 @@ def group_scores(T: np.ndarray, G: np.ndarray, separation: np.ndarray, min_sprea
     return (mean_g - mean_r) / np.maximum(sd_r, min_spread) * separation
 
 
-def score_class(
-    W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarray, params: ScoreConfig, seed: int | list[int] = 0
-) -> ClassScore:
-    """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k; t (n,) transfer. With
-    `params.permutations` > 0, also the class's p-value (see `null_p_value`)."""
-    max_group_fraction, min_group, min_spread = params.max_group_fraction, params.min_group, params.min_spread
-    permutations = params.permutations
+def score_class(W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarray, params: ScoreConfig) -> ClassScore:
+    """W (n, n) sparse affinity; labels (len(ks), n) cluster labels for each k; t (n,) transfer."""
     n = W.shape[0]
     best = ClassScore(0.0, ks[0], -1, 0, 1.0, float("nan"), float(np.mean(t)) if n else 0.0, np.zeros(n, bool))
-    ids, G, sep, phi = candidate_groups(W, labels, ks, max_group_fraction, min_group)
+    ids, G, sep, phi = candidate_groups(W, labels, ks, params.max_group_fraction, params.min_group)
     if not ids:
-        best.p_value = 1.0 if permutations else float("nan")
         return best
-    scores = group_scores(np.asarray(t, np.float64)[None], G, sep, min_spread)[0]
+    scores = group_scores(np.asarray(t, np.float64)[None], G, sep, params.min_spread)[0]
     j = int(np.argmax(scores))
-    if permutations:
-        rng = np.random.default_rng(seed)
-        null = group_scores(np.stack([rng.permutation(t) for _ in range(permutations)]), G, sep, min_spread).max(1)
-        best.p_value = null_p_value(float(scores[j]), null, n, int(G[:, j].sum()))
     if scores[j] > 0:
         g = G[:, j]
         k, c = ids[j]
         best = ClassScore(
-            float(scores[j]), k, c, int(g.sum()), float(phi[j]), float(t[g].mean()), float(t[~g].mean()), g,
-            best.p_value,
-        )  # fmt: skip
+            float(scores[j]), k, c, int(g.sum()), float(phi[j]), float(t[g].mean()), float(t[~g].mean()), g
+        )
     return best
 
 
-def null_p_value(observed: float, null: np.ndarray, n: int, size: int) -> float:
-    """P(max group score >= observed) when the transfers are unrelated to the clusters: `null` holds
-    the best group score of a class of n under random permutations of its transfers. Its tail is
-    extrapolated by a Gumbel law fitted by moments (the maximum over many groups), so p-values below
-    1 / len(null) stay distinct (a 1,000-class run corrected for multiple testing needs them); never
-    below the share of draws that reached the observed score, nor below 1 / C(n, size): the chance
-    that a permutation puts the same values into the chosen group, which gives it the same score (a
-    tiny class's null is discrete and bounded, where a fitted tail would be too small)."""
-    floor = max(float(np.mean(null >= observed)), float(np.exp(-_log_comb(n, size))))
-    sd = float(null.std())
-    if sd == 0:
-        return 1.0 if observed <= float(null.mean()) else floor
-    beta = sd * np.sqrt(6) / np.pi
-    mu = float(null.mean()) - np.euler_gamma * beta
-    return max(float(-np.expm1(-np.exp(-(observed - mu) / beta))), floor)
+MIN_CLASSES = 3  # a p-value needs at least two other classes to fit the law to
+NULL_DRAWS = 200_000  # simulated standardised scores per run (p-values resolve down to about 1e-4 directly)
+TAIL_DRAWS = 50  # below this many simulated scores at or above the observed one, the tail is extrapolated
 
 
-def _log_comb(n: int, k: int) -> float:
-    return float(gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1))
+def gumbel_fits_without_each(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Location mu (K,) and scale beta (K,) of the Gumbel law fitted by L-moments (l1 = mean, l2 = the
+    half mean absolute difference; beta = l2 / ln 2, mu = l1 - Euler's gamma x beta) to the K scores of
+    each row of `scores` (..., K) less the one at each position: K leave-one-out fits in O(K log K).
+    L-moments, linear in the ordered values, are less pulled by a few large scores than moments."""
+    x = np.sort(np.asarray(scores, np.float64), axis=-1)
+    order = np.argsort(np.argsort(np.asarray(scores, np.float64), axis=-1, kind="stable"), axis=-1, kind="stable")
+    k = x.shape[-1]
+    n = k - 1  # the size of each leave-one-out sample
+    r = np.arange(k, dtype=np.float64)
+    total = x.sum(-1, keepdims=True)
+    weighted = (r * x).sum(-1, keepdims=True)  # sum of rank x value over the whole sample
+    above = total - np.cumsum(x, -1)  # sum of the values above each rank
+    # leaving out the value at rank j: ranks below keep theirs, those above move down by one
+    wsum = weighted - r * x - above
+    l1 = (total - x) / n
+    b1 = wsum / (n - 1) / n
+    l2 = 2 * b1 - l1
+    beta = np.maximum(l2, 1e-12) / np.log(2)
+    mu = l1 - np.euler_gamma * beta
+    return np.take_along_axis(mu, order, -1), np.take_along_axis(beta, order, -1)
+
+
+def standardised(scores: np.ndarray) -> np.ndarray:
+    """(scores - mu) / beta with each score's leave-one-out Gumbel fit (gumbel_fits_without_each)."""
+    mu, beta = gumbel_fits_without_each(scores)
+    return (np.asarray(scores, np.float64) - mu) / beta
+
+
+def class_p_values(scores: np.ndarray, seed: int = 0) -> np.ndarray:
+    """p-values (K,) of K class scores against the run's own classes: P(z >= z_c) for the class's
+    standardised score z_c (`standardised`) when all K scores are drawn from one Gumbel law. z does not
+    depend on the law's location and scale, so its distribution for K classes is simulated from the
+    standard Gumbel (NULL_DRAWS values, seeded) and the p-values are exact when the clean classes'
+    scores follow a Gumbel law, at any K >= 3 (NaN below: no reference). Beyond the simulated range
+    the tail is extrapolated as a Gumbel tail of z, matched where TAIL_DRAWS draws remain."""
+    s = np.asarray(scores, np.float64)
+    k = len(s)
+    if k < MIN_CLASSES:
+        return np.full(k, np.nan)
+    rng = np.random.default_rng(seed)
+    null = np.sort(standardised(rng.gumbel(size=(max(NULL_DRAWS // k, 1), k))).ravel())
+    z = standardised(s)
+    m = len(null)
+    exceed = m - np.searchsorted(null, z, side="left")  # draws at or above each z
+    p = (exceed + 1) / (m + 1)
+    z_tail = null[m - TAIL_DRAWS]  # the tail: P(z >= x) = P(z >= z_tail) x sf_G(x) / sf_G(z_tail)
+    far = exceed < TAIL_DRAWS
+    p[far] = (TAIL_DRAWS + 1) / (m + 1) * np.exp(_log_gumbel_sf(z[far]) - _log_gumbel_sf(z_tail))
+    return np.clip(p, 0.0, 1.0)
+
+
+def _log_gumbel_sf(x: np.ndarray) -> np.ndarray:
+    """log P(G >= x), G standard Gumbel, without underflow in the far tail."""
+    x = np.asarray(x, np.float64)
+    return np.log(-np.expm1(-np.exp(-np.minimum(x, 700.0))))
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -220,7 +262,6 @@ def class_findings(
     predicted: np.ndarray,
     c: int,
     params: ScoreConfig,
-    seed: int,
 ) -> tuple[dict, pd.DataFrame]:
     """One class's row of class_scores (less its key and name) and its rows of sample_scores, from its
     members (n,), graph, clusterings, eigenvalues, transfers (probes.Transfers) and the model's
@@ -229,9 +270,9 @@ def class_findings(
     # label issues, cleanlab-style: predicted as another class and less sure of the label than the
     # class's average member (the per-class threshold of confident learning)
     label_issue = (predicted != c) & (conf < conf.mean())
-    s = score_class(W, labels, ks, t, params, [seed, c])
+    s = score_class(W, labels, ks, t, params)
     sample_score = spread(W, relative_transfer(t, conf, params.confidence_floor), params.smoothing)
-    outstanding = stands_out(sample_score, ~s.group, params.flag_threshold, params.min_spread)
+    outstanding = stands_out(sample_score, ~s.group, params.sample_threshold, params.min_spread)
     lam = eigenvalues
     g_over_e = (transfers.global_[s.group] - transfers.evidence[s.group]).mean() if s.group.any() else 0.0
     row = {
@@ -248,7 +289,6 @@ def class_findings(
         "group_probe": "global" if s.group.any() and g_over_e > 0 else "evidence",
         "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
-        "p_value": s.p_value,
         "label_issue_fraction": float(label_issue.mean()),
     }
     samples = pd.DataFrame(
@@ -270,10 +310,15 @@ def class_findings(
     return row, samples
 
 
-def flag_classes(class_scores: pd.DataFrame, params: ScoreConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(q-values, flags) of ranked classes: a class is flagged at score >= flag_threshold and q <= fdr
-    (q: Benjamini-Hochberg over the classes' p-values; without permutations the score alone decides)."""
-    p = class_scores["p_value"].to_numpy(np.float64)
-    q = benjamini_hochberg(p) if params.permutations else np.full(len(p), np.nan)
-    significant = (q <= params.fdr) | np.isnan(q)
-    return q, (class_scores["clever_hans_score"].to_numpy() >= params.flag_threshold) & significant
+def flag_classes(scores: np.ndarray, params: ScoreConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p-values, q-values, flags) of the K class scores (K,) of a run: p against the run's own classes
+    (class_p_values), q by Benjamini-Hochberg over them. A class is flagged when its score reaches
+    flag_threshold and its p-value is at most fdr (a strong score, not usual for this run), or when its
+    score reaches min_score and its q-value is at most fdr (a false discovery rate over the classes).
+    A run of one or two classes has no p-values: there the score alone decides, at flag_threshold."""
+    s = np.asarray(scores, np.float64)
+    p = class_p_values(s, seed)
+    q = benjamini_hochberg(p) if len(s) >= MIN_CLASSES else p.copy()
+    strong = (s >= params.flag_threshold) & ~(p > params.fdr)  # NaN p (no reference): the score decides
+    discovered = (s >= params.min_score) & (q <= params.fdr)
+    return p, q, strong | discovered

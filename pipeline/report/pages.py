@@ -66,10 +66,10 @@ COLUMNS = [
     ("class_name", "class", "open a class to see its clusters, its suspicious group and every image", False),
     ("clever_hans_score", "score", "how far the class's most isolated group is explained alike and answered by "
      "the model from its own evidence, in robust spreads above the rest of the class; 0: nothing stands out", False),
-    ("is_clever_hans", "flagged", "the score reaches the threshold (and the class passes the false-discovery "
-     "test): its flagged images are dropped automatically", False),
+    ("is_clever_hans", "flagged", "the score is high and improbable for the run's other classes (see 'How to "
+     "read this'): its flagged images are dropped automatically", False),
     ("q_value", "q", "false-discovery rate at which the class counts as flagged (Benjamini-Hochberg over the "
-     "classes); shown only where the score reaches the threshold, where it decides", False),
+     "classes' p-values); shown only where the score is high enough for it to decide", False),
     ("n_samples", "images", "images of the class that were audited", False),
     ("group_size", "group", "images in the class's most isolated group", False),
     ("group_fraction", "share", "the group's share of the class", False),
@@ -86,7 +86,8 @@ COLUMNS = [
     ("conductance", "conductance", "how strongly the group's explanations connect to the rest (0: cut off)", True),
     ("group_transfer", "group transfer", "mean transfer of the group's evidence to other classes' images", True),
     ("rest_transfer", "rest transfer", "mean transfer of the rest of the class", True),
-    ("p_value", "p", "permutation p-value of the score; shown only where the score reaches the threshold", True),
+    ("p_value", "p", "chance that a class without a shortcut scores this high, judged by the run's other classes; "
+     "shown only where the score is high enough for it to decide", True),
 ]  # fmt: skip
 MEANINGFUL_ABOVE_THRESHOLD = ("p_value", "q_value")
 
@@ -156,11 +157,12 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
     rows = [[plain({"v": v})["v"] for v in r] for r in cs[cols].itertuples(index=False)]
     help_ = {c: {"label": h, "help": t, "technical": tech} for c, h, t, tech in COLUMNS}
     threshold, fdr = common.get("flag_threshold", 1.5), common.get("fdr", 0.05)
+    min_score = common.get("min_score", 0.75)
     data = {"page": "index", "run": common["run"], "report_id": common["report_id"],
             "score_fingerprint": common["score_fingerprint"], "columns": cols, "rows": rows,
             "headers": {c: help_.get(c, {"label": c, "help": "a column of tables/class_scores", "technical": False})
                         for c in cols},
-            "threshold": threshold, "meaningful_above_threshold": list(MEANINGFUL_ABOVE_THRESHOLD),
+            "threshold": min_score, "meaningful_above_threshold": list(MEANINGFUL_ABOVE_THRESHOLD),
             "pages": sorted(linked), "strips": sorted(strips or ())}  # fmt: skip
     flagged = int(cs["is_clever_hans"].sum()) if "is_clever_hans" in cs else 0
     warnings = "".join(f"<li>{esc(w)}</li>" for w in common.get("warnings", []))
@@ -172,8 +174,9 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
         else ""
     )
     test = (
-        f" and its q-value is at most {fdr:g} (the permutation test says the group is not chance)"
-        if common.get("permutations", 1)
+        f" and its p-value is at most {fdr:g} (the run's other classes rarely score so high), or when it reaches "
+        f"{min_score:g} and its q-value is at most {fdr:g} (a discovery at that false discovery rate over the classes)"
+        if common.get("calibrated", True)
         else ""
     )
     scores = cs["clever_hans_score"].to_numpy(np.float64) if "clever_hans_score" in cs else np.zeros(0)

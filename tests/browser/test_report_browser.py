@@ -19,6 +19,7 @@ from tests.browser.scale import large_class_page, thousand_class_overview
 from tests.helpers import FAST_DEMO
 from tests.stages.test_report import EVIL, make_evil_run
 from unhans.pipeline.cli import app
+from unhans.pipeline.method.statistics import ScoreConfig
 
 pytest.importorskip("selenium")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
@@ -347,7 +348,7 @@ def test_the_overview_of_a_thousand_classes_sorts_filters_and_loads_thumbnails_l
     assert "poison_auroc" in cols and "p_value" not in cols  # unknown columns shown, technical ones hidden
     assert all(th.get_attribute("title") for th in browser.find_elements(By.CSS_SELECTOR, "#classes thead th"))
     q = [r[cols.index("q_value")] for r in table(browser)]
-    shown = cs["clever_hans_score"] >= 1.5
+    shown = cs["clever_hans_score"] >= ScoreConfig().min_score
     assert all(v != "" for v in q[: shown.sum()]) and all(v == "" for v in q[shown.sum() :])  # q only where it decides
     browser.find_element(By.ID, "technical").click()
     cols = [th.get_attribute("data-col") for th in browser.find_elements(By.CSS_SELECTOR, "#classes thead th")]
