@@ -5,7 +5,7 @@ the flagged classes of every run, how many planted artifact samples each rule fl
 how many of its flags are artifact samples (precision):
 
 - group: the members of the class's chosen spectral cluster (`in_group`);
-- stands out: the samples whose score lies `score.flag_threshold` spreads above the median of the
+- stands out: the samples whose score lies `score.sample_threshold` spreads above the median of the
   members outside the group (`stands_out`, what `is_clever_hans` uses: stages/score.py).
 
     python benchmarks/flags.py --spec demo

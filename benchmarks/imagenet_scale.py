@@ -60,12 +60,13 @@ def main() -> None:
         print(f"| {row['stage']} | {row['seconds']} | {row['peak_mib']} | {counts} |")
     cs = r.store.read_table("class_scores")
     top = cs.iloc[0]
-    over = cs[cs["clever_hans_score"] >= cfg.score.flag_threshold]
+    over = cs[cs["clever_hans_score"] >= cfg.score.min_score]
     q_over = over["q_value"].min() if len(over) else float("nan")
     print(f"\nscore: top class {top['class_key']} {top['clever_hans_score']:.3f} (group of {top['group_size']}, "
-          f"p = {top['p_value']:.2g}, q = {top['q_value']:.2g}); {len(over)} classes at or above flag_threshold "
-          f"{cfg.score.flag_threshold:g} (smallest q among them: {q_over:.2g}), "
-          f"{int(cs['is_clever_hans'].sum())} flagged (q <= {cfg.score.fdr:g} too)")  # fmt: skip
+          f"p = {top['p_value']:.2g}, q = {top['q_value']:.2g}); {len(over)} classes at or above min_score "
+          f"{cfg.score.min_score:g} (smallest q among them: {q_over:.2g}), "
+          f"{int(cs['is_clever_hans'].sum())} flagged; p-values of all classes, p < 0.05 in "
+          f"{(cs['p_value'] < 0.05).mean():.3f} (benchmarks/calibration.py --run {root / 'run'})")  # fmt: skip
     pages = len(list((root / "report").glob("class-*.html")))
     print(f"\nreport: {root / 'report' / 'index.html'} ({pages} class pages)")
 
