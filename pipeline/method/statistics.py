@@ -13,7 +13,7 @@ their measurements on the poisoning harness are in docs/methods.md; in short:
   distribution for that number of classes (simulated once per run: the statistic does not depend on
   the law's location and scale). The clustering and the choice of the best group happen in every
   class alike, so the null accounts for the selection; q-values: Benjamini-Hochberg over the classes;
-  a class is flagged at score >= flag_threshold and p <= fdr, or at score >= min_score and q <= fdr;
+  a class is flagged at score >= flag_threshold and K p <= 1, or at score >= min_score and q <= fdr;
 - sample score: the transfer relative to the sample's own confidence, t / max(p, confidence_floor),
   spread over the class's explanation graph (label spreading); a sample is flagged when its class is
   and its score stands out (sample_threshold robust spreads above the rest of its class).
@@ -37,7 +37,9 @@ class ScoreConfig(Section):
     """The Clever Hans score (pipeline/method/statistics.py, stages/score.py): excess transfer of a separate group."""
 
     flag_threshold: float = Field(
-        1.5, ge=0, description="class score from which a class is flagged (unless its p-value is above fdr)"
+        1.5,
+        ge=0,
+        description="class score from which a class is flagged (unless the run's classes often score so high)",
     )
     min_score: float = Field(
         0.75, ge=0, description="least class score of a class flagged by its q-value (at most fdr)"
@@ -313,12 +315,13 @@ def class_findings(
 def flag_classes(scores: np.ndarray, params: ScoreConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p-values, q-values, flags) of the K class scores (K,) of a run: p against the run's own classes
     (class_p_values), q by Benjamini-Hochberg over them. A class is flagged when its score reaches
-    flag_threshold and its p-value is at most fdr (a strong score, not usual for this run), or when its
-    score reaches min_score and its q-value is at most fdr (a false discovery rate over the classes).
-    A run of one or two classes has no p-values: there the score alone decides, at flag_threshold."""
+    flag_threshold and K p <= 1 (a strong score that at most one class of a clean run of K would reach
+    by chance), or when its score reaches min_score and its q-value is at most fdr (a false discovery
+    rate over the classes). A run of one or two classes has no p-values: the score alone decides, at
+    flag_threshold."""
     s = np.asarray(scores, np.float64)
     p = class_p_values(s, seed)
     q = benjamini_hochberg(p) if len(s) >= MIN_CLASSES else p.copy()
-    strong = (s >= params.flag_threshold) & ~(p > params.fdr)  # NaN p (no reference): the score decides
+    strong = (s >= params.flag_threshold) & ~(p * len(s) > 1)  # NaN p (no reference): the score decides
     discovered = (s >= params.min_score) & (q <= params.fdr)
     return p, q, strong | discovered

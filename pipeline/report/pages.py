@@ -174,7 +174,7 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
         else ""
     )
     test = (
-        f" and its p-value is at most {fdr:g} (the run's other classes rarely score so high), or when it reaches "
+        f" and at most one class of a clean run of this size would score so high, or when it reaches "
         f"{min_score:g} and its q-value is at most {fdr:g} (a discovery at that false discovery rate over the classes)"
         if common.get("calibrated", True)
         else ""

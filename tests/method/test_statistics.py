@@ -210,7 +210,7 @@ def test_classes_far_above_the_rest_are_flagged_and_the_rest_are_not():
 
 
 def test_each_path_to_a_flag_needs_its_score_and_its_test():
-    """Flagged at score >= flag_threshold with p <= fdr, or at score >= min_score with q <= fdr."""
+    """Flagged at score >= flag_threshold with K p <= 1, or at score >= min_score with q <= fdr."""
     from unhans.pipeline.method.statistics import flag_classes
 
     rng = np.random.default_rng(0)
@@ -221,7 +221,10 @@ def test_each_path_to_a_flag_needs_its_score_and_its_test():
     assert flag_classes(moderate, DEFAULTS)[2].tolist() == [False] * 9 + [True]
     busy = np.r_[np.linspace(1.0, 2.4, 9), 2.0]  # above flag_threshold, and usual for this run
     p, q, flagged = flag_classes(busy, DEFAULTS)
-    assert busy[-1] >= DEFAULTS.flag_threshold and p[-1] > DEFAULTS.fdr and not flagged.any()
+    assert busy[-1] >= DEFAULTS.flag_threshold and p[-1] * len(busy) > 1 and not flagged[-1]
+    three = np.array([0.3, 0.45, 3.0])  # too few classes for a discovery: the strong score flags it
+    p, q, flagged = flag_classes(three, DEFAULTS)
+    assert q[-1] > DEFAULTS.fdr and flagged.tolist() == [False, False, True]
 
 
 def test_runs_of_one_or_two_classes_have_no_p_values_and_the_score_decides():
