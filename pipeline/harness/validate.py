@@ -432,11 +432,14 @@ def summary(results: pd.DataFrame) -> str:
         lines.append(line)
     allu = results[results["method"] == "unhans"]
     if "target_flagged" in results and allu["target_flagged"].notna().any():
+        strong = uf[uf["flip_rate"] >= 2 * FOLLOWED]
         lines.append(
-            f"- unhans flags (score >= threshold and q <= fdr): the target in "
-            f"{int(pu['target_flagged'].astype(bool).sum())} of {runs(pu)} "
-            f"({int(uf['target_flagged'].astype(bool).sum())} of the {len(uf)} followed); other classes "
-            f"flagged: {int(allu['other_flagged'].sum())} over all {runs(allu)}, controls included"
+            f"- unhans flags (a strong score or a discovery against the run's classes, docs/methods.md): the "
+            f"target in {int(pu['target_flagged'].astype(bool).sum())} of {runs(pu)} "
+            f"({int(uf['target_flagged'].astype(bool).sum())} of the {len(uf)} followed, "
+            f"{int(strong['target_flagged'].astype(bool).sum())} of the {len(strong)} followed at least "
+            f"{2 * FOLLOWED:.0%} of the time); other classes flagged: {int(allu['other_flagged'].sum())} over all "
+            f"{runs(allu)}, controls included"
         )
     return "\n".join(lines) + "\n"
 
