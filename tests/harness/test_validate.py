@@ -95,7 +95,8 @@ def test_summary_counts_first_ranks_and_states_the_control_margin():
                           ("b", 0, False, 0.5, 2, 0.9, 0.2, 0.95)]))  # fmt: skip
     assert "unhans: target ranked first in 1 of 2 scenarios; median AUROC 0.945" in text
     assert "control top score 0.100; poisoned target scores min 0.200" in text
-    assert "the target in 1 of 2 scenarios (1 of the 2 followed); other classes flagged: 1" in text
+    assert "the target in 1 of 2 scenarios (1 of the 2 followed, 1 of the 2 followed at least 20% of the time)" in text
+    assert "other classes flagged: 1 over all" in text
     assert "| 0.020 (0.100) | 1 other |" in text and "| 0.300 (0.300) | target |" in text
     assert "followed with random position or size: median AUROC 0.900 (1)" in text  # scenario b
     assert "in the followed runs (above / level at 3 decimals / below): spray_euclidean 1 / 0 / 1" in text
