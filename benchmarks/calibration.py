@@ -10,8 +10,8 @@ is recomputed, with pipeline/method/statistics.py's flag_classes) and prints:
   its default): the alarms on classes without a planted shortcut (controls and the other classes of
   poisoned runs) and on the target, in the runs whose model follows the artifact at least 20% of the
   time, 10-20%, and less;
-- per poisoned run: flip rate, the target's score, rank, p- and q-value and whether it is flagged
-  under the configured settings.
+- per poisoned run: flip rate, the target's score, the largest score of the other classes, the
+  target's rank, p- and q-value and whether it is flagged under the configured settings.
 
 `--run DIR` reads one run instead (e.g. the 1,000-class folder of benchmarks/imagenet_scale.py,
 where no class has a planted shortcut) and prints the p-value shares and alarms of its classes.
@@ -107,9 +107,11 @@ def main() -> None:
             t = flags[flags["target"] & (flags["flip"] >= lo) & (flags["flip"] < hi)]
             parts.append(f"{band}: {int(t['f'].sum())}/{len(t)}")
         print(f"  {name}: {false}/{int((~flags['target']).sum())} | " + ", ".join(parts))
-    print("\ntargets (stored p, q and flag: the run's settings)")
-    t = df[df["target"]][
-        ["scenario", "seed", "flip", "clever_hans_score", "rank", "p_value", "q_value", "is_clever_hans"]
+    print("\ntargets (stored p, q and flag: the run's settings; best other: the largest score of the other classes)")
+    others = df[~df["target"]].groupby(["scenario", "seed"])["clever_hans_score"].max().rename("best other")
+    t = df[df["target"]].join(others, on=["scenario", "seed"])
+    t = t[
+        ["scenario", "seed", "flip", "clever_hans_score", "best other", "rank", "p_value", "q_value", "is_clever_hans"]
     ]
     pd.set_option("display.width", 200)
     print(t.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
