@@ -83,8 +83,9 @@ NOT_YET = pytest.mark.xfail(
     strict=True,
     reason="issue 15's bar, not met yet at this placement: the disc class ranks first to third and the stamped "
     "images score highest at the corners (AUROC 0.885-1.0; 0.35 along the border), but the class score stays "
-    "under the 1.5 threshold where the discs' own evidence also carries the class (benchmarks/user_folder.py "
-    "prints each; flag calibration: issue 19)",
+    "under score.flag_threshold (1.5) where the discs' own evidence also carries the class, and two other "
+    "classes are too few for a discovery against the run's classes (benchmarks/user_folder.py prints each; "
+    "issue 19)",
 )
 
 
