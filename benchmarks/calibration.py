@@ -39,7 +39,11 @@ from unhans.pipeline.method.statistics import ScoreConfig, flag_classes
 # small), the two ways of flag_classes at several floors and rates, and discoveries alone
 RULES = (
     [("score >= 1.5 alone (before)", None)]
-    + [(f"min_score {m:g}, fdr {f:g}", {"min_score": m, "fdr": f}) for m in (0.5, 0.75, 1.0) for f in (0.05, 0.1)]
+    + [
+        (f"strong or discovery at min_score {m:g}, fdr {f:g}", {"min_score": m, "fdr": f})
+        for m in (0.5, 0.75, 1.0)
+        for f in (0.05, 0.1)
+    ]
     + [("discoveries only (min_score 0.75, fdr 0.05)", {"min_score": 0.75, "fdr": 0.05, "flag_threshold": np.inf})]
 )
 BANDS = (("followed >= 0.2", 0.2, 1.01), ("followed 0.1-0.2", 0.1, 0.2), ("followed < 0.1", -1.0, 0.1))
