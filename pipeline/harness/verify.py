@@ -253,6 +253,6 @@ def summary(table: pd.DataFrame, cfg: Config, poison: PoisonConfig | None) -> st
             f"{trained} | {r['note']} |"
         )
     lines += ["", f"re-audit: the flagged classes' scores with the transfers measured under each model "
-              f"(a class is flagged from a score of {cfg.score.flag_threshold:g} when its q-value against the run's "
-              f"classes is at most {cfg.score.fdr:g})"]  # fmt: skip
+              f"(the score stage flags a class from {cfg.score.flag_threshold:g}, or from {cfg.score.min_score:g} when "
+              f"its q-value against the run's classes is at most {cfg.score.fdr:g})"]  # fmt: skip
     return "\n".join(lines) + "\n"
