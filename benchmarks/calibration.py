@@ -24,7 +24,6 @@ where no class has a planted shortcut) and prints the p-value shares and alarms 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,13 +31,14 @@ from scipy import stats
 
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.store import Store
-from unhans.pipeline.harness.validate import finished_runs, load_spec
+from unhans.pipeline.harness.validate import runs_from_argv
 from unhans.pipeline.method.statistics import ScoreConfig, flag_classes
 
 # (name, rule): the rule before (the score alone: the permutation q-values it also asked for were always
 # small), the two ways of flag_classes at several floors and rates, and discoveries alone
+BEFORE = 1.5  # the threshold that alone decided before
 RULES = (
-    [("score >= 1.5 alone (before)", None)]
+    [(f"score >= {BEFORE:g} alone (before)", None)]
     + [
         (f"strong or discovery at min_score {m:g}, fdr {f:g}", {"min_score": m, "fdr": f})
         for m in (0.5, 0.75, 1.0)
@@ -57,28 +57,29 @@ def uniformity(p: np.ndarray) -> str:
     return f"{len(p)} classes: p < 0.05 in {np.mean(p < 0.05):.3f}, p < 0.01 in {np.mean(p < 0.01):.3f}; KS p {ks:.2g}"
 
 
-def one_run(path: str, cfg: ScoreConfig) -> None:
+def flags(scores: np.ndarray, update: dict | None, seed: int = 0) -> np.ndarray:
+    """The classes a rule of RULES flags among one run's class scores."""
+    if update is None:
+        return scores >= BEFORE
+    return flag_classes(scores, ScoreConfig().model_copy(update=update), seed)[2]
+
+
+def one_run(path: str) -> None:
     cs = Store(path).read_table(layout.CLASS_SCORES.name)
     s = cs["clever_hans_score"].to_numpy(np.float64)
-    p, q, flagged = flag_classes(s, cfg)
-    print(f"{path}: {uniformity(p)}")
+    print(f"{path}: {uniformity(flag_classes(s, ScoreConfig())[0])}")
     print(f"scores: median {np.median(s):.3g}, 90th percentile {np.percentile(s, 90):.3g}, largest {s.max():.3g}")
     for name, update in RULES:
-        f = s >= 1.5 if update is None else flag_classes(s, cfg.model_copy(update=update))[2]
-        print(f"  {name}: {int(f.sum())} classes flagged")
+        print(f"  {name}: {int(flags(s, update).sum())} classes flagged")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", default="demo")
-    ap.add_argument("--root", default=None, help="folder of the scenario runs (default runs/validate/<spec>)")
-    ap.add_argument("--run", default=None, help="one run folder instead of a spec's validation runs")
-    args = ap.parse_args()
-    cfg = ScoreConfig()
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--run", default=None)
+    args, rest = ap.parse_known_args()
     if args.run:
-        return one_run(args.run, cfg)
-    spec = load_spec(args.spec)
-    runs = finished_runs(spec, Path(args.root or f"runs/validate/{spec.name}"))
+        return one_run(args.run)
+    spec, _, runs = runs_from_argv(__doc__, rest)
     if not runs:
         raise SystemExit(f"no finished runs of {spec.name}: run `unhans validate --spec {spec.name}` first")
     rows = []
@@ -95,22 +96,18 @@ def main() -> None:
     print(f"poisoned runs' other classes: {uniformity(p[(~df['control'] & ~df['target']).to_numpy()])}")
     print("\nalarms under each rule: on classes without a planted shortcut | on the target, by flip rate")
     for name, update in RULES:
-        flags = pd.concat(
+        flagged = pd.concat(
             [
-                g.assign(
-                    f=g["clever_hans_score"] >= 1.5
-                    if update is None
-                    else flag_classes(g["clever_hans_score"].to_numpy(), cfg.model_copy(update=update), seed)[2]
-                )
+                g.assign(f=flags(g["clever_hans_score"].to_numpy(), update, seed))
                 for (_, seed), g in df.groupby(["scenario", "seed"], sort=False)
             ]  # fmt: skip
         )
-        false = int(flags.loc[~flags["target"], "f"].sum())
+        false = int(flagged.loc[~flagged["target"], "f"].sum())
         parts = []
         for band, lo, hi in BANDS:
-            t = flags[flags["target"] & (flags["flip"] >= lo) & (flags["flip"] < hi)]
+            t = flagged[flagged["target"] & (flagged["flip"] >= lo) & (flagged["flip"] < hi)]
             parts.append(f"{band}: {int(t['f'].sum())}/{len(t)}")
-        print(f"  {name}: {false}/{int((~flags['target']).sum())} | " + ", ".join(parts))
+        print(f"  {name}: {false}/{int((~flagged['target']).sum())} | " + ", ".join(parts))
     print("\ntargets (stored p, q and flag: the run's settings; best other: the largest score of the other classes)")
     others = df[~df["target"]].groupby(["scenario", "seed"])["clever_hans_score"].max().rename("best other")
     t = df[df["target"]].join(others, on=["scenario", "seed"])
