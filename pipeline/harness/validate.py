@@ -39,13 +39,14 @@ from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.artifacts import PoisonConfig, masks, stamp
-from unhans.pipeline.data.models import model_for_run, model_spec
+from unhans.pipeline.data.models import model_for_run, model_spec, penultimate_layer
 from unhans.pipeline.harness.detectors import DETECTORS, RunView, names
 from unhans.stages import Config, load_config, runner
 
 log = logging.getLogger("unhans.validate")
 SPEC_DIR = CONFIG_DIR / "validate"
 FLIP_HOSTS = 2000  # held-out host images per flip-rate measurement (seeded subsample)
+CLEAN_PER_CLASS = 100  # held-out images per class in the clean set handed to detectors that need one (SCAn)
 FOLLOWED = 0.1  # flip rate from which a scenario counts as one the model follows (summary lines)
 
 
@@ -192,12 +193,38 @@ def flips(model, normalise, ds, hosts: pd.DataFrame, poison: PoisonConfig, seed:
     return n_flip / n if n else float("nan")
 
 
+def _run_model(cfg: Config, n_classes: int, channels: int, device: torch.device):
+    model = model_for_run(cfg, Store(cfg.run_url), n_classes, channels).to(device).eval()
+    return model, model_spec(cfg.model).normaliser(channels, device)
+
+
 def flip_rate(cfg: Config, poison: PoisonConfig, samples: pd.DataFrame, split: str, device: torch.device) -> float:
     """Share of correctly classified held-out images of other classes predicted `target` with the artifact."""
     ds, _, hosts = held_out(cfg, poison, samples, split)
-    model = model_for_run(cfg, Store(cfg.run_url), len(ds.classes), ds.channels).to(device).eval()
-    normalise = model_spec(cfg.model).normaliser(ds.channels, device)
+    model, normalise = _run_model(cfg, len(ds.classes), ds.channels, device)
     return flips(model, normalise, ds, hosts, poison, cfg.seed, device)
+
+
+def clean_features(model, normalise, ds, rows: pd.DataFrame, seed: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate features and labels of a clean set: up to CLEAN_PER_CLASS seeded held-out rows per
+    class (the small clean set SCAn assumes the defender has)."""
+    rng = np.random.default_rng([seed, 7])
+    pick = np.concatenate(
+        [rng.choice(ix, min(CLEAN_PER_CLASS, len(ix)), replace=False) for ix in rows.groupby("label").indices.values()]
+    )
+    part = rows.iloc[np.sort(pick)]
+    grabbed: list[torch.Tensor] = []
+    handle = penultimate_layer(model).register_forward_pre_hook(lambda _m, a: grabbed.append(a[0].flatten(1).cpu()))
+    feats, labels = [], []
+    try:
+        with torch.no_grad():
+            for _, x, ok, y in labelled_batches(ds, part):
+                model(normalise(x.to(device)))
+                feats.append(grabbed.pop()[ok].numpy())
+                labels.append(y[ok].numpy())
+    finally:
+        handle.remove()
+    return np.concatenate(feats).astype(np.float32), np.concatenate(labels)
 
 
 def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) -> pd.DataFrame:
@@ -207,7 +234,10 @@ def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) 
     store = Store(cfg.run_url)
     samples = store.read_table("samples")
     device = resolve_device(cfg.compute.device)
-    flips = flip_rate(cfg, poison, samples, flip_split, device)
+    ds, rows_clean, hosts = held_out(cfg, poison, samples, flip_split)
+    model, normalise = _run_model(cfg, len(ds.classes), ds.channels, device)
+    flip = flips(model, normalise, ds, hosts, poison, cfg.seed, device)
+    clean = clean_features(model, normalise, ds, rows_clean, cfg.seed, device)
     target = poison.target
     truth = samples["artifact"].to_numpy(bool) if "artifact" in samples else np.zeros(len(samples), bool)
     poisoned = np.flatnonzero(truth)
@@ -217,7 +247,7 @@ def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) 
         share, area = mask_share(maps, m)
     else:
         share = area = float("nan")
-    run = RunView(store, cfg.seed)
+    run = RunView(store, cfg.seed, clean)
     rows = []
     for name in names():
         d = DETECTORS.get(name)
@@ -238,7 +268,7 @@ def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) 
                 "top_score": float(class_scores.max()),
                 "auroc": auroc,
                 "ap": ap,
-                "flip_rate": flips,
+                "flip_rate": flip,
                 "mask_share": share,
                 "mask_area": area,
                 "n_poisoned": int(len(poisoned)),

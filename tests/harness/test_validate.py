@@ -9,11 +9,14 @@ import pytest
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.harness.detectors import names
 from unhans.pipeline.harness.detectors.activation_clustering import activation_clustering
+from unhans.pipeline.harness.detectors.heatmap_kmeans import heatmap_kmeans
+from unhans.pipeline.harness.detectors.scan import anomaly_index, untangle, within_class_whitener
 from unhans.pipeline.harness.detectors.spectral_signature import spectral_signature
+from unhans.pipeline.harness.detectors.spectre import spectre
 from unhans.pipeline.harness.detectors.spray_euclidean import spray_euclidean
 from unhans.pipeline.harness.validate import detection, load_spec, mask_share, rank_of, summary
 
-SCORERS = {f.__name__: f for f in (activation_clustering, spectral_signature, spray_euclidean)}
+SCORERS = {f.__name__: f for f in (activation_clustering, spectral_signature, spectre, spray_euclidean)}
 
 
 def test_detection_on_hand_made_scores():
@@ -135,6 +138,60 @@ def test_feature_baselines_find_a_shifted_group(name):
     assert score > clean_score
 
 
+def test_spectre_sees_a_group_hidden_in_a_direction_of_larger_clean_variance():
+    """The clean class varies most along direction 0; a tenth of it is shifted along direction 1 by less
+    than that spread. Spectral signatures follow the largest variance and miss it; SPECTRE's robust
+    whitening makes the clean variance isotropic first, so the group is what stands out."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 16))
+    x[:, 0] *= 6.0
+    truth = np.zeros(600, bool)
+    truth[:60] = True
+    x[truth, 1] += 4.0
+    assert detection(truth, spectral_signature(x)[1])[0] < 0.7
+    assert detection(truth, spectre(x)[1])[0] > 0.95
+
+
+def test_scan_untangles_a_shifted_group_and_its_index_singles_the_class_out():
+    """Ten classes with a shared within-class covariance (known from a clean set); one holds a tenth of
+    samples shifted along a direction. SCAn's statistic puts that class far above the others (anomaly
+    index > e^2, the paper's bound), the others stay below, and the shifted samples are the smaller
+    identity."""
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(16, 16))
+    centres = rng.normal(scale=5.0, size=(10, 16))
+
+    def draw(n, c):
+        return (rng.normal(size=(n, 16)) @ mix) + centres[c]
+
+    clean = np.concatenate([draw(50, c) for c in range(10)])
+    labels = np.repeat(np.arange(10), 50)
+    w = within_class_whitener(clean, labels)
+    classes = [draw(300, c) for c in range(10)]
+    truth = np.zeros(300, bool)
+    truth[:30] = True
+    classes[4][truth] += mix[2] * 5.0  # the trigger: an identity of its own inside class 4
+    found = [untangle(x @ w) for x in classes]
+    index = anomaly_index(np.array([f[0] for f in found]))
+    assert index[4] > np.exp(2) and np.delete(index, 4).max() < np.exp(2)
+    assert (found[4][1].astype(bool) == truth).mean() > 0.97
+    assert detection(truth, found[4][2])[0] > 0.99
+
+
+def test_heatmap_kmeans_finds_a_corner_patch_group():
+    rng = np.random.default_rng(0)
+    maps = rng.random((200, 16, 16)).astype(np.float32) * 0.2
+    maps[:, 4:12, 4:12] += 1.0
+    truth = np.zeros(200, bool)
+    truth[:40] = True
+    maps[truth] *= 0.1
+    maps[truth, 12:16, 12:16] += 3.0
+    score, samples = heatmap_kmeans(maps, 0)
+    assert detection(truth, samples)[0] == 1.0
+    clean_score, _ = heatmap_kmeans(maps[~truth], 0)
+    assert score > clean_score
+
+
 def test_spray_baseline_reproduces_corelays_miss_that_our_spectrum_fixes():
     """A fixed corner patch that takes the relevance of a fifth of the class: the kNN graph falls into
     two components. CoRelAy's recipe (eigsh which='LM', k-means on all 32 eigenvectors) mixes in the
@@ -179,6 +236,9 @@ def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     assert abs(row["n_poisoned"] - 0.2 * row["n_target"]) <= 1  # 20% of the (relabelled) target class
     # the global probe finds the tint: ranked first, flagged, the tinted images on top
     assert row["rank"] == 1 and row["auroc"] > 0.9 and row["target_flagged"], row
+    # SCAn got its clean set (the unpoisoned training images, digits have no test split) and decided
+    scan = out[out["method"] == "scan"].iloc[0]
+    assert scan["target_flagged"] in (True, False) and scan["other_flagged"] >= 0
     assert "| tint |" in (tmp_path / "runs" / "results.md").read_text()
     assert "target ranked first in" in res.output
     # --collect runs nothing and rebuilds the same tables from the runs' evaluations

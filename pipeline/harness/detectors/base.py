@@ -18,6 +18,8 @@ from unhans.pipeline.core import layout
 from unhans.pipeline.core.registry import Registry
 from unhans.pipeline.core.store import Store
 
+Reads = Literal["relevance", "features", "scores", "clean features"]
+
 
 @dataclass(frozen=True)
 class Detection:
@@ -32,8 +34,16 @@ class Detection:
 class RunView:
     """One finished run's store, read once for every detector: members, maps, features, score tables."""
 
-    def __init__(self, store: Store, seed: int) -> None:
+    def __init__(self, store: Store, seed: int, clean: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.store, self.seed = store, seed
+        self.clean = clean  # (features, labels) of a clean held-out set, for detectors that need one
+        self._cache: dict[str, object] = {}
+
+    def cached(self, key: str, make: Callable[[], object]):
+        """A value computed once per run and shared by a detector's calls (e.g. statistics over classes)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
     @cached_property
     def class_ids(self) -> list[int]:
@@ -65,17 +75,19 @@ class RunView:
 
 @dataclass(frozen=True)
 class Detector:
-    reads: Literal["relevance", "features", "scores"]  # what it needs from the store
+    reads: Reads  # what it needs: from the store, or features with a clean held-out set
     detect: Callable[[RunView, int], Detection]
 
     def usable(self, run: RunView) -> bool:
+        if self.reads == "clean features":
+            return run.has_features and run.clean is not None
         return self.reads != "features" or run.has_features
 
 
 DETECTORS: Registry[Detector] = Registry("detector")
 
 
-def detector(name: str, reads: Literal["relevance", "features", "scores"]):
+def detector(name: str, reads: Reads):
     """Register `detect(run, class_id) -> Detection` under `name`."""
 
     def deco(fn: Callable[[RunView, int], Detection]) -> Callable[[RunView, int], Detection]:
