@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
+from threadpoolctl import threadpool_limits
 
 from unhans.pipeline.core.config import CONFIG_DIR
 from unhans.pipeline.core.errors import UserError
@@ -253,7 +254,8 @@ def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) 
         d = DETECTORS.get(name)
         if not d.usable(run):
             continue
-        found = {c: d.detect(run, c) for c in run.class_ids}
+        with threadpool_limits(cfg.compute.threads):  # the run's thread count for BLAS and OpenMP too
+            found = {c: d.detect(run, c) for c in run.class_ids}
         class_scores = pd.Series({c: f.score for c, f in found.items()})
         auroc = ap = float("nan")
         if target in found:
@@ -470,6 +472,19 @@ def summary(results: pd.DataFrame) -> str:
             f"{int(strong['target_flagged'].astype(bool).sum())} of the {len(strong)} followed at least "
             f"{2 * FOLLOWED:.0%} of the time); other classes flagged: {int(allu['other_flagged'].sum())} over all "
             f"{runs(allu)}, controls included"
+        )
+    for m in methods[1:]:  # the peers with a class alarm of their own (SCAn)
+        pm, am = poisoned[poisoned["method"] == m], results[results["method"] == m]
+        if "target_flagged" not in am or am["target_flagged"].isna().all():
+            continue
+        fm = followed[followed["method"] == m]
+        strong = fm[fm["flip_rate"] >= 2 * FOLLOWED]
+        lines.append(
+            f"- {m} flags (its own rule): the target in {int(pm['target_flagged'].astype(bool).sum())} of "
+            f"{runs(pm)} ({int(fm['target_flagged'].astype(bool).sum())} of the {len(fm)} followed, "
+            f"{int(strong['target_flagged'].astype(bool).sum())} of the {len(strong)} followed at least "
+            f"{2 * FOLLOWED:.0%} of the time); other classes flagged: {int(am['other_flagged'].sum())} over all "
+            f"{runs(am)}, controls included"
         )
     return "\n".join(lines) + "\n"
 

@@ -105,6 +105,18 @@ def test_summary_counts_first_ranks_and_states_the_control_margin():
     assert "in the followed runs (above / level at 3 decimals / below): spray_euclidean 1 / 0 / 1" in text
 
 
+def test_summary_counts_a_peers_own_alarms():
+    """A peer with a class alarm of its own (SCAn) gets a flag line like unhans', no-rule peers none."""
+    rows = _rows([("c", 0, True, 0.5, 4, np.nan, 0.02, np.nan), ("a", 0, False, 0.5, 1, 0.99, 0.3, 0.5)])
+    scan = rows[rows["method"] == "spray_euclidean"].assign(method="scan")
+    scan["target_flagged"] = [False, True]
+    scan["other_flagged"] = [2, 0]
+    text = summary(pd.concat([rows, scan], ignore_index=True))
+    assert "- scan flags (its own rule): the target in 1 of 1 scenarios (1 of the 1 followed" in text
+    assert "other classes flagged: 2 over all 2 scenarios, controls included" in text
+    assert "spray_euclidean flags" not in text
+
+
 def test_summary_over_seeds_joins_per_seed_values_and_counts_runs():
     """Two seeds of each scenario: per-seed ranks and flip rates joined in seed order, medians over seeds,
     and the lines count runs; a run whose model ignores the artifact is not among the followed."""

@@ -1,6 +1,6 @@
 """Heatmap clustering, the closest published relative of SpRAy (Lapuschkin et al., 2019, cluster the
 relevance maps of a class; Anders et al., 2022, k-means on them): relevance maps made non-negative and
-normalised to unit sum, flattened; k-means for k = 2..5 (10 restarts), the k with the best
+normalised to unit sum, flattened; k-means for k = 2..5 (3 restarts), the k with the best
 silhouette kept; class score = that silhouette. Per sample: how much closer it is to the nearest other
 cluster's centre than to the centre of the class's largest cluster (zero or below for the largest
 cluster's members, positive for the minorities').
@@ -25,7 +25,7 @@ def heatmap_kmeans(maps: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
     for k in KS:
         if k >= n:
             break
-        km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
+        km = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(x)
         if len(np.unique(km.labels_)) < 2:
             continue
         sil = float(silhouette_score(x, km.labels_, sample_size=min(n, 2000), random_state=seed))
