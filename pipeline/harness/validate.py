@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.artifacts import PoisonConfig, masks, stamp
 from unhans.pipeline.data.models import model_for_run, model_spec, penultimate_layer
-from unhans.pipeline.harness.detectors import DETECTORS, RunView, names
+from unhans.pipeline.harness.detectors import DETECTORS, Detector, RunView, names
 from unhans.stages import Config, load_config, runner
 
 log = logging.getLogger("unhans.validate")
@@ -60,6 +61,16 @@ class Scenario:
 
 
 @dataclass
+class Ablation:
+    """unhans rerun on a finished run with other settings of the stages after attribute (same model,
+    same maps): e.g. distances.metric=euclidean. Reported as the method `unhans[<name>]`."""
+
+    name: str
+    set: list[str]
+    scenarios: list[str] = field(default_factory=list)  # empty: every scenario
+
+
+@dataclass
 class Spec:
     name: str
     base: str
@@ -67,6 +78,7 @@ class Spec:
     flip_split: str  # test: the dataset's held-out split; train: unpoisoned training images
     scenarios: list[Scenario]
     seeds: list[int]  # run seeds: each scenario is trained and audited once per seed
+    ablations: list[Ablation] = field(default_factory=list)
 
 
 def load_spec(name_or_path: str) -> Spec:
@@ -76,10 +88,10 @@ def load_spec(name_or_path: str) -> Spec:
         known = ", ".join(sorted(q.stem for q in SPEC_DIR.glob("*.yaml")))
         raise UserError(f"no validation spec {name_or_path!r}; known: {known} (or give a YAML path)")
     data = yaml.safe_load(path.read_text()) or {}
-    unknown = set(data) - {"name", "base", "set", "flip_split", "scenarios", "seeds"}
+    unknown = set(data) - {"name", "base", "set", "flip_split", "scenarios", "seeds", "ablations"}
     if unknown or "base" not in data or not data.get("scenarios"):
         raise UserError(
-            f"{path}: needs base and scenarios (allowed keys: name, base, set, flip_split, scenarios, seeds)"
+            f"{path}: needs base and scenarios (allowed keys: name, base, set, flip_split, scenarios, seeds, ablations)"
         )
     scenarios = []
     for i, s in enumerate(data["scenarios"]):
@@ -98,22 +110,35 @@ def load_spec(name_or_path: str) -> Spec:
         raise UserError(f"{path}: seeds must be a list of non-negative integers, e.g. [0, 1, 2]")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"{path}: seeds must be unique")
+    ablations = []
+    for i, a in enumerate(data.get("ablations") or []):
+        if not isinstance(a, dict) or set(a) - {"name", "set", "scenarios"} or "name" not in a or not a.get("set"):
+            raise UserError(f"{path}: ablation {i} needs name and set (allowed: name, set, scenarios)")
+        if set(a.get("scenarios") or []) - set(names):
+            raise UserError(f"{path}: ablation {a['name']} names unknown scenarios; known: {names}")
+        if not str(a["name"]).replace("-", "").replace("_", "").isalnum():
+            raise UserError(f"{path}: ablation name {a['name']!r}: letters, digits, - and _ only")
+        ablations.append(Ablation(str(a["name"]), [str(x) for x in a["set"]], list(a.get("scenarios") or [])))
+    if len({a.name for a in ablations}) != len(ablations):
+        raise UserError(f"{path}: ablation names must be unique")
     name = str(data.get("name", path.stem))
-    return Spec(name, str(data["base"]), list(data.get("set", [])), split, scenarios, list(seeds))
+    return Spec(name, str(data["base"]), list(data.get("set", [])), split, scenarios, list(seeds), ablations)
 
 
 def scenario_config(
-    spec: Spec, sc: Scenario, root: Path, extra: list[str], seed: int | None = None
+    spec: Spec, sc: Scenario, root: Path, extra: list[str], seed: int | None = None, ablation: Ablation | None = None
 ) -> tuple[Config, PoisonConfig]:
     """The run's config (poison applied unless control; run seed `seed`, default the spec's first) and
     the scenario's artifact. The run lives in <root>/<scenario>/seed-<seed>. The seed sets the
     training (initialisation, batch order), the score's hosts and the clusterings; the planted
-    artifact (poison.seed) is the same for every seed, so seeds are replicates on the same data."""
-    cfg = load_config(spec.base, spec.set + sc.set + extra)
+    artifact (poison.seed) is the same for every seed, so seeds are replicates on the same data. An
+    ablation's run lives beside it in seed-<seed>-<ablation>."""
+    cfg = load_config(spec.base, spec.set + sc.set + extra + (ablation.set if ablation else []))
     poison = PoisonConfig.model_validate(sc.poison)
     cfg.seed = spec.seeds[0] if seed is None else seed
-    cfg.name = f"{spec.name}-{sc.name}-seed{cfg.seed}"
-    run = root / sc.name / f"seed-{cfg.seed}"
+    tail = f"-{ablation.name}" if ablation else ""
+    cfg.name = f"{spec.name}-{sc.name}-seed{cfg.seed}{tail}"
+    run = root / sc.name / f"seed-{cfg.seed}{tail}"
     cfg.run_dir = str(run)
     cfg.report_dir = str(run / "report")
     cfg.dataset.poison = None if sc.control else poison
@@ -255,32 +280,77 @@ def evaluate(cfg: Config, poison: PoisonConfig, control: bool, flip_split: str) 
         if not d.usable(run):
             continue
         with threadpool_limits(cfg.compute.threads):  # the run's thread count for BLAS and OpenMP too
-            found = {c: d.detect(run, c) for c in run.class_ids}
-        class_scores = pd.Series({c: f.score for c, f in found.items()})
-        auroc = ap = float("nan")
-        if target in found:
-            auroc, ap = detection(truth[run.members(target)], found[target].sample_scores)
-        alarms = {c for c, f in found.items() if f.flag}
-        has_alarms = any(f.flag is not None for f in found.values())
+            found = detector_row(d, run, truth, control, target)
         rows.append(
-            {
-                "method": name,
-                "rank": rank_of(class_scores, target),
-                "target_score": float(class_scores.get(target, np.nan)),
-                "top_score": float(class_scores.max()),
-                "auroc": auroc,
-                "ap": ap,
+            {"method": name}
+            | found
+            | {
                 "flip_rate": flip,
                 "mask_share": share,
                 "mask_area": area,
                 "n_poisoned": int(len(poisoned)),
                 "n_target": int((samples["label"] == target).sum()),
-                # the detector's own class alarms (NaN for detectors without a decision rule)
-                "target_flagged": (target in alarms and not control) if has_alarms else np.nan,
-                "other_flagged": len(alarms - ({target} if not control else set())) if has_alarms else np.nan,
             }
         )
-    return pd.DataFrame(rows)
+    order = ["method", "rank", "target_score", "top_score", "auroc", "ap", "flip_rate", "mask_share", "mask_area"]
+    order += ["n_poisoned", "n_target", "target_flagged", "other_flagged"]
+    return pd.DataFrame(rows)[order]
+
+
+def detector_row(d: Detector, run: RunView, truth: np.ndarray, control: bool, target: int) -> dict[str, Any]:
+    """One detector on one run: the target's rank and score, the top score, per-sample AUROC and AP inside
+    the target class, and the detector's own class alarms (NaN for detectors without a decision rule)."""
+    found = {c: d.detect(run, c) for c in run.class_ids}
+    class_scores = pd.Series({c: f.score for c, f in found.items()})
+    auroc = ap = float("nan")
+    if target in found:
+        auroc, ap = detection(truth[run.members(target)], found[target].sample_scores)
+    alarms = {c for c, f in found.items() if f.flag}
+    has_alarms = any(f.flag is not None for f in found.values())
+    return {
+        "rank": rank_of(class_scores, target),
+        "target_score": float(class_scores.get(target, np.nan)),
+        "top_score": float(class_scores.max()),
+        "auroc": auroc,
+        "ap": ap,
+        "target_flagged": (target in alarms and not control) if has_alarms else np.nan,
+        "other_flagged": len(alarms - ({target} if not control else set())) if has_alarms else np.nan,
+    }
+
+
+ABLATED_STAGES = ("distances", "cluster", "transfer", "score")  # what an ablation may change
+
+
+def run_ablation(spec: Spec, sc: Scenario, root: Path, extra: list[str], seed: int, ab: Ablation) -> Path:
+    """Rerun the stages after attribute of a finished run with the ablation's settings, in a copy of the
+    run (its model, maps and features are reused: the copied stage records keep their fingerprints);
+    write the copy's validation.csv: the base run's unhans rows, scored on the copy. Returns the copy."""
+    base_cfg, _ = scenario_config(spec, sc, root, extra, seed)
+    cfg, poison = scenario_config(spec, sc, root, extra, seed, ab)
+    base, run = Path(base_cfg.run_url), Path(cfg.run_url)
+    if not (run / "stages").exists():
+        shutil.copytree(base, run, ignore=shutil.ignore_patterns("report", "validation.csv"), dirs_exist_ok=True)
+    r = runner(cfg)
+    changed = [s for s in ("index", "train", "attribute") if r.state(s) not in ("done", "disabled")]
+    if changed:
+        raise UserError(
+            f"ablation {ab.name}: its settings change the {', '.join(changed)} stage(s); an ablation may only "
+            f"change the stages after attribute ({', '.join(ABLATED_STAGES)})"
+        )
+    r.run_all(until="score")
+    rows = pd.read_csv(base / "validation.csv")
+    store = Store(cfg.run_url)
+    samples = store.read_table("samples")
+    truth = samples["artifact"].to_numpy(bool) if "artifact" in samples else np.zeros(len(samples), bool)
+    view = RunView(store, seed)
+    out = []
+    for name in [n for n in names() if DETECTORS.get(n).reads == "scores"]:
+        row = rows[rows["method"] == name].iloc[0].to_dict()
+        row.update(detector_row(DETECTORS.get(name), view, truth, sc.control, poison.target))
+        row["method"] = f"{name}[{ab.name}]"
+        out.append(row)
+    pd.DataFrame(out, columns=rows.columns).to_csv(run / "validation.csv", index=False)
+    return run
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -333,9 +403,13 @@ def run_validation(
             df.insert(3, "control", sc.control)
             df.insert(4, "randomised", randomised(poison) and not sc.control)
             df.to_csv(Path(cfg.run_url) / "validation.csv", index=False)
+            for ab in spec.ablations:
+                if not ab.scenarios or sc.name in ab.scenarios:
+                    log.info("validate: ablation %s of scenario %s, seed %d", ab.name, sc.name, seed)
+                    run_ablation(spec, sc, out, extra, seed, ab)
     # the table covers every run of the spec's scenarios and seeds evaluated so far, so runs of
     # single scenarios or seeds add up
-    done = [run / "validation.csv" for _, _, run in finished_runs(spec, out)]
+    done = [run / "validation.csv" for _, _, run in finished_runs(spec, out, ablations=True)]
     if not done:
         raise UserError(f"no evaluated run of {spec.name} under {out}: run `unhans validate --spec {spec.name}` first")
     results = pd.concat([pd.read_csv(f) for f in done], ignore_index=True)
@@ -344,14 +418,16 @@ def run_validation(
     return results
 
 
-def finished_runs(spec: Spec, root: Path) -> list[tuple[Scenario, int, Path]]:
+def finished_runs(spec: Spec, root: Path, ablations: bool = False) -> list[tuple[Scenario, int, Path]]:
     """(scenario, seed, run folder) of every run of the spec under root that has been evaluated
-    (its validation.csv written), in spec order."""
+    (its validation.csv written), in spec order; with `ablations`, the ablations' runs follow their base run."""
+    tails = [""] + ([f"-{a.name}" for a in spec.ablations] if ablations else [])
     return [
         (sc, seed, run)
         for sc in spec.scenarios
         for seed in spec.seeds
-        if ((run := root / sc.name / f"seed-{seed}") / "validation.csv").exists()
+        for tail in tails
+        if ((run := root / sc.name / f"seed-{seed}{tail}") / "validation.csv").exists()
     ]
 
 

@@ -66,6 +66,13 @@ def test_specs_load_and_bad_specs_say_what_to_fix(tmp_path):
     bad.write_text("base: demo\nseeds: [0, 0]\nscenarios:\n  - {name: a, poison: {kind: patch, target: 1}}\n")
     with pytest.raises(UserError, match="seeds must be unique"):
         load_spec(str(bad))
+    one = "scenarios:\n  - {name: a, poison: {kind: patch, target: 1}}\n"
+    bad.write_text("base: demo\nablations:\n  - {name: e}\n" + one)
+    with pytest.raises(UserError, match="ablation 0 needs name and set"):
+        load_spec(str(bad))
+    bad.write_text("base: demo\nablations:\n  - {name: e, set: [x=1], scenarios: [b]}\n" + one)
+    with pytest.raises(UserError, match="names unknown scenarios"):
+        load_spec(str(bad))
 
 
 def test_each_seed_is_its_own_run_on_the_same_planted_data(tmp_path):
@@ -262,3 +269,24 @@ def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     assert (tmp_path / "runs" / "results.md").read_text() == table
     empty = CliRunner().invoke(app, ["validate", "--spec", str(spec), "--root", str(tmp_path / "none"), "--collect"])
     assert empty.exit_code == 2 and "no evaluated run" in empty.output
+    # an ablation reruns unhans after attribute on a copy of the run: the same model and maps
+    spec.write_text(
+        spec.read_text().replace(
+            "scenarios:", "ablations:\n  - {name: wasserstein, set: [distances.metric=wasserstein]}\nscenarios:"
+        )
+    )
+    res = CliRunner().invoke(app, ["validate", "--spec", str(spec), "--root", str(tmp_path / "runs")])
+    assert res.exit_code == 0, res.output
+    out = pd.read_csv(tmp_path / "runs" / "results.csv")
+    ab = out[out["method"] == "unhans[wasserstein]"].iloc[0]
+    assert ab["flip_rate"] == row["flip_rate"] and ab["rank"] == 1 and ab["auroc"] > 0.9, ab
+    copy = tmp_path / "runs" / "tint" / "seed-0-wasserstein"
+    for stage in ("train", "attribute"):  # reused, not rerun
+        assert (copy / "stages" / f"{stage}.json").read_text() == (
+            tmp_path / "runs" / "tint" / "seed-0" / "stages" / f"{stage}.json"
+        ).read_text()
+    assert '"metric": "wasserstein"' in (copy / "stages" / "distances.json").read_text()
+    # an ablation that would retrain is refused with what to do
+    spec.write_text(spec.read_text().replace("name: wasserstein, set: [", "name: short, set: [train.epochs=3, "))
+    res = CliRunner().invoke(app, ["validate", "--spec", str(spec), "--root", str(tmp_path / "runs")])
+    assert res.exit_code == 2 and "change the train stage" in res.output, res.output
