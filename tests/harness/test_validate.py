@@ -289,4 +289,4 @@ def test_validate_cli_end_to_end_on_the_digits(tmp_path):
     # an ablation that would retrain is refused with what to do
     spec.write_text(spec.read_text().replace("name: wasserstein, set: [", "name: short, set: [train.epochs=3, "))
     res = CliRunner().invoke(app, ["validate", "--spec", str(spec), "--root", str(tmp_path / "runs")])
-    assert res.exit_code == 2 and "change the train stage" in res.output, res.output
+    assert res.exit_code == 2 and "change the train, attribute stage(s)" in res.output, res.output
