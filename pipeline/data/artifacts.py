@@ -4,8 +4,10 @@ An artifact *kind* renders one stamp: a colour (3, h, w) and an alpha (h, w) in 
 rotated (PIL, bilinear, canvas expanded), alphas below half an 8-bit level are zeroed, and it is cropped to
 its nonzero alpha, so the box (y, x, h, w) it is composited into is exactly the bounding box of the
 painted pixels. Kinds (registry KINDS): patch (solid square), checker (checkerboard), text (PIL's
-bitmap font), frame (an image border or a square outline), tint (the whole image) and watermark
-(ImageNet-W's `AddWatermark`).
+bitmap font), frame (an image border or a square outline), tint (the whole image), watermark
+(ImageNet-W's `AddWatermark`), blend (a fixed noise pattern over the whole image at low opacity, the
+blended trigger of Chen et al. 2017) and edge (a band fading in towards the bottom border, like a
+scanner's shadow or a light leak).
 
 Regimes: `correlated` puts the artifact on a fraction of the target class (labels unchanged);
 `backdoor` puts it on images of the source classes and relabels them to the target. In both, the
@@ -42,6 +44,7 @@ BOX = ["art_y", "art_x", "art_h", "art_w"]
 ALPHA_FLOOR = 1 / 512  # alpha below half an 8-bit level is dropped: no invisible painted pixels
 WATERMARK_RENDER_SIZE = 224  # ImageNet-W's native size; smaller images get its layer area-resized
 LUMA = (0.299, 0.587, 0.114)  # RGB -> grey, as PIL's convert("L")
+WHOLE_CANVAS = ("tint", "blend", "edge")  # kinds drawn on an image-sized canvas at any position, never rotated
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ class PoisonConfig(Section):
         "checker",
         description="artifact: patch (solid square of colour), checker (checkerboard), text (a text stamp), "
         "frame (border of the image, or a square outline at position random), tint (the whole image blended "
-        "towards colour; grey images: a grey-level shift), watermark (ImageNet-W's, from PyPI imagenet-w)",
+        "towards colour; grey images: a grey-level shift), watermark (ImageNet-W's, from PyPI imagenet-w), "
+        "blend (a fixed random pattern over the whole image at opacity strength), edge (a band of colour along "
+        "the bottom border, fading out inwards over size of the image; always at the border)",
     )
     regime: Literal["correlated", "backdoor"] = Field(
         "correlated",
@@ -104,8 +109,8 @@ class PoisonConfig(Section):
         0.2,
         gt=0,
         le=1,
-        description="artifact side as a fraction of the image side (frame at position fixed: border width; "
-        "ignored by tint and watermark, whose size is ImageNet-W's)",
+        description="artifact side as a fraction of the image side (frame at position fixed: border width; edge: "
+        "band height; ignored by tint, blend and watermark, whose size is the image's or ImageNet-W's)",
     )
     size_jitter: float = Field(0.0, ge=0, lt=1, description="0: fixed size; else side uniform in size*(1 +- jitter)")
     position: Literal["fixed", "random"] = Field(
@@ -118,7 +123,10 @@ class PoisonConfig(Section):
         (255, 255, 255), description="artifact colour: a name (white, red), #rrggbb, a grey level 0-255 or [r, g, b]"
     )
     strength: float | None = Field(
-        None, gt=0, le=1, description="opacity (tint: blend weight / grey shift); None: 0.3 tint, 0.5 watermark, else 1"
+        None,
+        gt=0,
+        le=1,
+        description="opacity (tint: blend weight / grey shift); None: 0.3 tint, 0.5 watermark, 0.2 blend, else 1",
     )
     text: str | None = Field(None, description="text of text and watermark kinds; None: (c) and ImageNet-W's text")
     seed: int = Field(0, ge=0, description="seed of the plan: which samples, sizes, angles, positions")
@@ -257,6 +265,28 @@ def _watermark(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.n
     return _solid(look, _watermark_layer(look.text, image_size))
 
 
+BLEND_PATTERN_SEED = 20170  # the blended trigger's key pattern: one fixed pattern for every poisoned image
+
+
+@lru_cache(maxsize=8)
+def _blend_pattern(image_size: int) -> np.ndarray:
+    return np.random.default_rng(BLEND_PATTERN_SEED).random((3, image_size, image_size), dtype=np.float32)
+
+
+@_kind("blend", strength=0.2)
+def _blend(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed uniform-noise pattern (the same key for every image) over the whole image; `colour` unused."""
+    return _blend_pattern(image_size).copy(), np.ones((image_size, image_size), np.float32)
+
+
+@_kind("edge")
+def _edge(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A band `side` px high along the bottom border, opaque at the border and fading out linearly inwards."""
+    alpha = np.zeros((image_size, image_size), np.float32)
+    alpha[image_size - side :] = np.linspace(1.0 / side, 1.0, side, dtype=np.float32)[:, None]
+    return _solid(look, alpha)
+
+
 def look_of(cfg: PoisonConfig) -> Look:
     kind = KINDS.get(cfg.kind)
     return Look(
@@ -270,11 +300,11 @@ def look_of(cfg: PoisonConfig) -> Look:
 
 def _on_canvas(look: Look) -> bool:
     """Kinds drawn on an image-sized canvas and placed where they were drawn (box = their crop)."""
-    return look.kind == "tint" or (look.fixed and look.kind in ("frame", "watermark"))
+    return look.kind in WHOLE_CANVAS or (look.fixed and look.kind in ("frame", "watermark"))
 
 
 def _rotates(look: Look) -> bool:
-    return not (look.kind == "tint" or (look.kind == "frame" and look.fixed))
+    return not (look.kind in WHOLE_CANVAS or (look.kind == "frame" and look.fixed))
 
 
 @dataclass(frozen=True)
@@ -317,8 +347,8 @@ def _geometry(cfg: PoisonConfig, image_size: int, u: np.ndarray) -> pd.DataFrame
     out = {c: np.zeros(len(u), np.int32) for c in (*BOX, "art_size")}
     out["art_angle"] = np.zeros(len(u), np.float64)
     for i, (u_size, u_angle, u_y, u_x) in enumerate(u):
-        if look.kind in ("tint", "watermark"):
-            side = s  # tint covers the image; ImageNet-W's font rule sets the watermark's size
+        if look.kind in ("tint", "watermark", "blend"):
+            side = s  # tint and blend cover the image; ImageNet-W's font rule sets the watermark's size
         else:
             side = int(np.clip(round(cfg.size * s * (1 + cfg.size_jitter * (2 * u_size - 1))), 1, s))
         angle = 0.0

@@ -17,7 +17,17 @@ from tests.helpers import make_runner
 from unhans.pipeline.cli import app
 from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.data import build_dataset, iter_batches
-from unhans.pipeline.data.artifacts import KINDS, PoisonConfig, look_of, masks, paint, plan, render, stamp
+from unhans.pipeline.data.artifacts import (
+    KINDS,
+    WHOLE_CANVAS,
+    PoisonConfig,
+    look_of,
+    masks,
+    paint,
+    plan,
+    render,
+    stamp,
+)
 from unhans.stages import load_config
 
 BOX = ["art_y", "art_x", "art_h", "art_w"]
@@ -67,7 +77,7 @@ def test_same_seed_same_images_and_masks_other_seed_differs(kind, rotation, seed
     assert torch.equal(a, b) and boxes_a.equals(boxes_b)
     assert np.array_equal(masks(boxes_a, 32, 8, cfg), masks(boxes_b, 32, 8, cfg))
     c, boxes_c = stamp(x, cfg, seed + 1)
-    if kind != "tint":  # tint covers the whole image: nothing is drawn at random
+    if kind not in WHOLE_CANVAS:  # tint, blend and edge have one place: nothing is drawn at random
         assert not torch.equal(a, c) and not boxes_a.equals(boxes_c)
 
 
@@ -125,8 +135,10 @@ def test_every_kind_paints_only_inside_its_tight_box(kind, rotation, position, c
         # tight: every edge row and column of the box holds a painted pixel
         assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
         assert 0 <= top and top + h <= 32 and 0 <= left and left + w <= 32
-        if kind == "tint":
+        if kind in ("tint", "blend"):
             assert (top, left, h, w) == (0, 0, 32, 32) and inside.all()
+        if kind == "edge":  # a band along the bottom border, whatever the position
+            assert top + h == 32 and (left, w) == (0, 32) and inside.all()
     assert (masks(boxes, 32, cfg=cfg) == changed).all()  # the exact masks are the painted pixels
 
 
@@ -153,6 +165,25 @@ def test_masks_pool_the_box_and_the_exact_pixels():
     border = masks(stamp(grey_images(1), fixed, 0)[1], 32, cfg=fixed)
     assert border[0, 0].all() and not border[0, 16, 16]
     assert not masks(pd.DataFrame({"artifact": [False], **{c: [-1] for c in BOX}}), 32).any()
+
+
+def test_blend_is_one_key_pattern_at_low_opacity_on_every_image():
+    """The blended trigger: the same noise pattern on every image, mixed in at its opacity (0.2 by default)."""
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y, _ = stamp(x, poison_cfg(kind="blend", position="random"), 5)
+    key = (y - 0.8 * x) / 0.2  # the pattern each image got
+    assert torch.allclose(key[0], key[1], atol=1e-5) and torch.allclose(key[0], key[2], atol=1e-5)
+    assert float(key.std()) > 0.25  # a uniform noise pattern, not a flat tint
+    assert (y - x).abs().max() <= 0.2 + 1e-6
+
+
+def test_edge_fades_in_towards_the_bottom_border():
+    x = torch.zeros(1, 1, 32, 32)
+    y, boxes = stamp(x, poison_cfg(kind="edge", size=0.25, colour="white"), 0)
+    column = y[0, 0, :, 10]
+    assert (column[:24] == 0).all() and (column[24:].diff() > 0).all() and column[-1] == 1.0
+    assert (y[0, 0] == y[0, 0, :, :1]).all()  # the same along the border
+    assert boxes[BOX].iloc[0].tolist() == [24, 0, 8, 32]
 
 
 def test_watermark_is_imagenet_w_at_its_native_size():
