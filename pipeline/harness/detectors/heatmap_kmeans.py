@@ -1,9 +1,9 @@
 """Heatmap clustering, the closest published relative of SpRAy (Lapuschkin et al., 2019, cluster the
-relevance maps of a class; Anders et al., 2022, k-means on them): relevance maps made non-negative and
-normalised to unit sum, flattened; k-means for k = 2..5 (3 restarts), the k with the best
-silhouette kept; class score = that silhouette. Per sample: how much closer it is to the nearest other
-cluster's centre than to the centre of the class's largest cluster (zero or below for the largest
-cluster's members, positive for the minorities').
+relevance maps of a class; k-means is the clustering CoRelAy offers beside the spectral one): maps
+made non-negative and normalised to unit sum, flattened; k-means for k = 2..5 (3 restarts), the k
+with the best silhouette kept; class score = that silhouette. Per sample: how much closer it is to
+the nearest other cluster's centre than to the centre of the class's largest cluster (zero or below
+for the largest cluster's members, positive for the minorities').
 """
 
 from __future__ import annotations
