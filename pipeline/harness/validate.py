@@ -441,6 +441,15 @@ def runs_from_argv(doc: str, argv: list[str] | None = None) -> tuple[Spec, Path,
     return spec, root, finished_runs(spec, root)
 
 
+def _seeds_note(rows: pd.DataFrame, n_seeds: int) -> str:
+    """' (11 scenarios x 3 seeds)', or the range of seeds where scenarios have different numbers of runs."""
+    if n_seeds <= 1 or rows.empty:
+        return ""
+    per = rows.groupby("scenario")["seed"].nunique()
+    seeds = f"{per.min()}" if per.min() == per.max() else f"{per.min()}-{per.max()}"
+    return f" ({len(per)} scenarios x {seeds} seeds)"
+
+
 def _median(x: pd.Series) -> str:
     return "-" if x.isna().all() else f"{np.nanmedian(x):.3f}"
 
@@ -491,16 +500,15 @@ def summary(results: pd.DataFrame) -> str:
     runs = lambda d: f"{len(d)} runs" if n_seeds > 1 else f"{len(d)} scenarios"  # noqa: E731
     nf = len(followed[followed["method"] == "unhans"])
     lines.append("")
-    seeds_note = f" ({poisoned['scenario'].nunique()} scenarios x {n_seeds} seeds)" if n_seeds > 1 else ""
     for m in methods:
         p, f = poisoned[poisoned["method"] == m], followed[followed["method"] == m]
         line = (
-            f"- {m}: target ranked first in {int((p['rank'] == 1).sum())} of {runs(p)}{seeds_note}; "
+            f"- {m}: target ranked first in {int((p['rank'] == 1).sum())} of {runs(p)}{_seeds_note(p, n_seeds)}; "
             f"median AUROC {_median(p['auroc'])}, median AP {_median(p['ap'])}"
         )
-        if nf:
+        if len(f):
             line += (
-                f"; in the {nf} the model follows (flip rate >= {FOLLOWED}): first in "
+                f"; in the {len(f)} the model follows (flip rate >= {FOLLOWED}): first in "
                 f"{int((f['rank'] == 1).sum())}, median AUROC {_median(f['auroc'])}, median AP {_median(f['ap'])}"
             )
         fr = f[f["randomised"].astype(bool)]
