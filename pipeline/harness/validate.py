@@ -1,12 +1,15 @@
-"""`unhans validate`: poison, train, audit, and measure detection against baselines.
+"""`unhans validate`: poison, train, audit, and measure detection against published detectors.
 
-A validation spec (configs/validate/<name>.yaml) names a base config, common overrides and a list
-of scenarios, each a `poison` section (pipeline/poison.py). Every scenario is a full run of the
-chain up to `score` in <root>/<scenario>, so a rerun skips what is done. A scenario with
-`control: true` trains on the data as they are (no poisoning) and only uses its poison section to
-measure how the clean model reacts to the artifact: the false-alarm level.
+A validation spec (configs/validate/<name>.yaml) names a base config, common overrides, a list of
+scenarios, each a `poison` section (pipeline/data/artifacts.py), the run seeds and optional ablations.
+Every scenario is a full run of the chain up to `score` in <root>/<scenario>/seed-<N>, so a rerun
+skips what is done. A scenario with `control: true` trains on the data as they are (no poisoning) and
+only uses its poison section to measure how the clean model reacts to the artifact: the false-alarm
+level. An ablation reruns the stages after attribute on a copy of each run with other settings
+(`run_ablation`) and reports unhans there as `unhans[<name>]`.
 
-Per scenario and method (unhans and the baselines of pipeline/baselines.py, on the same store):
+Per run and method (the detectors of pipeline/harness/detectors/, all read through one contract, on
+the same store; SCAn also gets a clean held-out set, `clean_features`):
 - flip_rate: share of held-out images of the other classes, correctly classified when clean, that
   the trained model assigns to the target class once the artifact is stamped on (the model, not the
   data, makes a Clever Hans: a scenario the model ignores has nothing to find);
@@ -16,8 +19,6 @@ Per scenario and method (unhans and the baselines of pipeline/baselines.py, on t
   and the top score of the run;
 - auroc, ap: per-sample scores inside the target class against the planted truth;
 - target_flagged, other_flagged: the method's own class alarms, for methods that raise them.
-
-Methods are the detectors of pipeline/harness/detectors/, all read through one contract.
 """
 
 from __future__ import annotations
