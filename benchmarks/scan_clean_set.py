@@ -19,7 +19,7 @@ import pandas as pd
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data.artifacts import PoisonConfig
 from unhans.pipeline.harness.detectors import RunView
-from unhans.pipeline.harness.detectors.scan import anomaly_index, untangle, within_class_whitener
+from unhans.pipeline.harness.detectors.scan import scan_classes, within_class_whitener
 from unhans.pipeline.harness.validate import FOLLOWED, detection, rank_of, runs_from_argv
 
 
@@ -27,12 +27,8 @@ def without_clean_set(run: RunView, target: int, truth: np.ndarray) -> tuple[int
     feats = {c: run.features(c).astype(np.float64) for c in run.class_ids}
     x = np.concatenate(list(feats.values()))
     y = np.concatenate([np.full(len(f), c) for c, f in feats.items()])
-    found = {}
-    for c in run.class_ids:
-        others = y != c
-        found[c] = untangle(feats[c] @ within_class_whitener(x[others], y[others]))
-    index = pd.Series(anomaly_index(np.array([found[c][0] for c in run.class_ids])), index=run.class_ids)
-    return rank_of(index, target), detection(truth[run.members(target)], found[target][2])[0]
+    per_class, index = scan_classes(run, lambda c: within_class_whitener(x[y != c], y[y != c]))
+    return rank_of(pd.Series(index), target), detection(truth[run.members(target)], per_class[target][2])[0]
 
 
 def main() -> None:

@@ -98,6 +98,12 @@ def detector(name: str, reads: Reads):
 
 
 # ---- helpers of the clustering baselines ------------------------------------------------------------
+def unit_mass(maps: np.ndarray) -> np.ndarray:
+    """Relevance maps (n, ...) flattened, made non-negative and normalised to unit sum: (n, d) float32."""
+    x = np.maximum(np.asarray(maps, np.float32).reshape(len(maps), -1), 0.0)
+    return x / np.maximum(x.sum(1, keepdims=True), 1e-12)
+
+
 def closer_to_small(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """d(x, centre of the larger cluster) - d(x, centre of the smaller one), per row."""
     sizes = np.bincount(labels, minlength=2)

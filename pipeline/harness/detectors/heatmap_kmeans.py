@@ -12,15 +12,14 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 
-from unhans.pipeline.harness.detectors.base import Detection, RunView, detector
+from unhans.pipeline.harness.detectors.base import Detection, RunView, detector, unit_mass
 
 KS = range(2, 6)
 
 
 def heatmap_kmeans(maps: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
     n = len(maps)
-    x = np.maximum(np.asarray(maps, np.float32).reshape(n, -1), 0.0)
-    x = x / np.maximum(x.sum(1, keepdims=True), 1e-12)
+    x = unit_mass(maps)
     best = (-1.0, None)
     for k in KS:
         if k >= n:

@@ -16,6 +16,8 @@ well separated, as here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.linalg import eigh
 
@@ -71,20 +73,22 @@ def anomaly_index(j: np.ndarray) -> np.ndarray:
     return (j - med) / mad if mad > 0 else np.zeros_like(j)
 
 
-class _Scan:
-    """The run's SCAn: the statistic of every class once (the anomaly index needs them all)."""
+def scan_classes(run: RunView, whitener: Callable[[int], np.ndarray]) -> tuple[dict, dict]:
+    """SCAn over every class of a run (the anomaly index needs them all), with `whitener(c)` the S_eps
+    whitening used for class c: ({class: untangle(...)}, {class: anomaly index})."""
+    per_class = {c: untangle(run.features(c).astype(np.float64) @ whitener(c)) for c in run.class_ids}
+    index = anomaly_index(np.array([per_class[c][0] for c in run.class_ids]))
+    return per_class, dict(zip(run.class_ids, index))
 
-    def __init__(self, run: RunView) -> None:
-        feats, labels = run.clean
-        w = within_class_whitener(feats, labels)
-        self.per_class = {c: untangle(run.features(c).astype(np.float64) @ w) for c in run.class_ids}
-        j = np.array([self.per_class[c][0] for c in run.class_ids])
-        self.index = dict(zip(run.class_ids, anomaly_index(j)))
+
+def _with_clean_set(run: RunView) -> tuple[dict, dict]:
+    w = within_class_whitener(*run.clean)
+    return scan_classes(run, lambda _c: w)
 
 
 @detector("scan", "clean features")
 def _detect(run: RunView, c: int) -> Detection:
-    scan = run.cached("scan", lambda: _Scan(run))
-    _, small, llr = scan.per_class[c]
-    flag = bool(scan.index[c] > THRESHOLD)
-    return Detection(float(scan.index[c]), llr, flag, small.astype(bool) & flag)
+    per_class, index = run.cached("scan", lambda: _with_clean_set(run))
+    _, small, llr = per_class[c]
+    flag = bool(index[c] > THRESHOLD)
+    return Detection(float(index[c]), llr, flag, small.astype(bool) & flag)

@@ -12,14 +12,13 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
 
-from unhans.pipeline.harness.detectors.base import Detection, RunView, closer_to_small, detector, two_means
+from unhans.pipeline.harness.detectors.base import Detection, RunView, closer_to_small, detector, two_means, unit_mass
 from unhans.pipeline.method.metrics.euclidean import exact_knn
 
 
 def spray_euclidean(maps: np.ndarray, seed: int = 0) -> tuple[float, np.ndarray]:
     n = len(maps)
-    x = np.maximum(np.asarray(maps, np.float32).reshape(n, -1), 0.0)
-    x = x / np.maximum(x.sum(1, keepdims=True), 1e-12)
+    x = unit_mass(maps)
     k = min(10, n - 1)
     idx, _ = exact_knn(x, k)
     rows = np.repeat(np.arange(n), k)
