@@ -6,7 +6,8 @@ precision even where a model's biases absorb most of the relevance (Store.releva
 A chunk is `attribute.chunk_size` rows, computed in batches of `attribute.batch_size`: its rows
 are written first and its `done` flag last, so a killed run resumes at the first chunk not
 marked done and the result equals an uninterrupted run.
-Cost: one forward and one backward pass per sample; O(N r^2) storage.
+Cost: one forward and one modified backward pass per sample (about 3 forward passes of FLOPs with
+the z+ rule: pipeline/method/lrp.py); O(N r^2) storage.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def run(ctx: Context) -> dict:
         raise UserError(f"attribute.resolution={res} must divide dataset.image_size={size}")
     n = len(store.read_table(layout.SAMPLES.name))
     n_chunks = -(-n // acfg.chunk_size)
-    if not ctx.resume or not store.has_array(layout.DONE()):
-        ds = build_dataset(cfg.dataset)
+    fresh = not ctx.resume or not store.has_array(layout.DONE())
+    ds = build_dataset(cfg.dataset) if fresh or not ctx.tasks.distributed else None
+    if fresh:
         _create_arrays(ctx, n, n_chunks, model_for_run(cfg, store, len(ds.classes), ds.channels))
     done = store.array(layout.DONE())[:]
     todo = [c for c in range(n_chunks) if not done[c]]
@@ -55,7 +57,7 @@ def run(ctx: Context) -> dict:
         shards = np.array_split(np.asarray(todo), min(len(todo), 4 * ctx.tasks.worker_count()))
         ctx.tasks.map(attribute_chunks, [s.tolist() for s in shards], "attribute", cfg, ctx.url)
     else:
-        attribute_chunks(cfg, ctx.url, todo, ctx.device)
+        attribute_chunks(cfg, ctx.url, todo, ctx.device, ds)
     status = store.array(layout.STATUS())[:]
     failed = [r for rel in store.list(layout.FAILURE_CHUNKS()) for r in store.read_json(rel)]
     store.write_table(layout.ATTRIBUTE_FAILURES.name, pd.DataFrame(failed, columns=["index", "source", "reason"]))
@@ -80,15 +82,16 @@ def run(ctx: Context) -> dict:
     }
 
 
-def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | None = None) -> int:
+def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | None = None, ds=None) -> int:
     """LRP for the samples of the given chunks, each chunk written whole (its `done` flag last).
 
     Runs in the driver, or as one Dask task per contiguous shard of chunks: every chunk's batches are
-    the same either way, so the store does not depend on how the chunks were shared out."""
+    the same either way, so the store does not depend on how the chunks were shared out. `ds`: the
+    dataset when the caller has it open already (else it is opened here)."""
     store = Store(url)
     acfg = cfg.attribute
     samples = store.read_table(layout.SAMPLES.name)
-    ds = build_dataset(cfg.dataset)
+    ds = ds if ds is not None else build_dataset(cfg.dataset)
     spec = model_spec(cfg.model)
     device = device or worker_device(resolve_device(cfg.compute.device))
     model = model_for_run(cfg, store, len(ds.classes), ds.channels)

@@ -1,32 +1,20 @@
-"""LRP attribution through zennit composites chosen by name, batched, on any torch device."""
+"""LRP attribution with a composite chosen by name (pipeline/method/lrp.py), batched, on any torch device."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
-from zennit import composites as zc
 from zennit import types as zt
 from zennit.layer import Sum
 
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.core.errors import UserError
-from unhans.pipeline.core.registry import Registry
 from unhans.pipeline.data.models import ModelSpec, penultimate_layer
-
-# factory(canonizers, low, high) -> composite; low/high bound the normalised input (box rule)
-CompositeFactory = Callable[[list, torch.Tensor, torch.Tensor], zc.Composite]
-COMPOSITES: Registry[CompositeFactory] = Registry("composite")
-
-COMPOSITES.register("epsilon_plus_flat")(lambda c, lo, hi: zc.EpsilonPlusFlat(canonizers=c))
-COMPOSITES.register("epsilon_plus")(lambda c, lo, hi: zc.EpsilonPlus(canonizers=c))
-COMPOSITES.register("epsilon_alpha2_beta1_flat")(lambda c, lo, hi: zc.EpsilonAlpha2Beta1Flat(canonizers=c))
-COMPOSITES.register("epsilon_alpha2_beta1")(lambda c, lo, hi: zc.EpsilonAlpha2Beta1(canonizers=c))
-COMPOSITES.register("epsilon_gamma_box")(lambda c, lo, hi: zc.EpsilonGammaBox(low=lo, high=hi, canonizers=c))
+from unhans.pipeline.method.lrp import COMPOSITES
 
 
 class AttributeConfig(Section):
@@ -34,7 +22,9 @@ class AttributeConfig(Section):
 
     choices = {"composite": COMPOSITES}
 
-    composite: str = Field("epsilon_plus_flat", description="zennit's LRP composite (rules per layer type)")
+    composite: str = Field(
+        "epsilon_plus_flat", description="LRP composite: rules per layer type, zennit's names and rules"
+    )
     target: Literal["label", "prediction"] = Field(
         "label", description="the logit explained: the sample's label or the model's prediction"
     )
@@ -121,8 +111,10 @@ class LRP:
         self.normalise = spec.normaliser(channels, device, self.dtype)
         low = self.normalise(torch.zeros(1, channels, 1, 1, device=device, dtype=self.dtype))
         high = self.normalise(torch.ones(1, channels, 1, 1, device=device, dtype=self.dtype))
-        self.composite = COMPOSITES.get(composite)(spec.canonizers(), low, high)
+        self.composite = COMPOSITES.get(composite)(low, high)
+        self.canonizers = spec.canonizers()
         check_layers(model)
+        self._attached = None
         self.want_features = features
         self._features: torch.Tensor | None = None
         self._handles: list = []
@@ -130,14 +122,16 @@ class LRP:
     def __enter__(self) -> LRP:
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.composite.register(self.model)
+        self._attached = self.composite.attach(self.model, self.canonizers)
         if self.want_features:
             layer = penultimate_layer(self.model)
             self._handles.append(layer.register_forward_pre_hook(self._grab))
         return self
 
     def __exit__(self, *exc) -> None:
-        self.composite.remove()
+        if self._attached is not None:
+            self._attached.remove()
+            self._attached = None
         for h in self._handles:
             h.remove()
         self._handles.clear()
