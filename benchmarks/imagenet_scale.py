@@ -8,6 +8,7 @@ and counts from the stage records. A second run of the same command must skip ev
 
     python benchmarks/imagenet_scale.py --root /tmp/imagenet-scale                # 8 images per class
     python benchmarks/imagenet_scale.py --per-class 4 --set dataset.image_size=64 --set dataset.resize=73
+    python benchmarks/imagenet_scale.py --until score --set compute.device=cuda   # no report (gpu_check.sh)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--side", type=int, default=96, help="side of the written JPEGs")
     ap.add_argument("--classes", type=int, default=1000, help="the first N wnids (1000: all; fewer for a smoke run)")
     ap.add_argument("--set", action="append", default=[], help="config override section.key=value")
+    ap.add_argument("--until", help="stop after this stage (e.g. score: everything but clean and report)")
     args = ap.parse_args()
 
     root = Path(args.root)
@@ -49,7 +51,7 @@ def main() -> None:
     cfg = load_config("imagenet", overrides)
     r = runner(cfg)
     t0 = time.perf_counter()
-    r.run_all()
+    r.run_all(until=args.until)
     total = time.perf_counter() - t0
     print(f"\naudit: {total:.1f} s wall clock, {os.cpu_count()} CPUs, torch threads: {cfg.compute.threads or 'all'}")
     print(f"settings: image_size={cfg.dataset.image_size} model={cfg.model.arch} metric={cfg.distances.metric} "
@@ -67,13 +69,16 @@ def main() -> None:
           f"{cfg.score.min_score:g} (smallest q among them: {q_over:.2g}), "
           f"{int(cs['is_clever_hans'].sum())} flagged; p-values of all classes, p < 0.05 in "
           f"{(cs['p_value'] < 0.05).mean():.3f} (benchmarks/calibration.py --run {root / 'run'})")  # fmt: skip
-    pages = len(list((root / "report").glob("class-*.html")))
-    print(f"\nreport: {root / 'report' / 'index.html'} ({pages} class pages)")
+    if r.state("report") == "done":
+        pages = len(list((root / "report").glob("class-*.html")))
+        print(f"\nreport: {root / 'report' / 'index.html'} ({pages} class pages)")
 
     again = runner(load_config("imagenet", overrides))
     t0 = time.perf_counter()
-    again.run_all()
-    states = {r["stage"]: r["state"] for r in again.status_rows()}
+    again.run_all(until=args.until)
+    rows = again.status_rows()
+    last = next((i for i, row in enumerate(rows) if row["stage"] == args.until), len(rows) - 1)
+    states = {row["stage"]: row["state"] for row in rows[: last + 1]}
     assert all(s in ("done", "disabled") for s in states.values()), states
     print(f"rerun: every stage up to date, skipped in {time.perf_counter() - t0:.1f} s")
 
