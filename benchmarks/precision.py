@@ -36,7 +36,7 @@ from unhans.pipeline.core.store import Store  # noqa: E402
 from unhans.pipeline.data import build_dataset, iter_batches  # noqa: E402
 from unhans.pipeline.data.models import MODELS, build_model, model_for_run  # noqa: E402
 from unhans.pipeline.data.photos import write_imagenet_folder  # noqa: E402
-from unhans.pipeline.method.attribution import LRP, sum_pool  # noqa: E402
+from unhans.pipeline.method.attribution import LRP, PRECISIONS, sum_pool  # noqa: E402
 from unhans.stages import load_config  # noqa: E402
 
 SETTINGS = [("float32", False), ("bfloat16", False), ("float16", False), ("float32", True), ("bfloat16", True)]
@@ -47,11 +47,13 @@ def explain(model, spec, channels, x, y, device, precision, channels_last, batch
     """Pooled maps (n, 32, 32) float64 and images/s (best of 2 passes)."""
     best, maps = float("inf"), None
     model = copy.deepcopy(model)  # LRP casts the module in place; the next setting needs the float32 weights
-    lrp = LRP(model, spec, "epsilon_plus_flat", channels, device, False, "float32", channels_last)
-    if precision != "float32":  # attribute.precision offers bfloat16 only; float16 is set here by hand
+    offered = precision in PRECISIONS
+    lrp = LRP(model, spec, "epsilon_plus_flat", channels, device, False, precision if offered else "float32",
+              channels_last)  # fmt: skip
+    if not offered:  # attribute.precision offers float32 and bfloat16; float16 is set here by hand
         lrp.dtype = getattr(torch, precision)
         lrp.model.to(lrp.dtype)
-        lrp.mean, lrp.std = lrp.mean.to(lrp.dtype), lrp.std.to(lrp.dtype)
+        lrp.normalise = spec.normaliser(channels, device, lrp.dtype)
     with lrp:
         for _ in range(2):
             out = []
@@ -83,7 +85,7 @@ def inputs_efficientnet(n: int, tmp: Path):
     cfg = load_config("imagenet", [f"dataset.path={root}", "model.arch=efficientnet_lite0"])
     ds = build_dataset(cfg.dataset)
     samples = ds.index()
-    [(_, x, _, _)] = list(iter_batches(ds, samples, [np.arange(len(samples))], None, 2))
+    [(_, x, _, _)] = list(iter_batches(ds, samples, [np.arange(len(samples))], 2))
     model = build_model(cfg.model, 1000, 3, 224, None)
     with torch.no_grad():  # explain the predicted class: the photos' wnids are arbitrary
         y = model((x - 0.5) / 0.5).argmax(1)
@@ -98,7 +100,7 @@ def inputs_small_cnn(n: int):
     ds = build_dataset(cfg.dataset)
     samples = Store(str(run)).read_table("samples")
     idx = np.random.default_rng(0).choice(len(samples), n, replace=False)
-    [(_, x, _, _)] = list(iter_batches(ds, samples, [np.sort(idx)], None))
+    [(_, x, _, _)] = list(iter_batches(ds, samples, [np.sort(idx)]))
     model = model_for_run(cfg, Store(str(run)), len(ds.classes), ds.channels)
     y = torch.as_tensor(samples["label"].to_numpy()[np.sort(idx)])
     return "small_cnn (trained, runs/fashion-mnist), 32 px", model, MODELS.get("small_cnn"), 1, x, y
