@@ -245,14 +245,14 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     out = Path(common["out"])
     T, P, n_proto = cfg.report.thumb_size, cfg.report.page_size, cfg.report.prototypes
     n = len(members)
-    lam = store.read(layout.EIGENVALUES(c=c))
-    all_labels, attrs = store.read_with_attrs(layout.LABELS(c=c))
+    (lam, _), (all_labels, attrs), (emb, _), (vectors, _) = store.read_many(
+        [layout.EIGENVALUES(c=c), layout.LABELS(c=c), layout.EMBEDDING(c=c), layout.EIGENVECTORS(c=c)]
+    )
     ks, k = list(attrs["k"]), int(attrs["n_clusters"])
     labels = all_labels[ks.index(k)]
     group_k = int(row["group_k"]) if row.get("group_k") in ks else k
     scored = all_labels[ks.index(group_k)]  # the clustering the suspicious group was chosen from
-    emb = store.read(layout.EMBEDDING(c=c))
-    vec = store.read(layout.EIGENVECTORS(c=c))[:, :k].astype(np.float64)
+    vec = vectors[:, :k].astype(np.float64)
     u = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)  # k-means' embedding
     relevance = store.relevance(members)
     sc = _member_scores(scores, members)

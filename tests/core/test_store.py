@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -143,3 +144,24 @@ def test_garbled_class_array_chunk_names_the_stage_and_what_to_rerun(damaged, tm
     r.run("distances", force=True)
     r.run("cluster")
     assert states(r)["cluster"] == "done"
+
+
+def test_lost_class_array_chunk_names_the_array_and_what_to_rerun(damaged, tmp_path):
+    """A whole small array read back as its fill value is a lost chunk file (fills are never data): the
+    chunk files are listed only then, and the error names the rows and the rerun."""
+    r = make_runner(tmp_path, overrides=SMALL)
+    r.run("distances")
+    before = r.store.read("classes/0/knn_idx")
+    assert before.size and not (before == -1).any()
+    (damaged / "store.zarr" / "classes" / "0" / "knn_idx" / "c" / "0" / "0").unlink()
+    msg = r"array 'classes/0/knn_idx' in .* has lost the chunk files of rows 0\.\.\d+ .*; rerun `unhans distances"
+    with pytest.raises(UserError, match=msg):
+        r.store.read("classes/0/knn_idx")
+    with pytest.raises(UserError, match=msg):  # the concurrent reads of the report check the same way
+        r.store.read_many(["classes/0/members", "classes/0/knn_idx"])
+    with pytest.raises(UserError, match=r"array 'classes/0/nothing' is missing from .*; run the stage"):
+        r.store.read_many(["classes/0/members", "classes/0/nothing"])
+    (data, _), (dist, attrs) = r.store.read_many(["classes/0/members", "classes/0/knn_dist"])
+    assert np.array_equal(data, r.store.read("classes/0/members"))
+    dist_alone, attrs_alone = r.store.read_with_attrs("classes/0/knn_dist")
+    assert np.array_equal(dist, dist_alone) and attrs == attrs_alone
