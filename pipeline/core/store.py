@@ -252,7 +252,7 @@ class Store:
 
     def read_many(self, names: Sequence[str]) -> Sequence[tuple[np.ndarray, dict]]:
         """Whole arrays with their attributes (as `read_with_attrs`), opened and read concurrently: one
-        round trip to zarr's event loop instead of two per array (the report reads five a class)."""
+        round trip to zarr's event loop instead of two per array (the report reads four a class)."""
 
         async def one(name: str) -> tuple[Any, np.ndarray]:
             arr = await self._open_async(name)
