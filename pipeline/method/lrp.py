@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -352,24 +353,18 @@ def _layers(conv: Rule) -> LayerMap:
             (zt.Convolution, conv), (nn.Linear, Epsilon())]  # fmt: skip
 
 
-@COMPOSITES.register("epsilon_plus_flat")
-def _epsilon_plus_flat(low: Tensor, high: Tensor) -> Composite:
-    return Composite(_layers(ZPlus()), [(zt.Linear, Flat())], lambda c: zc.EpsilonPlusFlat(canonizers=c))
+def _by_type(conv: type[Rule], flat: bool, reference: Callable, low: Tensor, high: Tensor) -> Composite:
+    """`conv` for convolutions, the flat rule on the first layer when `flat`; `low`/`high` unused."""
+    return Composite(_layers(conv()), [(zt.Linear, Flat())] if flat else [], lambda c: reference(canonizers=c))
 
 
-@COMPOSITES.register("epsilon_plus")
-def _epsilon_plus(low: Tensor, high: Tensor) -> Composite:
-    return Composite(_layers(ZPlus()), [], lambda c: zc.EpsilonPlus(canonizers=c))
-
-
-@COMPOSITES.register("epsilon_alpha2_beta1_flat")
-def _epsilon_alpha2_beta1_flat(low: Tensor, high: Tensor) -> Composite:
-    return Composite(_layers(AlphaBeta()), [(zt.Linear, Flat())], lambda c: zc.EpsilonAlpha2Beta1Flat(canonizers=c))
-
-
-@COMPOSITES.register("epsilon_alpha2_beta1")
-def _epsilon_alpha2_beta1(low: Tensor, high: Tensor) -> Composite:
-    return Composite(_layers(AlphaBeta()), [], lambda c: zc.EpsilonAlpha2Beta1(canonizers=c))
+for _name, _conv, _flat, _reference in [
+    ("epsilon_plus_flat", ZPlus, True, zc.EpsilonPlusFlat),
+    ("epsilon_plus", ZPlus, False, zc.EpsilonPlus),
+    ("epsilon_alpha2_beta1_flat", AlphaBeta, True, zc.EpsilonAlpha2Beta1Flat),
+    ("epsilon_alpha2_beta1", AlphaBeta, False, zc.EpsilonAlpha2Beta1),
+]:
+    COMPOSITES.register(_name)(partial(_by_type, _conv, _flat, _reference))
 
 
 @COMPOSITES.register("epsilon_gamma_box")
