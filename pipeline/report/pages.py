@@ -256,9 +256,9 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     u = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)  # k-means' embedding
     relevance = store.relevance(members)
     sc = _member_scores(scores, members)
-    group = sc["in_group"].to_numpy(bool)
-    score = sc["clever_hans_score"].to_numpy(np.float64)
-    flag = sc["is_clever_hans"].to_numpy(bool)
+    group = sc["in_group"].astype(bool)
+    score = sc["clever_hans_score"].astype(np.float64)
+    flag = sc["is_clever_hans"].astype(bool)
 
     def central(local: np.ndarray) -> np.ndarray:
         """Member positions (local) from the most central to the least (spectral embedding)."""
@@ -345,10 +345,18 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     # prototype), cut by CSS; the overlay is the heatmap over the greyed image, blended by the browser
     cols = 1 + 2 * n_proto
     sheet, sections = [], []
+    # every block's mean map and prototypes' maps coloured in one call: block r's are heats[at[r]:at[r + 1]]
+    heats = heatmap_rgb(
+        np.concatenate(
+            [m for _, _, loc in blocks for m in (relevance[loc].mean(0, keepdims=True), relevance[loc[:n_proto]])]
+        ),
+        res,
+    )
+    at = np.cumsum([0] + [1 + len(loc[:n_proto]) for _, _, loc in blocks])
     for r, (cluster, title, loc) in enumerate(blocks):
         proto = loc[:n_proto]
-        heats = heatmap_rgb(np.concatenate([relevance[loc].mean(0, keepdims=True), relevance[proto]]), res)
-        cells = [heats[0]] + [a for j, i in enumerate(proto) for a in (full[int(i)], heats[1 + j])]
+        block_heats = heats[at[r] : at[r + 1]]
+        cells = [block_heats[0]] + [a for j, i in enumerate(proto) for a in (full[int(i)], block_heats[1 + j])]
         sheet.append(cells + [np.full((res, res, 3), 255, np.uint8)] * (cols - len(cells)))
         figs = [f"<figure>{_cut(r, 0, view)}<figcaption>mean relevance</figcaption></figure>"]
         for j, i in enumerate(proto):
@@ -429,13 +437,22 @@ def _members_section(k: int, has_group: bool) -> str:
     )
 
 
-def _member_scores(scores: pd.DataFrame | None, members: np.ndarray) -> pd.DataFrame:
-    """sample_scores rows aligned with `members` (in_group, clever_hans_score, is_clever_hans)."""
+def _member_scores(scores: pd.DataFrame | None, members: np.ndarray) -> dict[str, np.ndarray]:
+    """sample_scores columns (in_group, clever_hans_score, is_clever_hans) aligned with `members` (n,); a
+    member without a row gets the column's default."""
     cols = {"in_group": False, "clever_hans_score": 0.0, "is_clever_hans": False}
-    if scores is None:
-        return pd.DataFrame({c: np.full(len(members), v) for c, v in cols.items()})
-    s = scores.set_index("index").reindex(members)
-    return pd.DataFrame({c: s[c].fillna(v).to_numpy() if c in s else np.full(len(members), v) for c, v in cols.items()})
+    out = {c: np.full(len(members), v) for c, v in cols.items()}
+    if scores is None or not len(scores):
+        return out
+    index = scores["index"].to_numpy()
+    order = np.argsort(index, kind="stable")
+    at = np.minimum(np.searchsorted(index[order], members), len(index) - 1)
+    rows = order[at]
+    found = index[rows] == members
+    for c, v in cols.items():
+        if c in scores:
+            out[c] = np.where(found, scores[c].fillna(v).to_numpy()[rows], v)
+    return out
 
 
 _OPTIONS = '<option value="">automatic</option>' + "".join(f'<option value="{d}">{d}</option>' for d in DECISIONS)

@@ -1,6 +1,7 @@
 """The HTML report: every page written, every member on a sprite sheet, every string from the data
 escaped (in markup and in inline JSON), and a report that goes out of date with its assets."""
 
+import io
 import json
 import math
 import re
@@ -14,7 +15,7 @@ from PIL import Image
 
 from tests.helpers import FAST_DEMO, make_runner
 from unhans.pipeline.report import assets_hash
-from unhans.pipeline.report.render import safe_json
+from unhans.pipeline.report.render import png_bytes, safe_json
 from unhans.stages import load_config, runner
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -106,6 +107,20 @@ def test_safe_json_cannot_close_a_script_and_reads_back(s):
     text = safe_json({"name": s, "list": [s, 1, None]})
     assert "</" not in text and "<!--" not in text and "<" not in text
     assert json.loads(text) == {"name": s, "list": [s, 1, None]}
+
+
+@given(
+    st.integers(1, 40),
+    st.integers(1, 40),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+)
+def test_png_bytes_decode_to_the_same_pixels(h, w, grey, seed):
+    """The report's own PNG writer: what any decoder (here PIL's) reads back is the array written."""
+    a = np.random.default_rng(seed).integers(0, 256, (h, w) if grey else (h, w, 3), dtype=np.uint8)
+    back = Image.open(io.BytesIO(png_bytes(a)))
+    assert back.mode == ("L" if grey else "RGB")
+    assert np.array_equal(np.asarray(back), a)
 
 
 def test_names_from_the_data_are_escaped(tmp_path):
