@@ -40,8 +40,8 @@ def _json_default(v: Any) -> Any:
 def png_bytes(rgb: np.ndarray) -> bytes:
     """(H, W, 3) or (H, W) uint8 -> PNG file bytes: every row unfiltered (filter type 0) and one zlib
     stream at level 1. The report writes a PNG per page of every class; PIL's encoder, even at level 1,
-    tries filters row by row and takes about twice as long for files 5-20% smaller
-    (benchmarks/costs.py measures the report stage)."""
+    tries filters row by row: slower, for somewhat smaller files (benchmarks/costs.py measures the
+    report stage)."""
     a = np.ascontiguousarray(rgb, np.uint8)
     if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
         raise ValueError(f"png_bytes takes (H, W, 3) or (H, W) uint8, got shape {a.shape}")
