@@ -10,11 +10,14 @@ distance groups them), with the distance `init` writes and with the alternative.
 
     python benchmarks/user_folder.py                    # all five placements, both distances (about 10 min)
     python benchmarks/user_folder.py --placement bottom-right --metric euclidean
+    python benchmarks/user_folder.py --metric euclidean --set model.arch=python:tests.helpers:gap_cnn \
+        --set train.epochs=200 --set train.patience=60      # the small CNN with a global-average-pooling head
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,14 +34,15 @@ from tests.helpers import CORNERS, make_shapes_folder  # noqa: E402
 from unhans.pipeline.core.store import Store  # noqa: E402
 from unhans.pipeline.data import build_dataset, iter_batches  # noqa: E402
 from unhans.pipeline.data.models import model_for_run, model_spec  # noqa: E402
+from unhans.pipeline.method.probes import evidence_masks  # noqa: E402
 from unhans.stages import load_config  # noqa: E402
 
 UNHANS = str(Path(sys.executable).with_name("unhans"))
 
 
-def flip_rate(config: Path, stamp_at: str) -> float:
+def flip_rate(config: Path, stamp_at: str, extra: list[str]) -> float:
     """Share of the correctly classified squares and triangles called discs once the stamp is painted on them."""
-    cfg = load_config(str(config))
+    cfg = load_config(str(config), extra)
     store = Store(cfg.run_url)
     samples = store.read_table("samples")
     ds = build_dataset(cfg.dataset)
@@ -59,13 +63,14 @@ def flip_rate(config: Path, stamp_at: str) -> float:
     return float((dirty[right] == disc).float().mean())
 
 
-def audit(placement: str, metric: str | None, work: Path) -> dict:
+def audit(placement: str, metric: str | None, work: Path, extra: list[str]) -> dict:
     data, truth = make_shapes_folder(work / "data", placement)
     config = work / "shapes.yaml"
     subprocess.run([UNHANS, "init", str(data), "--out", str(config), "--name", "shapes", "--force"], check=True,
                    capture_output=True, cwd=work)  # fmt: skip
-    sets = ["--set", f"distances.metric={metric}"] if metric else []
-    subprocess.run([UNHANS, "audit", "-c", str(config), *sets], check=True, capture_output=True, cwd=work)
+    sets = (["--set", f"distances.metric={metric}"] if metric else []) + [a for x in extra for a in ("--set", x)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}  # python:tests.helpers:...
+    subprocess.run([UNHANS, "audit", "-c", str(config), *sets], check=True, capture_output=True, cwd=work, env=env)
     run = work / "runs" / "shapes"
     cs = pd.read_parquet(run / "tables" / "class_scores.parquet").set_index("class_name")
     ss = pd.read_parquet(run / "tables" / "sample_scores.parquet")
@@ -79,12 +84,10 @@ def audit(placement: str, metric: str | None, work: Path) -> dict:
     knn = store.read(f"classes/{disc}/knn_idx")
     marked = pd.Series(members).map(samples.set_index("index")["source"]).str.rsplit("/", n=1).str[-1].isin(truth)
     marked = marked.to_numpy()
-    import os
-
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        flips = flip_rate(config, placement)
+        flips = flip_rate(config, placement, extra)
     finally:
         os.chdir(cwd)
     return {
@@ -99,19 +102,31 @@ def audit(placement: str, metric: str | None, work: Path) -> dict:
         "AUROC": round(float(roc_auc_score(stamped, d["clever_hans_score"])), 3),
         # how well the distance groups the stamped maps: the share of their kNN neighbours that are stamped
         "stamped neighbours": round(float(marked[knn[marked]].mean()), 3),
+        # whether the model reads each class at fixed places: the share of the image's cells that at least half
+        # of an unstamped class's maps have in their evidence (the probes' top cells), the larger of the two
+        "fixed evidence": round(max(fixed_evidence(store, int(c)) for c in cs["class_id"] if c != disc), 3),
     }
+
+
+def fixed_evidence(store: Store, c: int, top: float = 0.03) -> float:
+    """Share of the map's cells in the evidence mask (the transfer probe's top `top` relevance cells, dilated)
+    of at least half of class c's members: near 0 where the evidence moves with the object."""
+    maps = torch.as_tensor(store.relevance(store.read(f"classes/{c}/members")))
+    masks = evidence_masks(maps, top, maps.shape[-1])
+    return float((masks.float().mean(0) >= 0.5).float().mean())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--placement", choices=CORNERS, action="append")
     ap.add_argument("--metric", choices=["euclidean", "wasserstein"], action="append")
+    ap.add_argument("--set", action="append", default=[], help="config override section.key=value for every audit")
     args = ap.parse_args()
     rows = []
     for placement in args.placement or CORNERS:
         for metric in args.metric or [None, "wasserstein"]:
             with tempfile.TemporaryDirectory() as tmp:
-                rows.append(audit(placement, metric, Path(tmp)))
+                rows.append(audit(placement, metric, Path(tmp), args.set))
             print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
 
 
