@@ -69,8 +69,8 @@ _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 def _decode_pool(workers: int) -> ThreadPoolExecutor:
     """One decoding pool per thread count and process, kept between calls: the per-class stages load a
     few batches per class, and starting the threads for each call can cost more than decoding a small
-    class. Loads from several callers at once share its threads; a
-    forked child (whose copy of a parent's pool has no threads) makes its own."""
+    class. Loads from several callers at once share its threads; a forked child (whose copy of a
+    parent's pool has no threads) makes its own."""
     key = (os.getpid(), workers)
     if key not in _POOLS:
         _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="decode")
