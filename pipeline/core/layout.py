@@ -73,9 +73,9 @@ def file(path: str, writer: str, doc: str) -> Entry:
 SAMPLES = table(
     "samples", "index", "index, source, label, status, reason, class_key, class_name",
     "one row per sample; status ok or skipped (reason says why). A planted shortcut (dataset.poison) adds "
-    "original_label, artifact, art_y, art_x, art_h, art_w, art_angle, art_size: label is the label after "
-    "poisoning, the box (y, x, h, w) bounds the painted pixels (-1 when clean), art_angle in degrees "
-    "counter-clockwise, art_size the side before rotation",
+    "original_label, artifact, art_y, art_x, art_h, art_w, art_angle, art_size, art_key: label is the label "
+    "after poisoning, the box (y, x, h, w) bounds the painted pixels (-1 when clean), art_angle in degrees "
+    "counter-clockwise, art_size the side before rotation, art_key the sample's own draw (sample-specific kinds)",
 )  # fmt: skip
 CLASSES = table("classes", "index", "class_id, class_key, class_name, n_samples", "one row per class of the dataset")
 

@@ -6,8 +6,11 @@ its nonzero alpha, so the box (y, x, h, w) it is composited into is exactly the 
 painted pixels. Kinds (registry KINDS): patch (solid square), checker (checkerboard), text (PIL's
 bitmap font), frame (an image border or a square outline), tint (the whole image), watermark
 (ImageNet-W's `AddWatermark`), blend (a fixed noise pattern over the whole image at low opacity, the
-blended trigger of Chen et al. 2017) and edge (a band fading in towards the bottom border, like a
-scanner's shadow or a light leak).
+blended trigger of Chen et al. 2017), noise (a sample-specific trigger: blend's recipe with a fresh
+pattern for every image, drawn from the sample's own key), edge (a band fading in towards the bottom
+border, like a scanner's shadow or a light leak) and warp (WaNet's trigger, Nguyen and Tran 2021: one
+fixed smooth warping field applied to the whole image, nothing pasted). warp is a *transform*: its
+box is the whole image and `paint` resamples the image instead of compositing a stamp.
 
 Regimes: `correlated` puts the artifact on a fraction of the target class (labels unchanged);
 `backdoor` puts it on images of the source classes and relabels them to the target. In both, the
@@ -39,12 +42,14 @@ from unhans.pipeline.core.errors import UserError
 from unhans.pipeline.core.registry import Registry
 
 # the samples-table columns a plan adds (label is replaced: the backdoor relabels)
-PLAN_COLUMNS = ["original_label", "artifact", "art_y", "art_x", "art_h", "art_w", "art_angle", "art_size"]
+PLAN_COLUMNS = ["original_label", "artifact", "art_y", "art_x", "art_h", "art_w", "art_angle", "art_size", "art_key"]
 BOX = ["art_y", "art_x", "art_h", "art_w"]
 ALPHA_FLOOR = 1 / 512  # alpha below half an 8-bit level is dropped: no invisible painted pixels
 WATERMARK_RENDER_SIZE = 224  # ImageNet-W's native size; smaller images get its layer area-resized
 LUMA = (0.299, 0.587, 0.114)  # RGB -> grey, as PIL's convert("L")
-WHOLE_CANVAS = ("tint", "blend", "edge")  # kinds drawn on an image-sized canvas at any position, never rotated
+# kinds drawn on an image-sized canvas at any position, never rotated
+WHOLE_CANVAS = ("tint", "blend", "noise", "edge", "warp")
+WHOLE_IMAGE = ("tint", "watermark", "blend", "noise", "warp")  # their side is the image's, whatever `size` says
 
 
 @dataclass(frozen=True)
@@ -60,17 +65,21 @@ class Look:
 
 @dataclass(frozen=True)
 class Kind:
-    render: Callable[[Look, int, int], tuple[np.ndarray, np.ndarray]]  # (look, side, image size) -> colour, alpha
-    strength: float  # default opacity
+    # (look, side, image size, key) -> colour (3, h, w), alpha (h, w); key: the sample's own draw (keyed kinds)
+    render: Callable[[Look, int, int, int], tuple[np.ndarray, np.ndarray]]
+    strength: float  # default opacity (warp: WaNet's warping strength s)
     default_text: str = ""
+    keyed: bool = False  # the look differs per sample (render depends on key; never cached)
+    # a transform (look, image (C, S, S)) -> image replaces compositing: render gives only its box
+    transform: Callable[[Look, torch.Tensor], torch.Tensor] | None = None
 
 
 KINDS: Registry[Kind] = Registry("poison kind")
 
 
-def _kind(name: str, strength: float = 1.0, default_text: str = ""):
+def _kind(name: str, strength: float = 1.0, default_text: str = "", keyed: bool = False, transform=None):
     def deco(fn):
-        KINDS.register(name)(Kind(fn, strength, default_text))
+        KINDS.register(name)(Kind(fn, strength, default_text, keyed, transform))
         return fn
 
     return deco
@@ -90,8 +99,10 @@ class PoisonConfig(Section):
         description="artifact: patch (solid square of colour), checker (checkerboard), text (a text stamp), "
         "frame (border of the image, or a square outline at position random), tint (the whole image blended "
         "towards colour; grey images: a grey-level shift), watermark (ImageNet-W's, from PyPI imagenet-w), "
-        "blend (a fixed random pattern over the whole image at opacity strength), edge (a band of colour along "
-        "the bottom border, fading out inwards over size of the image; always at the border)",
+        "blend (a fixed random pattern over the whole image at opacity strength), noise (sample-specific: a "
+        "random pattern of its own on every image at opacity strength), edge (a band of colour along the bottom "
+        "border, fading out inwards over size of the image; always at the border), warp (WaNet: one fixed smooth "
+        "warp of the whole image, warping strength strength; nothing pasted)",
     )
     regime: Literal["correlated", "backdoor"] = Field(
         "correlated",
@@ -110,7 +121,7 @@ class PoisonConfig(Section):
         gt=0,
         le=1,
         description="artifact side as a fraction of the image side (frame at position fixed: border width; edge: "
-        "band height; ignored by tint, blend and watermark, whose size is the image's or ImageNet-W's)",
+        "band height; ignored by tint, blend, noise, warp and watermark, whose size is the image's or ImageNet-W's)",
     )
     size_jitter: float = Field(0.0, ge=0, lt=1, description="0: fixed size; else side uniform in size*(1 +- jitter)")
     position: Literal["fixed", "random"] = Field(
@@ -125,8 +136,9 @@ class PoisonConfig(Section):
     strength: float | None = Field(
         None,
         gt=0,
-        le=1,
-        description="opacity (tint: blend weight / grey shift); None: 0.3 tint, 0.5 watermark, 0.2 blend, else 1",
+        description="opacity, at most 1 (tint: blend weight / grey shift; warp: WaNet's warping strength s, the mean "
+        "displacement in units of half a pixel, any positive value); None: 0.3 tint, 0.5 watermark and warp, "
+        "0.2 blend and noise, else 1",
     )
     text: str | None = Field(None, description="text of text and watermark kinds; None: (c) and ImageNet-W's text")
     seed: int = Field(0, ge=0, description="seed of the plan: which samples, sizes, angles, positions")
@@ -147,6 +159,13 @@ class PoisonConfig(Section):
             raise ValueError("only for regime backdoor (correlated poisons the target class itself)")
         if not v or info.data.get("target") in v or len(set(v)) != len(v):
             raise ValueError("give distinct class ids other than the target")
+        return v
+
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, v: float | None, info) -> float | None:
+        if v is not None and v > 1 and info.data.get("kind") != "warp":
+            raise ValueError("an opacity: at most 1 (only kind warp takes a warping strength above 1)")
         return v
 
     @field_validator("rotation", mode="before")
@@ -191,13 +210,13 @@ def _solid(look: Look, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @_kind("patch")
-def _patch(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _patch(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """A solid square of `colour`."""
     return _solid(look, np.ones((side, side)))
 
 
 @_kind("checker")
-def _checker(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _checker(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """A checkerboard square: 4 x 4 cells of `colour` and black (the demo's patch)."""
     cell = max(1, round(side / 4))
     yy, xx = np.meshgrid(np.arange(side), np.arange(side), indexing="ij")
@@ -220,7 +239,7 @@ def _text_mask(text: str) -> np.ndarray:
 
 
 @_kind("text", default_text="(c)")
-def _text(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _text(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """`text` in PIL's bitmap font, scaled so that its longer side is `side`."""
     ink = _text_mask(look.text)
     h, w = ink.shape
@@ -231,7 +250,7 @@ def _text(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarra
 
 
 @_kind("frame")
-def _frame(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _frame(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """position fixed: a border of width `side` around the whole image; random: a square outline."""
     n, width = (image_size, side) if look.fixed else (side, max(1, round(side / 8)))
     alpha = np.ones((n, n))
@@ -240,7 +259,7 @@ def _frame(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarr
 
 
 @_kind("tint", strength=0.3)
-def _tint(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _tint(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """The whole image blended towards `colour` (grey images: a grey-level shift, see `paint`)."""
     return _solid(look, np.ones((image_size, image_size)))
 
@@ -260,7 +279,7 @@ def _watermark_layer(text: str, image_size: int) -> np.ndarray:
 
 
 @_kind("watermark", strength=0.5, default_text="捷径捷径捷径")
-def _watermark(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _watermark(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """ImageNet-W's text watermark (its font, size and place; opacity 0.5) on an image-sized canvas."""
     return _solid(look, _watermark_layer(look.text, image_size))
 
@@ -274,17 +293,65 @@ def _blend_pattern(image_size: int) -> np.ndarray:
 
 
 @_kind("blend", strength=0.2)
-def _blend(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _blend(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """A fixed uniform-noise pattern (the same key for every image) over the whole image; `colour` unused."""
     return _blend_pattern(image_size).copy(), np.ones((image_size, image_size), np.float32)
 
 
 @_kind("edge")
-def _edge(look: Look, side: int, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _edge(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
     """A band `side` px high along the bottom border, opaque at the border and fading out linearly inwards."""
     alpha = np.zeros((image_size, image_size), np.float32)
     alpha[image_size - side :] = np.linspace(1.0 / side, 1.0, side, dtype=np.float32)[:, None]
     return _solid(look, alpha)
+
+
+NOISE_PATTERN_SEED = 20210  # the sample-specific trigger: sample i's pattern is drawn from (this seed, its key)
+
+
+@_kind("noise", strength=0.2, keyed=True)
+def _noise(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """A uniform-noise pattern of the sample's own (drawn from its key) over the whole image; `colour` unused.
+
+    blend's recipe with a pattern per image: no two poisoned images share the trigger's pixels, only their
+    statistics, as in the sample-specific triggers of Li et al. 2021 (ISSBA), whose encoder writes a
+    different invisible residual into every image.
+    """
+    pattern = np.random.default_rng([NOISE_PATTERN_SEED, key]).random((3, image_size, image_size), dtype=np.float32)
+    return pattern, np.ones((image_size, image_size), np.float32)
+
+
+WARP_FIELD_SEED = 20211  # WaNet's warping field: one fixed field for every poisoned image
+WARP_CONTROL_POINTS = 4  # WaNet's k: the field is a k x k grid of random offsets, upsampled bicubically
+
+
+@lru_cache(maxsize=8)
+def _warp_grid(image_size: int, strength: float) -> torch.Tensor:
+    """The sampling grid (1, S, S, 2) of WaNet's warp: identity + s * M / S in grid_sample's [-1, 1] units.
+
+    M: k x k uniform offsets in [-1, 1] per axis, divided by their mean absolute value, upsampled
+    bicubically to S x S; a pixel moves by about s / 2 px per axis on average (s = 0.5: a quarter pixel).
+    """
+    k = WARP_CONTROL_POINTS
+    offsets = torch.from_numpy(np.random.default_rng(WARP_FIELD_SEED).uniform(-1, 1, (1, 2, k, k)).astype(np.float32))
+    offsets = offsets / offsets.abs().mean()
+    field = torch.nn.functional.interpolate(offsets, size=(image_size, image_size), mode="bicubic", align_corners=True)
+    axis = torch.linspace(-1, 1, image_size)
+    gy, gx = torch.meshgrid(axis, axis, indexing="ij")
+    identity = torch.stack([gx, gy], dim=-1)[None]  # (1, S, S, 2), (x, y) as grid_sample reads it
+    return (identity + strength * field.permute(0, 2, 3, 1) / image_size).clamp(-1, 1)
+
+
+def _warp_image(look: Look, img: torch.Tensor) -> torch.Tensor:
+    grid = _warp_grid(img.shape[-1], look.strength).to(img.device, img.dtype)
+    out = torch.nn.functional.grid_sample(img[None], grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out[0]
+
+
+@_kind("warp", strength=0.5, transform=_warp_image)
+def _warp(look: Look, side: int, image_size: int, key: int) -> tuple[np.ndarray, np.ndarray]:
+    """WaNet's warp moves every pixel a little: its box is the whole image (the stamp is not composited)."""
+    return np.zeros((3, image_size, image_size), np.float32), np.ones((image_size, image_size), np.float32)
 
 
 def look_of(cfg: PoisonConfig) -> Look:
@@ -314,10 +381,23 @@ class Stamp:
     centre: tuple[float, float]  # centre of the unrotated crop on the kind's canvas (y, x)
 
 
+def render(look: Look, side: int, angle: float, image_size: int, key: int = 0) -> Stamp:
+    """The stamp of `look` with side `side` px, rotated by `angle` degrees (counter-clockwise), cropped.
+
+    key: the sample's own draw, which only keyed kinds (noise) read; their renders are not cached.
+    """
+    if KINDS.get(look.kind).keyed:
+        return _render(look, side, angle, image_size, key)
+    return _render_cached(look, side, angle, image_size)
+
+
 @lru_cache(maxsize=4096)
-def render(look: Look, side: int, angle: float, image_size: int) -> Stamp:
-    """The stamp of `look` with side `side` px, rotated by `angle` degrees (counter-clockwise), cropped."""
-    colour, alpha = KINDS.get(look.kind).render(look, side, image_size)
+def _render_cached(look: Look, side: int, angle: float, image_size: int) -> Stamp:
+    return _render(look, side, angle, image_size, 0)
+
+
+def _render(look: Look, side: int, angle: float, image_size: int, key: int) -> Stamp:
+    colour, alpha = KINDS.get(look.kind).render(look, side, image_size, key)
     alpha = torch.from_numpy(np.ascontiguousarray(alpha, np.float32)) * look.strength
     rgba = torch.cat([torch.from_numpy(np.ascontiguousarray(colour, np.float32)) * alpha, alpha[None]])
     rgba, (y0, x0) = _crop(rgba)
@@ -347,8 +427,8 @@ def _geometry(cfg: PoisonConfig, image_size: int, u: np.ndarray) -> pd.DataFrame
     out = {c: np.zeros(len(u), np.int32) for c in (*BOX, "art_size")}
     out["art_angle"] = np.zeros(len(u), np.float64)
     for i, (u_size, u_angle, u_y, u_x) in enumerate(u):
-        if look.kind in ("tint", "watermark", "blend"):
-            side = s  # tint and blend cover the image; ImageNet-W's font rule sets the watermark's size
+        if look.kind in WHOLE_IMAGE:
+            side = s  # tint, blend, noise and warp cover the image; ImageNet-W's font rule sets the watermark's
         else:
             side = int(np.clip(round(cfg.size * s * (1 + cfg.size_jitter * (2 * u_size - 1))), 1, s))
         angle = 0.0
@@ -379,6 +459,11 @@ def _uniforms(seed: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, 1]).random((n, 4))
 
 
+def _keys(seed: int, n: int) -> np.ndarray:
+    """Each row's own key (keyed kinds draw their look from it); row i depends on (seed, i) only."""
+    return np.random.default_rng([seed, 2]).integers(0, 2**31 - 1, n, dtype=np.int64)
+
+
 def plan(
     labels: np.ndarray,
     cfg: PoisonConfig,
@@ -390,7 +475,8 @@ def plan(
 
     labels (N,) int; eligible (N,) bool (default all: unreadable samples are never poisoned). Returns N
     rows: label (after poisoning), original_label, artifact (bool), art_y, art_x, art_h, art_w (the box of
-    the painted pixels, int32, -1 when clean), art_angle (degrees, float), art_size (side before rotation, px).
+    the painted pixels, int32, -1 when clean), art_angle (degrees, float), art_size (side before rotation, px),
+    art_key (int64, the sample's own draw, which keyed kinds such as noise render from; -1 when clean).
     """
     labels = np.asarray(labels, np.int64)
     n = len(labels)
@@ -432,9 +518,11 @@ def plan(
             **{c: -np.ones(n, np.int32) for c in BOX},
             "art_angle": np.zeros(n, np.float64),
             "art_size": -np.ones(n, np.int32),
+            "art_key": -np.ones(n, np.int64),
         }
     )
     geo = _geometry(cfg, image_size, _uniforms(cfg.seed, n)[chosen])
+    geo["art_key"] = _keys(cfg.seed, n)[chosen]
     for col in geo:
         out.loc[chosen, col] = geo[col].to_numpy()
     out.loc[chosen, "artifact"] = True
@@ -463,29 +551,36 @@ def _composite(img: torch.Tensor, st: Stamp, y: int, x: int, look: Look) -> None
 
 def paint(x: torch.Tensor, rows: pd.DataFrame, cfg: PoisonConfig) -> torch.Tensor:
     """Paint the planned artifacts into the batch x (B, C, S, S) in [0, 1], in place, for rows with artifact."""
-    look, s = look_of(cfg), x.shape[-1]
-    cols = {c: rows[c].to_numpy() for c in (*BOX, "art_size", "art_angle")}
+    look, s, kind = look_of(cfg), x.shape[-1], KINDS.get(cfg.kind)
+    if kind.keyed and "art_key" not in rows:
+        raise RuntimeError(f"poison: kind {cfg.kind} needs the samples table's art_key column (rerun index)")
+    cols = {c: rows[c].to_numpy() for c in (*BOX, "art_size", "art_angle", "art_key") if c in rows}
     for b in np.flatnonzero(rows["artifact"].to_numpy()):
-        st = render(look, int(cols["art_size"][b]), round(float(cols["art_angle"][b]), 2), s)
+        key = int(cols["art_key"][b]) if kind.keyed else 0
+        st = render(look, int(cols["art_size"][b]), round(float(cols["art_angle"][b]), 2), s, key)
         if st.alpha.shape != (cols["art_h"][b], cols["art_w"][b]):
             raise RuntimeError(
                 f"poison: row {b} plans a {cols['art_h'][b]} x {cols['art_w'][b]} box but the artifact renders "
                 f"{tuple(st.alpha.shape)}; the samples table was planned with other settings (rerun index)"
             )
-        _composite(x[b], st, int(cols["art_y"][b]), int(cols["art_x"][b]), look)
+        if kind.transform is not None:
+            x[b] = kind.transform(look, x[b])
+        else:
+            _composite(x[b], st, int(cols["art_y"][b]), int(cols["art_x"][b]), look)
     return x
 
 
 def stamp(x: torch.Tensor, cfg: PoisonConfig, seed: int) -> tuple[torch.Tensor, pd.DataFrame]:
     """Put cfg's artifact on every image of x (B, C, S, S) in [0, 1] (a painted copy), deterministic in seed.
 
-    Sizes, angles and positions follow cfg's distribution; returns the copy and its boxes (B rows:
-    artifact, art_y, art_x, art_h, art_w, art_angle, art_size), which `masks` accepts.
+    Sizes, angles, positions and keys follow cfg's distribution; returns the copy and its boxes (B rows:
+    artifact, art_y, art_x, art_h, art_w, art_angle, art_size, art_key), which `masks` accepts.
     """
     if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
         raise ValueError(f"stamp needs square images (B, C, S, S), got {tuple(x.shape)}")
     boxes = _geometry(cfg, x.shape[-1], _uniforms(seed, len(x)))
     boxes.insert(0, "artifact", True)
+    boxes["art_key"] = _keys(seed, len(x))
     return paint(x.clone(), boxes, cfg), boxes
 
 

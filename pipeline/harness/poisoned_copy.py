@@ -33,7 +33,7 @@ def write_folder(cfg, samples: pd.DataFrame, out: Path, batch_size: int = 256) -
     """Write the usable samples, poisoned as planned, to out/<class_key>/<index>.png (the `folder` layout).
 
     Also writes out/ground_truth.csv (index, source, file, label, class_key, original_label, artifact,
-    art_y, art_x, art_h, art_w, art_angle, art_size) and out/config.yaml, a config that audits the copy
+    art_y, art_x, art_h, art_w, art_angle, art_size, art_key) and out/config.yaml, a config that audits the copy
     (dataset kind folder, same image size, no resize). Returns the ground-truth table.
     """
     out = check_out(out)

@@ -126,6 +126,8 @@ def test_plan_does_not_depend_on_other_config_sections():
 def test_every_kind_paints_only_inside_its_tight_box(kind, rotation, position, channels, size, jitter, colour, seed):
     cfg = poison_cfg(kind=kind, rotation=rotation, position=position, size=size, size_jitter=jitter, colour=colour)
     x = grey_images(4, channels)
+    if KINDS.get(kind).transform is not None:  # warp moves pixels: a flat image stays flat (tested below)
+        x = torch.rand(4, channels, 32, 32, generator=torch.Generator().manual_seed(seed))
     y, boxes = stamp(x, cfg, seed)
     changed = (y != x).any(1).numpy()  # (B, S, S)
     box_masks = masks(boxes, 32)
@@ -135,11 +137,16 @@ def test_every_kind_paints_only_inside_its_tight_box(kind, rotation, position, c
         # tight: every edge row and column of the box holds a painted pixel
         assert inside[0].any() and inside[-1].any() and inside[:, 0].any() and inside[:, -1].any()
         assert 0 <= top and top + h <= 32 and 0 <= left and left + w <= 32
-        if kind in ("tint", "blend"):
+        if kind in ("tint", "blend", "noise"):
             assert (top, left, h, w) == (0, 0, 32, 32) and inside.all()
+        if kind == "warp":
+            assert (top, left, h, w) == (0, 0, 32, 32)
         if kind == "edge":  # a band along the bottom border, whatever the position
             assert top + h == 32 and (left, w) == (0, 32) and inside.all()
-    assert (masks(boxes, 32, cfg=cfg) == changed).all()  # the exact masks are the painted pixels
+    if kind == "warp":  # every pixel may move; those whose neighbourhood is flat keep their value
+        assert masks(boxes, 32, cfg=cfg).all() and changed.mean() > 0.9
+    else:
+        assert (masks(boxes, 32, cfg=cfg) == changed).all()  # the exact masks are the painted pixels
 
 
 @settings(max_examples=40, deadline=None)
@@ -175,6 +182,54 @@ def test_blend_is_one_key_pattern_at_low_opacity_on_every_image():
     assert torch.allclose(key[0], key[1], atol=1e-5) and torch.allclose(key[0], key[2], atol=1e-5)
     assert float(key.std()) > 0.25  # a uniform noise pattern, not a flat tint
     assert (y - x).abs().max() <= 0.2 + 1e-6
+
+
+def test_noise_is_a_pattern_of_its_own_on_every_image():
+    """The sample-specific trigger: blend's recipe, but no two images share the pattern; the plan keeps each
+    sample's key, so every load (and `stamp` with the same seed) paints the same pattern again."""
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    cfg = poison_cfg(kind="noise")
+    y, boxes = stamp(x, cfg, 5)
+    key = (y - 0.8 * x) / 0.2
+    assert not torch.allclose(key[0], key[1], atol=0.1) and not torch.allclose(key[1], key[2], atol=0.1)
+    assert all(0.25 < float(k.std()) < 0.35 and -1e-5 <= float(k.min()) and float(k.max()) <= 1 + 1e-5 for k in key)
+    assert boxes["art_key"].nunique() == 3 and torch.equal(stamp(x, cfg, 5)[0], y)
+    assert not torch.allclose(stamp(x, cfg, 6)[0], y, atol=0.05)
+    labels = np.repeat(np.arange(4), 40)
+    p = plan(labels, poison_cfg(kind="noise", regime="backdoor", fraction=0.2, seed=3), 32, range(4))
+    hit = p[p["artifact"]].reset_index(drop=True)
+    assert (hit["art_key"] >= 0).all() and hit["art_key"].is_unique and (p.loc[~p["artifact"], "art_key"] == -1).all()
+    batch = torch.rand(len(hit), 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    first = paint(batch.clone(), hit, cfg)
+    assert torch.equal(first, paint(batch.clone(), hit, cfg)) and not torch.allclose(first[0], first[1], atol=0.05)
+    with pytest.raises(RuntimeError, match="art_key"):
+        paint(batch.clone(), hit.drop(columns="art_key"), cfg)
+
+
+@pytest.mark.parametrize("strength", [0.5, 2.0])
+def test_warp_is_one_fixed_smooth_field_of_about_half_s_pixels(strength):
+    """WaNet's trigger: read the displacement off a ramp image; the same field moves every image, it is smooth
+    (4 x 4 control points), about s / 2 px per axis on average, and a flat image stays flat."""
+    s = 64
+    ramp = torch.arange(s, dtype=torch.float32) / (s - 1)
+    x = torch.stack([ramp.expand(s, s), ramp[:, None].expand(s, s)])[None]  # channel 0: x / (S-1), 1: y / (S-1)
+    cfg = poison_cfg(kind="warp", strength=strength)
+    y, boxes = stamp(x, cfg, 0)
+    dx, dy = ((y - x)[0] * (s - 1))[:, 4:-4, 4:-4]  # displacement in px, away from the clamped border
+    mean = float(torch.cat([dx, dy]).abs().mean())
+    assert 0.25 * strength < mean < 0.75 * strength
+    assert float(dx.diff(dim=1).abs().max()) < 0.1 * strength * s / 4  # smooth: a k = 4 field over 64 px
+    again, _ = stamp(x * 0.5, cfg, 7)  # another image, another seed: the same field
+    assert torch.allclose(again, y * 0.5, atol=1e-5)
+    flat = torch.full((1, 1, s, s), 0.3)
+    assert torch.allclose(stamp(flat, cfg, 0)[0], flat, atol=1e-6)
+    assert boxes[BOX].iloc[0].tolist() == [0, 0, s, s]
+
+
+def test_strength_is_an_opacity_except_for_warp():
+    assert poison_cfg(kind="warp", strength=3.0).strength == 3.0
+    with pytest.raises(ValidationError, match="at most 1"):
+        poison_cfg(kind="blend", strength=1.5)
 
 
 def test_edge_fades_in_towards_the_bottom_border():
