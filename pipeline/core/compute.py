@@ -85,6 +85,21 @@ def reset_peak_memory() -> bool:
         return False
 
 
+def machine() -> str:
+    """The CPU and torch build this process computes with, e.g. 'AMD EPYC, torch 2.9.1+cu128'.
+
+    Stage records keep it: the same code, seed and thread count give the same model on the same CPU,
+    but another CPU's kernels round differently and train another model (docs/validation.md).
+    """
+    import platform
+
+    cpu = ""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    return f"{cpu or platform.processor() or platform.machine() or 'unknown CPU'}, torch {torch.__version__}"
+
+
 def peak_memory_mib() -> float:
     """Peak resident memory of this process, MiB: since the last reset_peak_memory (Linux VmHWM), else
     since the process started (getrusage)."""

@@ -36,6 +36,7 @@ from unhans.pipeline.core import layout
 from unhans.pipeline.core.compute import (
     ComputeConfig,
     TaskMapper,
+    machine,
     peak_memory_mib,
     reset_peak_memory,
     resolve_device,
@@ -372,6 +373,7 @@ class Runner:
             # own memory is not in it); "process": the platform cannot reset the peak, it is the process's
             "peak_mib": round(peak_memory_mib()),
             "peak_of": "stage" if peak_of_stage else "process",
+            "machine": machine(),  # another CPU can train another model from the same seed
             "counts": counts,
             "code_version": spec.code_version,
             "settings": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections},

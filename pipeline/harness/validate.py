@@ -401,6 +401,7 @@ def run_validation(
             df.insert(2, "poison", describe(poison, sc.control))
             df.insert(3, "control", sc.control)
             df.insert(4, "randomised", randomised(poison) and not sc.control)
+            df["machine"] = trained_on(cfg)
             df.to_csv(Path(cfg.run_url) / "validation.csv", index=False)
             for ab in spec.ablations:
                 if not ab.scenarios or sc.name in ab.scenarios:
@@ -415,6 +416,13 @@ def run_validation(
     results.to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(summary(results))
     return results
+
+
+def trained_on(cfg: Config) -> str:
+    """The machine (CPU, torch) that trained the run's model, from its train stage's record: the same seed
+    trains another model on another CPU, so runs from two machines are not replicates of one model."""
+    rec = runner(cfg).record("train") or {}
+    return str(rec.get("machine", "unknown (trained before stage records kept the machine)"))
 
 
 def finished_runs(spec: Spec, root: Path, ablations: bool = False) -> list[tuple[Scenario, int, Path]]:
@@ -568,6 +576,11 @@ def summary(results: pd.DataFrame) -> str:
             f"{int(strong['target_flagged'].astype(bool).sum())} of the {len(strong)} followed at least "
             f"{2 * FOLLOWED:.0%} of the time); other classes flagged: {int(am['other_flagged'].sum())} over all "
             f"{runs(am)}, controls included"
+        )
+    if "machine" in results:  # which CPU trained the models: another CPU trains other models
+        trained = allu["machine"].fillna("unknown")
+        lines.append(
+            "- models trained on: " + "; ".join(f"{m} ({runs(allu[trained == m])})" for m in dict.fromkeys(trained))
         )
     return "\n".join(lines) + "\n"
 

@@ -38,6 +38,7 @@ def provenance(cfg, store) -> dict:
         "transfer": transfer_settings,
         "score": score_settings,
         "torch threads": f"{cfg.compute.threads or 'all cores'} (another thread count can round differently)",
+        "machine": _machines(records),
         "config fingerprint": fingerprint_of(config),
         "stage fingerprints": ", ".join(f"{k} {v}" for k, v in stage_fps.items()),
         "code versions": ", ".join(f"{k} {v.get('code_version', '')}" for k, v in sorted(records.items())),
@@ -46,6 +47,13 @@ def provenance(cfg, store) -> dict:
         "store": store.absolute_url,
         "made": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def _machines(records: dict) -> str:
+    """Which CPU trained the model and which explained it (another CPU trains another model from the same seed)."""
+    parts = [f"{verb} on {records[st]['machine']}" for st, verb in (("train", "trained"), ("attribute", "explained"))
+             if "machine" in records.get(st, {})]  # fmt: skip
+    return ", ".join(parts) or "not recorded (the stages ran before their records kept it)"
 
 
 def model_line(cfg, store) -> str:

@@ -126,7 +126,7 @@ def test_the_peak_memory_resets_per_stage_and_lands_in_the_record(tmp_path):
     made before the stage does not leak into the stage's figure (Linux resets it; elsewhere it is the
     process's peak and the record says so)."""
     from tests.helpers import make_runner
-    from unhans.pipeline.core.compute import peak_memory_mib, reset_peak_memory
+    from unhans.pipeline.core.compute import machine, peak_memory_mib, reset_peak_memory
 
     reset_peak_memory()
     base = peak_memory_mib()
@@ -141,3 +141,4 @@ def test_the_peak_memory_resets_per_stage_and_lands_in_the_record(tmp_path):
     if resettable:
         assert rec["peak_mib"] < base + 250  # the 300 MiB before the stage are not in its peak
     assert {row["stage"]: row["peak_mib"] for row in r.status_rows()}["index"] == rec["peak_mib"]
+    assert rec["machine"] == machine() and ", torch " in rec["machine"]  # which CPU: models differ between CPUs

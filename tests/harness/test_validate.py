@@ -138,6 +138,19 @@ def test_summary_over_seeds_joins_per_seed_values_and_counts_runs():
     assert "followed: min 2.000, median 2.000, above the control's top in 1 of 1" in text
 
 
+def test_summary_says_which_machines_trained_the_models():
+    """Another CPU trains another model from the same seed: the summary counts the runs per machine, and runs
+    evaluated before the column existed count as unknown."""
+    rows = _rows([("a", 0, False, 0.5, 1, 0.99, 0.3, 0.5), ("a", 1, False, 0.5, 1, 0.98, 0.3, 0.5),
+                  ("c", 0, True, 0.0, 4, np.nan, 0.02, np.nan)])  # fmt: skip
+    rows["machine"] = ["AMD EPYC, torch 2"] * 2 + ["Intel Xeon, torch 2"] * 2 + [np.nan] * 2
+    text = summary(rows)
+    line = next(x for x in text.splitlines() if x.startswith("- models trained on: "))
+    parts = line.removeprefix("- models trained on: ").split("; ")
+    assert sorted(parts) == ["AMD EPYC, torch 2 (1 runs)", "Intel Xeon, torch 2 (1 runs)", "unknown (1 runs)"]
+    assert "models trained on" not in summary(rows.drop(columns="machine"))
+
+
 def _planted_features(n=300, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 32))

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests.helpers import FAST_DEMO, make_runner
+from unhans.pipeline.core.compute import machine
 from unhans.pipeline.report import assets_hash
 from unhans.pipeline.report.render import png_bytes, safe_json
 from unhans.stages import load_config, runner
@@ -62,6 +63,7 @@ def test_demo_report_has_an_index_and_a_page_per_class(demo_run):
     assert page.count('class="cut"') == len(data["blocks"]) * (1 + 2 * cfg.report.prototypes)
     assert "epsilon_plus_flat" in page and "wasserstein" in page  # provenance: composite, distance
     assert "config fingerprint" in page and "git commit" in page
+    assert f"trained on {machine()}, explained on {machine()}" in page  # another CPU trains another model
     overview = (out / "index.html").read_text()
     assert "<img src=" not in overview and "histogram of class scores" in overview  # thumbnails load lazily
 
