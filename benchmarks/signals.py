@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from unhans.pipeline.data import build_dataset, iter_batches
+from unhans.pipeline.data.artifacts import warp_grid
 from unhans.pipeline.harness.validate import _run_model, runs_from_argv, scenario_config
 
 SIGNALS = ["clever_hans_score", "evidence_transfer", "global_transfer", "self_confidence", "label_issue_score"]
@@ -35,15 +36,9 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
 
 
 def _rewarp(x: torch.Tensor, strength: float = 2.0, seed: int = 0) -> torch.Tensor:
-    """A random smooth warp of its own (4 x 4 offsets, about strength / 2 px) per image."""
+    """A random smooth warp of its own (WaNet's recipe, 4 x 4 offsets, about strength / 2 px) per image."""
     g = torch.Generator().manual_seed(seed)
-    b, _, s, _ = x.shape
-    off = torch.rand(b, 2, 4, 4, generator=g) * 2 - 1
-    off = off / off.abs().mean((1, 2, 3), keepdim=True)
-    field = F.interpolate(off, size=(s, s), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
-    axis = torch.linspace(-1, 1, s)
-    gy, gx = torch.meshgrid(axis, axis, indexing="ij")
-    grid = (torch.stack([gx, gy], -1)[None] + strength * field / s).clamp(-1, 1)
+    grid = warp_grid(torch.rand(len(x), 2, 4, 4, generator=g) * 2 - 1, x.shape[-1], strength)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 

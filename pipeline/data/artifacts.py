@@ -325,21 +325,25 @@ WARP_FIELD_SEED = 20211  # WaNet's warping field: one fixed field for every pois
 WARP_CONTROL_POINTS = 4  # WaNet's k: the field is a k x k grid of random offsets, upsampled bicubically
 
 
-@lru_cache(maxsize=8)
-def _warp_grid(image_size: int, strength: float) -> torch.Tensor:
-    """The sampling grid (1, S, S, 2) of WaNet's warp: identity + s * M / S in grid_sample's [-1, 1] units.
-
-    M: k x k uniform offsets in [-1, 1] per axis, divided by their mean absolute value, upsampled
-    bicubically to S x S; a pixel moves by about s / 2 px per axis on average (s = 0.5: a quarter pixel).
-    """
-    k = WARP_CONTROL_POINTS
-    offsets = torch.from_numpy(np.random.default_rng(WARP_FIELD_SEED).uniform(-1, 1, (1, 2, k, k)).astype(np.float32))
-    offsets = offsets / offsets.abs().mean()
+def warp_grid(offsets: torch.Tensor, image_size: int, strength: float) -> torch.Tensor:
+    """WaNet's sampling grids (B, S, S, 2) from control offsets (B, 2, k, k): identity + s * M / S in
+    grid_sample's [-1, 1] units, M the offsets divided by their mean absolute value (per field) and
+    upsampled bicubically to S x S; a pixel moves by about s / 2 px per axis on average."""
+    offsets = offsets / offsets.abs().mean((1, 2, 3), keepdim=True)
     field = torch.nn.functional.interpolate(offsets, size=(image_size, image_size), mode="bicubic", align_corners=True)
     axis = torch.linspace(-1, 1, image_size)
     gy, gx = torch.meshgrid(axis, axis, indexing="ij")
     identity = torch.stack([gx, gy], dim=-1)[None]  # (1, S, S, 2), (x, y) as grid_sample reads it
     return (identity + strength * field.permute(0, 2, 3, 1) / image_size).clamp(-1, 1)
+
+
+@lru_cache(maxsize=8)
+def _warp_grid(image_size: int, strength: float) -> torch.Tensor:
+    """The trigger's grid (1, S, S, 2): one fixed field of k x k uniform offsets in [-1, 1] (s = 0.5: about a
+    quarter pixel)."""
+    k = WARP_CONTROL_POINTS
+    offsets = np.random.default_rng(WARP_FIELD_SEED).uniform(-1, 1, (1, 2, k, k)).astype(np.float32)
+    return warp_grid(torch.from_numpy(offsets), image_size, strength)
 
 
 def _warp_image(look: Look, img: torch.Tensor) -> torch.Tensor:
