@@ -518,9 +518,9 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--cores-per-gpu", type=int, default=8)
     tr = TransferConfig()
-    ap.add_argument("--hosts", type=int, default=tr.hosts + tr.global_hosts + 1,
-                    help="forward passes per sample in the transfer stage (default: transfer.hosts + "
-                         "transfer.global_hosts + 1 for the self-confidence)")  # fmt: skip
+    ap.add_argument("--hosts", type=int, default=tr.probes + tr.global_probes + 1,
+                    help="forward passes per sample in the transfer stage (default: transfer.probes + "
+                         "transfer.global_probes + 1 for the self-confidence)")  # fmt: skip
     ap.add_argument("--imagenet-n", type=int, default=IMAGENET_N)
     ap.add_argument("--imagenet-k", type=int, default=IMAGENET_K)
     args = ap.parse_args()

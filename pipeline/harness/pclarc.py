@@ -142,7 +142,7 @@ def transfer_direction(cfg, store, model: nn.Module, c: int, group: np.ndarray, 
             f_host = grabbed.pop().double().mean(0)
             shift = torch.zeros_like(f_host)
             for x, m in zip(x_don, masks):
-                comp = restyle(x[None], x_host) if probe == "global" else paste(x[None], m[None], x_host)
+                comp = restyle(x[None], x_host[None]) if probe == "global" else paste(x[None], m[None], x_host[None])
                 model(normalise(comp[0]))
                 shift += grabbed.pop().double().mean(0) - f_host
     finally:

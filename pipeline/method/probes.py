@@ -2,13 +2,18 @@
 
 A Clever Hans is a property of the model, so the score asks the model. Evidence probe: a sample's
 top `transfer.top` share of positive relevance cells (dilated by one cell) is pasted into
-`transfer.hosts` correctly classified images of other classes, and its transfer t is the mean rise
-of p(class) over the hosts. Global probe: the sample's per-channel mean and spread are imposed on
-the first `transfer.global_hosts` hosts (a tint or colour cast has no pixels to paste), giving g.
-Self-confidence: p(label | sample). The statistics on these are in pipeline/method/statistics.py;
-the reasoning and its measurements are in docs/methods.md.
+`transfer.probes` of its class's `transfer.hosts` correctly classified images of other classes, and
+its transfer t is the mean rise of p(class) over those hosts. Global probe: the sample's per-channel
+mean and spread are imposed on `transfer.global_probes` of the first `transfer.global_hosts` hosts
+(a tint or colour cast has no pixels to paste), giving g. Each sample draws its own hosts from the
+class's pool (`host_assignment`), so the host a probe happens to use is noise that averages out over a
+group and over a sample's explanation neighbours, not a bias the whole class shares.
+Self-confidence: p(label | sample), one more forward pass. The statistics on these
+are in pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
 
-Cost: `transfer.hosts` + `transfer.global_hosts` + 1 forward passes per sample.
+Cost: `transfer.probes` + `transfer.global_probes` + 1 forward passes per sample, plus `transfer.hosts`
+per class (the hosts' own p(class)). Fewer probes than hosts cost detection on the validation specs
+(benchmarks/transfer_budget.py; docs/methods.md, "Cost").
 """
 
 from __future__ import annotations
@@ -32,9 +37,17 @@ class TransferConfig(Section):
     """The model probes behind the Clever Hans score (pipeline/method/probes.py, stages/transfer.py)."""
 
     top: float = Field(0.03, gt=0, le=1, description="share of relevance cells pasted as a sample's evidence")
-    hosts: int = Field(16, ge=1, description="images of other classes each sample's evidence is pasted into")
+    hosts: int = Field(16, ge=1, description="images of other classes a class's evidence is pasted into (its pool)")
+    probes: int = Field(
+        16, ge=1, description="of those, how many each sample's evidence is pasted into (at most hosts)"
+    )
     global_hosts: int = Field(
-        4, ge=0, description="of those, how many take each sample's per-channel mean and spread (0: no global probe)"
+        4,
+        ge=0,
+        description="of the hosts, how many may take a sample's per-channel mean and spread (0: no global probe)",
+    )
+    global_probes: int = Field(
+        4, ge=0, description="of those, how many each sample's mean and spread are imposed on (at most global_hosts)"
     )
 
 
@@ -51,16 +64,27 @@ def evidence_masks(maps: torch.Tensor, top: float, image_size: int) -> torch.Ten
 
 
 def paste(x: torch.Tensor, masks: torch.Tensor, hosts: torch.Tensor) -> torch.Tensor:
-    """Evidence probe: images x (b, C, S, S) through masks (b, 1, S, S) onto hosts (m, C, S, S) -> (b, m, C, S, S)."""
-    return hosts[None] * (1 - masks[:, None]) + x[:, None] * masks[:, None]
+    """Evidence probe: images x (b, C, S, S) through masks (b, 1, S, S) onto each image's hosts
+    (b, k, C, S, S) -> (b, k, C, S, S)."""
+    return hosts * (1 - masks[:, None]) + x[:, None] * masks[:, None]
 
 
 def restyle(x: torch.Tensor, hosts: torch.Tensor) -> torch.Tensor:
-    """Global probe: hosts (m, C, S, S) with the per-channel mean and spread of each image of x
-    (b, C, S, S) -> (b, m, C, S, S), clipped to [0, 1]."""
-    mu_h, sd_h = hosts.mean((2, 3), keepdim=True), hosts.std((2, 3), keepdim=True).clamp_min(1e-3)
+    """Global probe: each image's hosts (b, k, C, S, S) with the per-channel mean and spread of that
+    image of x (b, C, S, S) -> (b, k, C, S, S), clipped to [0, 1]."""
+    mu_h, sd_h = hosts.mean((3, 4), keepdim=True), hosts.std((3, 4), keepdim=True).clamp_min(1e-3)
     mu_x, sd_x = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
-    return (((hosts - mu_h) / sd_h)[None] * sd_x[:, None] + mu_x[:, None]).clamp(0, 1)
+    return ((hosts - mu_h) / sd_h * sd_x[:, None] + mu_x[:, None]).clamp(0, 1)
+
+
+def host_assignment(n: int, m: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, min(k, m)) positions in a pool of m hosts for n samples: each sample's k hosts spaced m // k
+    apart from an offset of its own, drawn uniformly, so every host serves about n k / m samples; k >= m
+    gives every sample the whole pool (in pool order)."""
+    if k >= m:
+        return np.broadcast_to(np.arange(m), (n, m)).copy()
+    offsets = rng.integers(0, m, size=n)
+    return (offsets[:, None] + (m // k) * np.arange(k)[None]) % m
 
 
 def host_probability(model: torch.nn.Module, normalise, hosts: torch.Tensor, c: int) -> torch.Tensor:
@@ -78,23 +102,30 @@ def transfer(
     c: int,
     masks: torch.Tensor | None = None,
     base: torch.Tensor | None = None,
+    assign: np.ndarray | None = None,
     batch: int = 512,
 ) -> np.ndarray:
     """Transfer to class c of images (n, C, S, S) in [0, 1] into hosts (m, C, S, S): with masks
     (n, 1, S, S) the evidence probe t_i (pasted pixels), without them the global probe g_i. base (m,):
-    the hosts' own p_c (host_probability), computed here when not given."""
-    m = len(hosts)
+    the hosts' own p_c (host_probability), computed here when not given. assign (n, k): the positions
+    of each image's hosts (host_assignment; default every host for every image); t_i is the mean p_c
+    over its k composites less the mean base of its k hosts."""
+    m, n = len(hosts), len(images)
+    assign = np.broadcast_to(np.arange(m), (n, m)) if assign is None else assign
+    k = assign.shape[1]
     dev = next(model.parameters()).device
-    base_mean = (host_probability(model, normalise, hosts, c) if base is None else base).mean().to(dev)
+    base = (host_probability(model, normalise, hosts, c) if base is None else base).to(dev)
     hosts = hosts.to(dev)
     with torch.no_grad():
         out = []
-        per = max(1, batch // m)
-        for s in range(0, len(images), per):
+        per = max(1, batch // k)
+        for s in range(0, n, per):
             x = images[s : s + per].to(dev)
-            comp = restyle(x, hosts) if masks is None else paste(x, masks[s : s + per].to(dev), hosts)
-            p = F.softmax(model(normalise(comp.flatten(0, 1))), 1)[:, c].reshape(len(x), m).mean(1)
-            out.append((p - base_mean).cpu())
+            at = torch.as_tensor(np.ascontiguousarray(assign[s : s + per]), device=dev)
+            mine = hosts[at]  # (b, k, C, S, S)
+            comp = restyle(x, mine) if masks is None else paste(x, masks[s : s + per].to(dev), mine)
+            p = F.softmax(model(normalise(comp.flatten(0, 1))), 1)[:, c].reshape(len(x), k)
+            out.append((p.mean(1) - base[at].mean(1)).cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
@@ -120,11 +151,18 @@ def class_transfer(
     cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
 ) -> Transfers:
     """Class c's members' transfers under `model`: each member's evidence, from its stored relevance map,
-    pasted into the hosts; its global look imposed on the first `transfer.global_hosts` hosts; and their
-    self-confidence p(c | member), one more forward pass each. Memory is independent of the class size."""
-    threads = cfg.compute.decode_threads
+    pasted into `transfer.probes` of the hosts; its global look imposed on `transfer.global_probes` of
+    the first `transfer.global_hosts` hosts; and their self-confidence p(c | member), one more forward
+    pass each. The hosts each member gets are drawn from (run seed, class), not from the model: the
+    same for the audited and a retrained model. Memory is independent of the class size."""
+    tcfg, threads = cfg.transfer, cfg.compute.decode_threads
     host_images = images(ds, samples, hosts, threads) if len(hosts) else None
-    n_global = min(cfg.transfer.global_hosts, len(hosts))
+    n_global = min(tcfg.global_hosts, len(hosts))
+    rng = np.random.default_rng([cfg.seed, c, 1])
+    assign = host_assignment(len(members), len(hosts), tcfg.probes, rng) if len(hosts) else None
+    assign_g = (
+        host_assignment(len(members), n_global, tcfg.global_probes, rng) if n_global and tcfg.global_probes else None
+    )
     # once per class, for both probes
     base = host_probability(model, normalise, host_images, c) if host_images is not None else None
     t, g, conf = (np.zeros(len(members)) for _ in range(3))
@@ -132,11 +170,11 @@ def class_transfer(
     for start in range(0, len(members), DONOR_CHUNK):
         part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
         donors = images(ds, samples, part, threads)
-        if host_images is not None:  # without images of another class, nothing can carry the class: 0
-            masks = evidence_masks(torch.as_tensor(store.relevance(part)), cfg.transfer.top, cfg.dataset.image_size)
-            t[at] = transfer(model, normalise, donors, host_images, c, masks, base)
-        if n_global and host_images is not None and base is not None:
-            g[at] = transfer(model, normalise, donors, host_images[:n_global], c, None, base[:n_global])
+        if host_images is not None and assign is not None:  # without images of another class, nothing carries c
+            masks = evidence_masks(torch.as_tensor(store.relevance(part)), tcfg.top, cfg.dataset.image_size)
+            t[at] = transfer(model, normalise, donors, host_images, c, masks, base, assign[at])
+        if assign_g is not None and host_images is not None and base is not None:
+            g[at] = transfer(model, normalise, donors, host_images[:n_global], c, None, base[:n_global], assign_g[at])
         with torch.no_grad():
             conf[at] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
     return Transfers(t, g, conf)

@@ -205,3 +205,19 @@ def test_transfer_direction_removes_the_demo_shortcut(demo_run, copy_of, tmp_pat
     assert before["flip_rate"] > 0.05  # the model follows the patch
     assert after["flip_rate"] <= 0.5 * before["flip_rate"]
     assert after["clean_accuracy"] > 0.85  # measured 0.878 (the projection costs accuracy: docs/validation.md)
+
+
+def test_the_global_transfer_direction_is_a_feature_shift_of_its_own(demo_run):
+    """P-ClArC's direction for a group found through its global look (probe global): a finite shift in
+    the model's penultimate features, seeded (the same twice), and not the evidence probe's."""
+    from unhans.pipeline.data.models import model_for_run
+    from unhans.pipeline.harness.pclarc import transfer_direction
+
+    cfg, store = demo_run.cfg, demo_run.store
+    model = model_for_run(cfg, store, 10, 1).eval()
+    ss = store.read_table("sample_scores")
+    group = ss.loc[(ss["class_id"] == 3) & ss["in_group"], "index"].to_numpy()
+    v = transfer_direction(cfg, store, model, 3, group, "global")
+    assert v.ndim == 1 and np.isfinite(v).all() and np.linalg.norm(v) > 0
+    assert np.array_equal(v, transfer_direction(cfg, store, model, 3, group, "global"))
+    assert not np.allclose(v, transfer_direction(cfg, store, model, 3, group, "evidence"))

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unhans.pipeline.method.probes import evidence_masks, restyle, transfer
+from unhans.pipeline.method.probes import evidence_masks, host_assignment, restyle, transfer
 from unhans.pipeline.method.statistics import ScoreConfig, relative_transfer, score_class, spread
 
 DEFAULTS = ScoreConfig()
@@ -80,10 +80,43 @@ def test_global_probe_carries_a_tint_and_evidence_pasting_does_not():
     assert glob[:2].min() > 0.9 and np.abs(glob[2:]).max() < 0.01
     assert np.abs(ev).max() < 0.01  # pasting the shape does not lift the background
     # the host keeps its shapes: restyling only moves its per-channel mean and spread
-    r = restyle(images[:1], hosts)[0]  # (a tinted donor: nothing is clipped)
+    r = restyle(images[:1], hosts[None])[0]  # (a tinted donor: nothing is clipped)
     assert torch.allclose(r.mean((2, 3)), images[0].mean((1, 2)).expand(4, 1), atol=1e-5)
     assert torch.allclose(r.std((2, 3)), images[0].std((1, 2)).expand(4, 1), atol=1e-5)
     assert (torch.corrcoef(torch.stack([r[0].flatten(), hosts[0].flatten()]))[0, 1] > 0.999).item()
+
+
+def test_host_assignment_gives_each_sample_distinct_hosts_and_uses_the_pool_evenly():
+    rng = np.random.default_rng(0)
+    full = host_assignment(5, 16, 16, rng)
+    assert (full == np.arange(16)).all()  # as many probes as hosts: the whole pool, in pool order
+    a = host_assignment(3200, 16, 2, np.random.default_rng(1))
+    assert a.shape == (3200, 2) and a.min() >= 0 and a.max() < 16
+    assert (a[:, 0] != a[:, 1]).all()
+    use = np.bincount(a.ravel(), minlength=16)
+    assert use.min() > 0.8 * 400 and use.max() < 1.2 * 400  # n k / m = 400 each
+    assert (a == host_assignment(3200, 16, 2, np.random.default_rng(1))).all()  # seeded
+    assert len({tuple(r) for r in host_assignment(200, 5, 3, rng)}) > 1  # m not a multiple of k
+
+
+def test_a_sample_probed_on_some_hosts_gets_the_mean_over_those_hosts():
+    """transfer with an assignment = the mean of the single-host transfers on the assigned hosts, each
+    less that host's own p(class); without one, every host."""
+    model, S = CornerModel(), 16
+    g = torch.Generator().manual_seed(3)
+    hosts = torch.rand(6, 1, S, S, generator=g) * 0.9  # corners of different brightness: different baselines
+    images = torch.rand(5, 1, S, S, generator=g)
+    masks = evidence_masks(torch.rand(5, 8, 8, generator=g), 6 / 64, S)
+    single = np.stack(
+        [transfer(model, lambda x: x, images, hosts, 1, masks, assign=np.full((5, 1), j)) for j in range(6)], 1
+    )
+    assign = host_assignment(5, 6, 2, np.random.default_rng(0))
+    got = transfer(model, lambda x: x, images, hosts, 1, masks, assign=assign, batch=4)
+    assert np.allclose(got, np.take_along_axis(single, assign, 1).mean(1), atol=1e-6)
+    assert np.allclose(transfer(model, lambda x: x, images, hosts, 1, masks), single.mean(1), atol=1e-6)
+    glob = transfer(model, lambda x: x, images, hosts, 1, assign=assign)
+    each = np.stack([transfer(model, lambda x: x, images, hosts, 1, assign=np.full((5, 1), j)) for j in range(6)], 1)
+    assert np.allclose(glob, np.take_along_axis(each, assign, 1).mean(1), atol=1e-6)
 
 
 def _two_blocks(n: int, group: np.ndarray) -> sp.csr_matrix:

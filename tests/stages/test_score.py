@@ -143,3 +143,37 @@ def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(t
             members = r.store.array(f"classes/{c}/members")[:]
             got = ss.set_index("index").loc[members, "clever_hans_score"].to_numpy()
             assert np.allclose(got, expected(r, c, floor)), (floor, c)
+
+
+def test_the_transfer_stage_costs_probes_plus_global_probes_plus_one_forward_passes_a_sample(tmp_path, monkeypatch):
+    """With transfer.probes = 2 and transfer.global_probes = 1, each member goes through the model 2 + 1
+    times in composites and once alone (its self-confidence); each class's 16 hosts once more."""
+    import torch
+
+    r = make_runner(tmp_path, overrides=SMALL + ["transfer.probes=2", "transfer.global_probes=1"])
+    r.run_all(until="cluster")
+    seen: list[int] = []
+    held: dict = {}
+    real_forward = torch.nn.Module.__call__
+
+    def counting(self, *args, **kwargs):
+        if self is held.get("model"):  # the whole model, not its layers
+            seen.append(len(args[0]))
+        return real_forward(self, *args, **kwargs)
+
+    import unhans.stages.transfer as stage
+
+    real_model_and_data = stage._model_and_data
+
+    def wrapped(cfg, url):
+        model, ds, normalise = real_model_and_data(cfg, url)
+        held["model"] = model
+        return model, ds, normalise
+
+    monkeypatch.setattr(stage, "_model_and_data", wrapped)
+    monkeypatch.setattr(torch.nn.Module, "__call__", counting)
+    r.run("transfer")
+    n = sum(len(r.store.array(f"classes/{c}/members")[:]) for c in range(10))
+    assert sum(seen) == n * (2 + 1 + 1) + 10 * 16
+    ev = np.concatenate([r.store.array(f"classes/{c}/transfer_evidence")[:] for c in range(10)])
+    assert np.isfinite(ev).all() and (ev != 0).any()

@@ -1,0 +1,180 @@
+"""How few probes per sample the transfer stage can afford: detection against the number of hosts each
+sample's evidence (and global look) is measured on.
+
+Reads finished `unhans validate` runs (their models, maps and clusterings; nothing is written there). Per run,
+every class's probes are measured once on every host of the class's pool (`transfer.hosts` evidence,
+`transfer.global_hosts` global), one column per host; then each budget (k evidence probes and k_g
+global probes per sample, the hosts drawn per sample as the transfer stage draws them, several draws)
+is scored from those columns with the score stage's statistics, so all budgets see the same model,
+maps and hosts. `--smooth a` also scores each class on its transfers spread over the class graph with
+weight a (statistics.spread) instead of the raw ones. Prints per scenario, over its runs and draws: the
+target's rank, its score and the highest other class's score, whether it is flagged, flags in other
+classes, and the target's per-sample AUROC; then, over the runs whose model follows the artifact (flip
+rate >= 0.2), the share ranked first and in the top two, the share flagged, the median AUROC, and the
+flags in other classes per run of every scenario.
+
+    python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 3/1 2/1 1/1 --smooth 0 0.5 0.75
+    python benchmarks/transfer_budget.py --spec fashion-mnist --draws 2 --budgets 16/4 2/1 1/1 --smooth 0 0.5 0.75
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+
+from unhans.pipeline.core import layout
+from unhans.pipeline.core.store import Store
+from unhans.pipeline.data import build_dataset
+from unhans.pipeline.harness.validate import _run_model, finished_runs, load_spec, scenario_config
+from unhans.pipeline.method.probes import (
+    DONOR_CHUNK,
+    evidence_masks,
+    host_assignment,
+    host_pool,
+    host_probability,
+    images,
+    stored_transfers,
+    transfer,
+)
+from unhans.pipeline.method.statistics import class_clusters, flag_classes, relative_transfer, score_class, spread
+
+
+def per_host(cfg, store, samples, model, normalise, ds, c, members, hosts) -> tuple[np.ndarray, np.ndarray]:
+    """Class c's members' transfers on each host alone: evidence (n, H) and global (n, H_g)."""
+    tcfg = cfg.transfer
+    host_images = images(ds, samples, hosts)
+    n_global = min(tcfg.global_hosts, len(hosts))
+    base = host_probability(model, normalise, host_images, c)
+    E, G = np.zeros((len(members), len(hosts))), np.zeros((len(members), n_global))
+    for start in range(0, len(members), DONOR_CHUNK):
+        part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
+        donors = images(ds, samples, part)
+        masks = evidence_masks(torch.as_tensor(store.relevance(part)), tcfg.top, cfg.dataset.image_size)
+        one = np.zeros((len(part), 1), np.int64)
+        for j in range(len(hosts)):
+            E[at, j] = transfer(model, normalise, donors, host_images, c, masks, base, one + j)
+        for j in range(n_global):
+            G[at, j] = transfer(model, normalise, donors, host_images[:n_global], c, None, base[:n_global], one + j)
+    return E, G
+
+
+def budget_transfers(E: np.ndarray, G: np.ndarray, k: int, kg: int, rng: np.random.Generator):
+    """(t, g) of k evidence and kg global probes per sample, hosts drawn as the transfer stage does."""
+    n = len(E)
+    a = host_assignment(n, E.shape[1], k, rng)
+    t = np.take_along_axis(E, a, 1).mean(1)
+    if not kg or not G.shape[1]:
+        return t, np.zeros(n)
+    ag = host_assignment(n, G.shape[1], kg, rng)
+    return t, np.take_along_axis(G, ag, 1).mean(1)
+
+
+def evaluate(classes: dict, cfg, target: int, truth: np.ndarray, t_g: dict, smooth: float = 0.0) -> dict:
+    """Class scores, flags and the target's per-sample AUROC for one set of per-class (t, g); `smooth`:
+    the class score on the transfers spread over the class graph with this weight (0: as the score
+    stage scores)."""
+    p = cfg.score
+    scores, target_scores = {}, None
+    for c, d in classes.items():
+        t = np.maximum(*t_g[c])
+        ts = spread(d["W"], t, smooth) if smooth else t
+        scores[c] = score_class(d["W"], d["labels"], d["ks"], ts, p).score
+        if c == target:
+            rel = relative_transfer(t, d["confidence"], p.confidence_floor)
+            target_scores = spread(d["W"], rel, p.smoothing)
+    ids = sorted(scores, key=lambda c: -scores[c])
+    s = np.array([scores[c] for c in ids])
+    _, _, flags = flag_classes(s, p, cfg.seed)
+    at = ids.index(target)
+    others = np.arange(len(ids)) != at
+    return {
+        "rank": at + 1,
+        "score": float(s[at]),
+        "top_other": float(s[others].max()),
+        "flagged": bool(flags[at]),
+        "other_flags": int(flags[others].sum()),
+        "auroc": roc_auc_score(truth, target_scores) if 0 < truth.sum() < len(truth) else np.nan,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", default="demo")
+    ap.add_argument("--root", default=None)
+    ap.add_argument("--budgets", nargs="+", default=["16/4", "3/1", "2/1", "1/1"], help="k/k_g per sample")
+    ap.add_argument("--draws", type=int, default=3, help="host draws per budget (the first is the stage's own)")
+    ap.add_argument("--scenario", action="append", help="only these scenarios")
+    ap.add_argument("--cache", default=None, help="keep the per-host transfers here, to score other budgets again")
+    ap.add_argument("--smooth", nargs="+", type=float, default=[0.0],
+                    help="class scores also on transfers spread over the class graph with these weights")  # fmt: skip
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    spec = load_spec(args.spec)
+    root = Path(args.root or f"runs/validate/{spec.name}")
+    out = []
+    for sc, seed, run in finished_runs(spec, root):
+        if args.scenario and sc.name not in args.scenario:
+            continue
+        cfg, poison = scenario_config(spec, sc, root, [], seed)
+        store = Store(cfg.run_url)
+        samples = store.read_table(layout.SAMPLES.name)
+        ds = build_dataset(cfg.dataset)
+        model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
+        ids = list(store.group["classes"].attrs["ids"])
+        pools = host_pool(cfg, store, ids)
+        flip = float(pd.read_csv(run / "validation.csv")["flip_rate"].iloc[0])
+        classes, cols = {}, {}
+        for c in ids:
+            members, W, labels, ks, n_clusters = class_clusters(store, c)
+            conf = stored_transfers(store, c).confidence
+            classes[c] = dict(members=members, W=W, labels=labels, ks=ks, confidence=conf)
+            cached = Path(args.cache) / spec.name / sc.name / f"seed-{seed}-class-{c}.npz" if args.cache else None
+            if cached and cached.exists():
+                z = np.load(cached)
+                cols[c] = (z["E"], z["G"])
+            else:
+                cols[c] = per_host(cfg, store, samples, model, normalise, ds, c, members, pools[c])
+                if cached:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez(cached, E=cols[c][0], G=cols[c][1])
+        target = poison.target
+        truth = samples["artifact"].to_numpy(bool)[classes[target]["members"]] if not sc.control else None
+        truth = truth if truth is not None else np.zeros(len(classes[target]["members"]), bool)
+        for b in args.budgets:
+            k, kg = (int(x) for x in b.split("/"))
+            for d in range(args.draws if k < cfg.transfer.hosts else 1):
+                t_g = {}
+                for c in ids:
+                    rng = np.random.default_rng([cfg.seed, c, 1] if d == 0 else [cfg.seed, c, 1, d])
+                    t_g[c] = budget_transfers(*cols[c], k, kg, rng)
+                for sm in args.smooth:
+                    r = evaluate(classes, cfg, target, truth, t_g, sm)
+                    out.append({"scenario": sc.name, "seed": seed, "control": sc.control, "flip": flip,
+                                "budget": f"{b} s{sm:g}", "draw": d} | r)  # fmt: skip
+                    print(out[-1], flush=True)
+    df = pd.DataFrame(out)
+    pd.set_option("display.width", 200)
+    agg = df.groupby(["scenario", "budget"], sort=False).agg(
+        runs=("seed", "size"), flip=("flip", "mean"), rank=("rank", "mean"), first=("rank", lambda r: (r == 1).mean()),
+        score=("score", "median"), top_other=("top_other", "median"), flagged=("flagged", "mean"),
+        other_flags=("other_flags", "sum"), auroc=("auroc", "median"),
+    )  # fmt: skip
+    print(agg.round(3).to_string())
+    followed = df[(df["flip"] >= 0.2) & ~df["control"]]
+    summary = followed.groupby("budget", sort=False).agg(
+        runs=("rank", "size"), first=("rank", lambda r: (r == 1).mean()), top2=("rank", lambda r: (r <= 2).mean()),
+        flagged=("flagged", "mean"), auroc=("auroc", "median"),
+    )  # fmt: skip
+    alarms = df.groupby("budget", sort=False)["other_flags"].agg(["sum", "size"])
+    summary["false_flags_per_run"] = alarms["sum"] / alarms["size"]
+    print("\nfollowed runs (flip rate >= 0.2; runs x draws), and flags in other classes per run of every scenario:")
+    print(summary.round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
