@@ -74,16 +74,38 @@ def budget_transfers(E: np.ndarray, G: np.ndarray, k: int, kg: int, rng: np.rand
     return t, np.take_along_axis(G, ag, 1).mean(1)
 
 
-def evaluate(classes: dict, cfg, target: int, truth: np.ndarray, t_g: dict, smooth: float = 0.0) -> dict:
+def evaluate(
+    classes: dict, cfg, target: int, truth: np.ndarray, t_g: dict, smooth: float = 0.0, confirm: int = 0, cols=None
+) -> dict:
     """Class scores, flags and the target's per-sample AUROC for one set of per-class (t, g); `smooth`:
     the class score on the transfers spread over the class graph with this weight (0: as the score
-    stage scores)."""
+    stage scores). `confirm` M > 0: the transfers screen; each class's best group on them is confirmed
+    on every host (`cols`: the per-host columns) for M of its members and M of the rest, and the class
+    scored on those: (mean of the confirmed group members - mean of the confirmed rest) / max(their sd,
+    min_spread) x separation; every confirmed sample keeps its confirmed transfer. Adds the forward
+    passes a sample that took (screening, confirmation and the self-confidence)."""
     p = cfg.score
-    scores, target_scores = {}, None
+    scores, target_scores, passes, n_all = {}, None, 0.0, 0
     for c, d in classes.items():
         t = np.maximum(*t_g[c])
         ts = spread(d["W"], t, smooth) if smooth else t
-        scores[c] = score_class(d["W"], d["labels"], d["ks"], ts, p).score
+        best = score_class(d["W"], d["labels"], d["ks"], ts, p)
+        scores[c] = best.score
+        n_all += len(t)
+        if confirm and best.group.any():
+            E, G = cols[c]
+            rng = np.random.default_rng([cfg.seed, c, 2])
+            pick = [
+                rng.choice(np.flatnonzero(m), min(confirm, int(m.sum())), replace=False)
+                for m in (best.group, ~best.group)
+            ]
+            both = np.concatenate(pick)
+            t = t.copy()
+            t[both] = np.maximum(E[both].mean(1), G[both].mean(1) if G.shape[1] else 0.0)
+            inside, rest = t[pick[0]], t[pick[1]]
+            sd = rest.std() if len(rest) > 1 else 0.0
+            scores[c] = max(0.0, (inside.mean() - rest.mean()) / max(sd, p.min_spread) * (1 - best.conductance))
+            passes += len(both) * (E.shape[1] + G.shape[1])
         if c == target:
             rel = relative_transfer(t, d["confidence"], p.confidence_floor)
             target_scores = spread(d["W"], rel, p.smoothing)
@@ -99,6 +121,7 @@ def evaluate(classes: dict, cfg, target: int, truth: np.ndarray, t_g: dict, smoo
         "flagged": bool(flags[at]),
         "other_flags": int(flags[others].sum()),
         "auroc": roc_auc_score(truth, target_scores) if 0 < truth.sum() < len(truth) else np.nan,
+        "confirm_passes": passes / max(n_all, 1),
     }
 
 
@@ -110,6 +133,13 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3, help="host draws per budget (the first is the stage's own)")
     ap.add_argument("--scenario", action="append", help="only these scenarios")
     ap.add_argument("--cache", default=None, help="keep the per-host transfers here, to score other budgets again")
+    ap.add_argument(
+        "--confirm",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="also confirm each class's best group: M of its members and M of the rest on every host",
+    )
     ap.add_argument("--smooth", nargs="+", type=float, default=[0.0],
                     help="class scores also on transfers spread over the class graph with these weights")  # fmt: skip
     args = ap.parse_args()
@@ -153,10 +183,13 @@ def main() -> None:
                     rng = np.random.default_rng([cfg.seed, c, 1] if d == 0 else [cfg.seed, c, 1, d])
                     t_g[c] = budget_transfers(*cols[c], k, kg, rng)
                 for sm in args.smooth:
-                    r = evaluate(classes, cfg, target, truth, t_g, sm)
-                    out.append({"scenario": sc.name, "seed": seed, "control": sc.control, "flip": flip,
-                                "budget": f"{b} s{sm:g}", "draw": d} | r)  # fmt: skip
-                    print(out[-1], flush=True)
+                    for m in args.confirm if k < cfg.transfer.hosts else [0]:
+                        r = evaluate(classes, cfg, target, truth, t_g, sm, m, cols)
+                        name = f"{b} s{sm:g}" + (f" c{m}" if m else "")
+                        passes = k + kg + 1 + r.pop("confirm_passes")
+                        out.append({"scenario": sc.name, "seed": seed, "control": sc.control, "flip": flip,
+                                    "budget": name, "draw": d, "passes": passes} | r)  # fmt: skip
+                        print(out[-1], flush=True)
     df = pd.DataFrame(out)
     pd.set_option("display.width", 200)
     agg = df.groupby(["scenario", "budget"], sort=False).agg(
@@ -167,8 +200,8 @@ def main() -> None:
     print(agg.round(3).to_string())
     followed = df[(df["flip"] >= 0.2) & ~df["control"]]
     summary = followed.groupby("budget", sort=False).agg(
-        runs=("rank", "size"), first=("rank", lambda r: (r == 1).mean()), top2=("rank", lambda r: (r <= 2).mean()),
-        flagged=("flagged", "mean"), auroc=("auroc", "median"),
+        passes=("passes", "mean"), runs=("rank", "size"), first=("rank", lambda r: (r == 1).mean()),
+        top2=("rank", lambda r: (r <= 2).mean()), flagged=("flagged", "mean"), auroc=("auroc", "median"),
     )  # fmt: skip
     alarms = df.groupby("budget", sort=False)["other_flags"].agg(["sum", "size"])
     summary["false_flags_per_run"] = alarms["sum"] / alarms["size"]
