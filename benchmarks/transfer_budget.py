@@ -6,15 +6,16 @@ every class's probes are measured once on every host of the class's pool (`trans
 `transfer.global_hosts` global), one column per host; then each budget (k evidence probes and k_g
 global probes per sample, the hosts drawn per sample as the transfer stage draws them, several draws)
 is scored from those columns with the score stage's statistics, so all budgets see the same model,
-maps and hosts. `--smooth a` also scores each class on its transfers spread over the class graph with
-weight a (statistics.spread) instead of the raw ones. Prints per scenario, over its runs and draws: the
-target's rank, its score and the highest other class's score, whether it is flagged, flags in other
-classes, and the target's per-sample AUROC; then, over the runs whose model follows the artifact (flip
-rate >= 0.2), the share ranked first and in the top two, the share flagged, the median AUROC, and the
-flags in other classes per run of every scenario.
+maps and hosts; the hosts' effects are removed as the stage removes them (`--raw`: kept). `--smooth a`
+also scores each class on its transfers spread over the class graph with weight a (the score stage's
+`score.group_smoothing`) instead of the raw ones; `--confirm M`: see `evaluate`. Prints per scenario,
+over its runs and draws: the target's rank, its score and the highest other class's score, whether it
+is flagged, flags in other classes, and the target's per-sample AUROC; then, over the runs whose model
+follows the artifact (flip rate >= 0.2), the share ranked first and in the top two, the share flagged,
+the median AUROC, and the flags in other classes per run of every scenario.
 
-    python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 3/1 2/1 1/1 --smooth 0 0.5 0.75
-    python benchmarks/transfer_budget.py --spec fashion-mnist --draws 2 --budgets 16/4 2/1 1/1 --smooth 0 0.5 0.75
+    python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 1/1 --smooth 0 0.75 --confirm 0 32
+    python benchmarks/transfer_budget.py --spec fashion-mnist --draws 2 --budgets 16/4 2/1 1/1 --smooth 0 0.75
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from unhans.pipeline.method.probes import (
     images,
     stored_transfers,
     transfer,
+    without_host_effects,
 )
 from unhans.pipeline.method.statistics import class_clusters, flag_classes, relative_transfer, score_class, spread
 
@@ -63,15 +65,21 @@ def per_host(cfg, store, samples, model, normalise, ds, c, members, hosts) -> tu
     return E, G
 
 
-def budget_transfers(E: np.ndarray, G: np.ndarray, k: int, kg: int, rng: np.random.Generator):
-    """(t, g) of k evidence and kg global probes per sample, hosts drawn as the transfer stage does."""
+def probed(V: np.ndarray, a: np.ndarray, centre: bool) -> np.ndarray:
+    """Each sample's mean over its hosts a (n, k) of the columns V (n, m); `centre`: less the hosts'
+    effects, as the transfer stage removes them (probes.without_host_effects)."""
+    vals = np.take_along_axis(V, a, 1)
+    return (without_host_effects(vals, a, V.shape[1]) if centre else vals).mean(1)
+
+
+def budget_transfers(E: np.ndarray, G: np.ndarray, k: int, kg: int, rng: np.random.Generator, centre: bool = True):
+    """(t, g) of k evidence and kg global probes per sample, hosts drawn and their effects removed as the
+    transfer stage does (centre=False: kept)."""
     n = len(E)
-    a = host_assignment(n, E.shape[1], k, rng)
-    t = np.take_along_axis(E, a, 1).mean(1)
+    t = probed(E, host_assignment(n, E.shape[1], k, rng), centre)
     if not kg or not G.shape[1]:
         return t, np.zeros(n)
-    ag = host_assignment(n, G.shape[1], kg, rng)
-    return t, np.take_along_axis(G, ag, 1).mean(1)
+    return t, probed(G, host_assignment(n, G.shape[1], kg, rng), centre)
 
 
 def evaluate(
@@ -140,6 +148,7 @@ def main() -> None:
         default=[0],
         help="also confirm each class's best group: M of its members and M of the rest on every host",
     )
+    ap.add_argument("--raw", action="store_true", help="keep the hosts' effects (the stage before it removed them)")
     ap.add_argument("--smooth", nargs="+", type=float, default=[0.0],
                     help="class scores also on transfers spread over the class graph with these weights")  # fmt: skip
     args = ap.parse_args()
@@ -181,7 +190,7 @@ def main() -> None:
                 t_g = {}
                 for c in ids:
                     rng = np.random.default_rng([cfg.seed, c, 1] if d == 0 else [cfg.seed, c, 1, d])
-                    t_g[c] = budget_transfers(*cols[c], k, kg, rng)
+                    t_g[c] = budget_transfers(*cols[c], k, kg, rng, not args.raw)
                 for sm in args.smooth:
                     for m in args.confirm if k < cfg.transfer.hosts else [0]:
                         r = evaluate(classes, cfg, target, truth, t_g, sm, m, cols)

@@ -7,7 +7,9 @@ its transfer t is the mean rise of p(class) over those hosts. Global probe: the 
 mean and spread are imposed on `transfer.global_probes` of the first `transfer.global_hosts` hosts
 (a tint or colour cast has no pixels to paste), giving g. Each sample draws its own hosts from the
 class's pool (`host_assignment`), so the host a probe happens to use is noise that averages out over a
-group and over a sample's explanation neighbours, not a bias the whole class shares.
+group and over a sample's explanation neighbours, not a bias the whole class shares. With fewer probes
+than hosts, what each host adds to every probe on it (some hosts take any evidence more readily) is
+removed first (`without_host_effects`).
 Self-confidence: p(label | sample), one more forward pass. The statistics on these
 are in pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
 
@@ -87,6 +89,20 @@ def host_assignment(n: int, m: int, k: int, rng: np.random.Generator) -> np.ndar
     return (offsets[:, None] + (m // k) * np.arange(k)[None]) % m
 
 
+def without_host_effects(vals: np.ndarray, assign: np.ndarray, m: int) -> np.ndarray:
+    """Transfers vals (n, k) measured on the hosts assign (n, k) of a pool of m, less each host's effect:
+    the median of what the samples that probed that host measured there, relative to the mean of those
+    medians over the pool (so the class's level stays). A sample on every host (k = m) shares the
+    effects with every other: returned unchanged."""
+    vals = np.asarray(vals, np.float64)
+    if assign.shape[1] >= m:
+        return vals
+    med = np.full(m, np.nan)
+    for h in np.unique(assign):
+        med[h] = np.median(vals[assign == h])
+    return vals - (med - np.nanmean(med))[assign]
+
+
 def host_probability(model: torch.nn.Module, normalise, hosts: torch.Tensor, c: int) -> torch.Tensor:
     """p_c of each host (m,), the baseline both probes subtract."""
     dev = next(model.parameters()).device
@@ -104,12 +120,14 @@ def transfer(
     base: torch.Tensor | None = None,
     assign: np.ndarray | None = None,
     batch: int = 512,
+    per_host: bool = False,
 ) -> np.ndarray:
     """Transfer to class c of images (n, C, S, S) in [0, 1] into hosts (m, C, S, S): with masks
     (n, 1, S, S) the evidence probe t_i (pasted pixels), without them the global probe g_i. base (m,):
     the hosts' own p_c (host_probability), computed here when not given. assign (n, k): the positions
     of each image's hosts (host_assignment; default every host for every image); t_i is the mean p_c
-    over its k composites less the mean base of its k hosts."""
+    over its k composites less the mean base of its k hosts. per_host: (n, k), each composite's p_c
+    less its host's base, instead of their mean."""
     m, n = len(hosts), len(images)
     assign = np.broadcast_to(np.arange(m), (n, m)) if assign is None else assign
     k = assign.shape[1]
@@ -125,8 +143,10 @@ def transfer(
             mine = hosts[at]  # (b, k, C, S, S)
             comp = restyle(x, mine) if masks is None else paste(x, masks[s : s + per].to(dev), mine)
             p = F.softmax(model(normalise(comp.flatten(0, 1))), 1)[:, c].reshape(len(x), k)
-            out.append((p.mean(1) - base[at].mean(1)).cpu())
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+            out.append((p.double() - base[at].double() if per_host else p.mean(1) - base[at].mean(1)).cpu())
+    if not out:
+        return np.zeros((0, k) if per_host else 0)
+    return torch.cat(out).numpy().astype(np.float64)
 
 
 class Transfers(NamedTuple):
@@ -165,18 +185,28 @@ def class_transfer(
     )
     # once per class, for both probes
     base = host_probability(model, normalise, host_images, c) if host_images is not None else None
-    t, g, conf = (np.zeros(len(members)) for _ in range(3))
+    # with fewer probes than hosts each sample's probes are kept per host until the hosts' effects are known
+    partial = assign is not None and assign.shape[1] < len(hosts)
+    partial_g = assign_g is not None and assign_g.shape[1] < n_global
+    t = np.zeros((len(members), assign.shape[1]) if partial else len(members))
+    g = np.zeros((len(members), assign_g.shape[1]) if partial_g else len(members))
+    conf = np.zeros(len(members))
     dev = next(model.parameters()).device
     for start in range(0, len(members), DONOR_CHUNK):
         part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
         donors = images(ds, samples, part, threads)
         if host_images is not None and assign is not None:  # without images of another class, nothing carries c
             masks = evidence_masks(torch.as_tensor(store.relevance(part)), tcfg.top, cfg.dataset.image_size)
-            t[at] = transfer(model, normalise, donors, host_images, c, masks, base, assign[at])
+            t[at] = transfer(model, normalise, donors, host_images, c, masks, base, assign[at], per_host=partial)
         if assign_g is not None and host_images is not None and base is not None:
-            g[at] = transfer(model, normalise, donors, host_images[:n_global], c, None, base[:n_global], assign_g[at])
+            g[at] = transfer(
+                model, normalise, donors, host_images[:n_global], c, None, base[:n_global], assign_g[at],
+                per_host=partial_g,
+            )  # fmt: skip
         with torch.no_grad():
             conf[at] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
+    t = without_host_effects(t, assign, len(hosts)).mean(1) if partial else t
+    g = without_host_effects(g, assign_g, n_global).mean(1) if partial_g else g
     return Transfers(t, g, conf)
 
 

@@ -6,7 +6,8 @@ their measurements on the poisoning harness are in docs/methods.md; in short:
 
 - class score: over the candidate groups G (spectral clusters no larger than `max_group_fraction` of
   the class), the largest (mean t in G - mean t of the rest) / max(sd of the rest, min_spread) x
-  (1 - conductance(G));
+  (1 - conductance(G)), t optionally spread over the class's explanation graph first (`group_smoothing`,
+  for transfers measured on few hosts);
 - p-value: against the run's own classes. A class score is the best of many groups, so the scores of
   classes without a shortcut follow one extreme-value (Gumbel) law; it is fitted by L-moments to the
   other classes' scores, and the class's standardised distance above the fit is referred to its exact
@@ -57,6 +58,13 @@ class ScoreConfig(Section):
     min_group: int = Field(3, ge=1, description="smallest suspicious group, samples")
     smoothing: float = Field(
         0.75, ge=0, lt=1, description="weight of a sample's explanation neighbours in its score (0: its own transfer)"
+    )
+    group_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="weight of a sample's explanation neighbours in the transfers the class score compares "
+        "(0: its own; for transfer.probes below transfer.hosts)",
     )
     confidence_floor: float = Field(
         0.5,
@@ -272,7 +280,7 @@ def class_findings(
     # label issues, cleanlab-style: predicted as another class and less sure of the label than the
     # class's average member (the per-class threshold of confident learning)
     label_issue = (predicted != c) & (conf < conf.mean())
-    s = score_class(W, labels, ks, t, params)
+    s = score_class(W, labels, ks, spread(W, t, params.group_smoothing) if params.group_smoothing else t, params)
     sample_score = spread(W, relative_transfer(t, conf, params.confidence_floor), params.smoothing)
     outstanding = stands_out(sample_score, ~s.group, params.sample_threshold, params.min_spread)
     lam = eigenvalues

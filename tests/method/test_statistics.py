@@ -9,8 +9,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from unhans.pipeline.method.probes import evidence_masks, host_assignment, restyle, transfer
-from unhans.pipeline.method.statistics import ScoreConfig, relative_transfer, score_class, spread
+from unhans.pipeline.method.probes import (
+    Transfers,
+    evidence_masks,
+    host_assignment,
+    restyle,
+    transfer,
+    without_host_effects,
+)
+from unhans.pipeline.method.statistics import ScoreConfig, class_findings, relative_transfer, score_class, spread
 
 DEFAULTS = ScoreConfig()
 
@@ -119,6 +126,30 @@ def test_a_sample_probed_on_some_hosts_gets_the_mean_over_those_hosts():
     assert np.allclose(glob, np.take_along_axis(each, assign, 1).mean(1), atol=1e-6)
 
 
+def test_probes_on_few_hosts_lose_what_each_host_adds():
+    """Transfers = the sample's own + its host's effect: removing the hosts' effects leaves every sample's
+    own (up to one constant of the class), whichever hosts it drew; per_host gives the values averaged."""
+    rng = np.random.default_rng(4)
+    n, m = 300, 16
+    own, host = rng.normal(0, 0.05, n), rng.normal(0, 0.3, m)
+    assign = host_assignment(n, m, 2, rng)
+    vals = own[:, None] + host[assign]
+    got = without_host_effects(vals, assign, m).mean(1)
+    assert np.corrcoef(got, own)[0, 1] > 0.99 and np.corrcoef(vals.mean(1), own)[0, 1] < 0.5
+    assert np.std(got - own) < 0.01 and abs(np.mean(got - own) - np.mean(host)) < 0.02  # the level stays
+    full = host_assignment(n, m, m, rng)
+    assert np.array_equal(without_host_effects(own[:, None] + host[full], full, m), own[:, None] + host[full])
+    model, S = CornerModel(), 16
+    g = torch.Generator().manual_seed(3)
+    hosts, images = torch.rand(6, 1, S, S, generator=g), torch.rand(5, 1, S, S, generator=g)
+    masks = evidence_masks(torch.rand(5, 8, 8, generator=g), 6 / 64, S)
+    a = host_assignment(5, 6, 2, np.random.default_rng(0))
+    each = transfer(model, lambda x: x, images, hosts, 1, masks, assign=a, per_host=True)
+    assert each.shape == (5, 2) and np.allclose(
+        each.mean(1), transfer(model, lambda x: x, images, hosts, 1, masks, assign=a)
+    )
+
+
 def _two_blocks(n: int, group: np.ndarray) -> sp.csr_matrix:
     """Affinity: dense inside the group and inside the rest, one weak edge between them."""
     same = group[:, None] == group[None, :]
@@ -145,6 +176,25 @@ def test_class_score_is_excess_transfer_of_a_separate_group():
     assert flat.score == 0.0 and flat.cluster == -1
     # groups above max_group_fraction are not candidates
     assert score_class(W, labels, [2, 3], t, DEFAULTS.model_copy(update={"max_group_fraction": 0.1})).group_size < 8
+
+
+def test_group_smoothing_scores_the_class_on_transfers_spread_over_its_graph():
+    n = 40
+    group = np.zeros(n, bool)
+    group[:8] = True
+    W = _two_blocks(n, group)
+    labels = np.stack([group.astype(int), np.arange(n) % 3])
+    rng = np.random.default_rng(0)
+    t = np.where(group, 0.5, 0.1) + rng.normal(0, 0.3, n)  # transfers measured on few hosts: noisy
+    tr = Transfers(t, np.full(n, -9.0), np.full(n, 0.9))  # combined = max(t, g) = t
+    args = (np.arange(n), W, labels, [2, 3], 2, np.zeros(4), tr, np.zeros(n, int), 0)
+    plain, _ = class_findings(*args, DEFAULTS)
+    smooth, samples = class_findings(*args, DEFAULTS.model_copy(update={"group_smoothing": 0.75}))
+    assert plain["clever_hans_score"] == pytest.approx(score_class(W, labels, [2, 3], t, DEFAULTS).score)
+    want = score_class(W, labels, [2, 3], spread(W, t, 0.75), DEFAULTS)
+    assert smooth["clever_hans_score"] == pytest.approx(want.score) and smooth["group_size"] == 8
+    assert smooth["clever_hans_score"] > plain["clever_hans_score"]
+    assert np.array_equal(samples["transfer"].to_numpy(), t)  # the samples keep their own transfers
 
 
 def test_the_excess_counts_in_spreads_of_the_class_usual_transfer():

@@ -19,11 +19,11 @@ def test_interrupted_transfer_resumes_by_class_to_the_same_tables(tmp_path, monk
     part.run_all(until="cluster")
     real, calls = probes.transfer, []  # transfer(model, normalise, images, hosts, c, ...)
 
-    def dying(*args):
+    def dying(*args, **kw):
         if args[4] not in calls and len(calls) == 4:
             raise KeyboardInterrupt  # stopped during the fifth class
         calls.append(args[4]) if args[4] not in calls else None
-        return real(*args)
+        return real(*args, **kw)
 
     monkeypatch.setattr(probes, "transfer", dying)
     with pytest.raises(KeyboardInterrupt):
@@ -31,7 +31,7 @@ def test_interrupted_transfer_resumes_by_class_to_the_same_tables(tmp_path, monk
     assert part.state("transfer") == "partial"
 
     redone = set()
-    monkeypatch.setattr(probes, "transfer", lambda *a: redone.add(a[4]) or real(*a))
+    monkeypatch.setattr(probes, "transfer", lambda *a, **kw: redone.add(a[4]) or real(*a, **kw))
     rec = part.run("transfer")
     assert rec["counts"]["classes_resumed"] == 4
     assert redone == set(range(10)) - set(calls)
@@ -104,7 +104,7 @@ def test_score_settings_rerun_without_the_model(tmp_path, monkeypatch):
     r = make_runner(tmp_path, overrides=SMALL)
     r.run_all(until="score")
     before = r.store.read_table("class_scores")
-    monkeypatch.setattr(probes, "transfer", lambda *a: pytest.fail("the model was asked again"))
+    monkeypatch.setattr(probes, "transfer", lambda *a, **kw: pytest.fail("the model was asked again"))
     again = make_runner(tmp_path, overrides=SMALL + ["score.min_spread=0.02"])
     assert again.state("transfer") == "done" and again.state("score") == "stale"
     again.run_all(until="score")
