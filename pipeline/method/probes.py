@@ -186,10 +186,11 @@ def class_transfer(
     # once per class, for both probes
     base = host_probability(model, normalise, host_images, c) if host_images is not None else None
     # with fewer probes than hosts each sample's probes are kept per host until the hosts' effects are known
-    partial = assign is not None and assign.shape[1] < len(hosts)
-    partial_g = assign_g is not None and assign_g.shape[1] < n_global
-    t = np.zeros((len(members), assign.shape[1]) if partial else len(members))
-    g = np.zeros((len(members), assign_g.shape[1]) if partial_g else len(members))
+    k = assign.shape[1] if assign is not None else len(hosts)
+    k_g = assign_g.shape[1] if assign_g is not None else n_global
+    partial, partial_g = k < len(hosts), k_g < n_global
+    t = np.zeros((len(members), k) if partial else len(members))
+    g = np.zeros((len(members), k_g) if partial_g else len(members))
     conf = np.zeros(len(members))
     dev = next(model.parameters()).device
     for start in range(0, len(members), DONOR_CHUNK):
@@ -205,8 +206,10 @@ def class_transfer(
             )  # fmt: skip
         with torch.no_grad():
             conf[at] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
-    t = without_host_effects(t, assign, len(hosts)).mean(1) if partial else t
-    g = without_host_effects(g, assign_g, n_global).mean(1) if partial_g else g
+    if partial and assign is not None:
+        t = without_host_effects(t, assign, len(hosts)).mean(1)
+    if partial_g and assign_g is not None:
+        g = without_host_effects(g, assign_g, n_global).mean(1)
     return Transfers(t, g, conf)
 
 
