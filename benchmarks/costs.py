@@ -24,8 +24,8 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
     distances  K a_d n^b_d / C                               per-class fits t(n) = a n^b over the
     cluster    K a_c n^b_c / C                               three Fashion-MNIST sizes (32 x 32 maps
                                                              at both scales, so they carry over)
-    transfer   N h F_fwd / R  +  ((N + h K) t_dec + K a_t n^b_t) / C      h = 21 forward passes per sample
-                                                             (16 evidence hosts, 4 global, 1 self-confidence)
+    transfer   N h F_fwd / R  +  ((N + h K) t_dec + K a_t n^b_t) / C      h = 20 forward passes per sample
+                                                             (16 evidence hosts, 4 global)
     score      K a_s n^b_s / C                               statistics on the stored transfers
     report     (N t_dec + K a_r n^b_r) / C
     index      N (t_probe + t_idx)            in the driver, one core
@@ -518,9 +518,9 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--cores-per-gpu", type=int, default=8)
     tr = TransferConfig()
-    ap.add_argument("--hosts", type=int, default=tr.probes + tr.global_probes + 1,
+    ap.add_argument("--hosts", type=int, default=tr.probes + tr.global_probes,
                     help="forward passes per sample in the transfer stage (default: transfer.probes + "
-                         "transfer.global_probes + 1 for the self-confidence)")  # fmt: skip
+                         "transfer.global_probes; the self-confidence comes from the attribute stage)")  # fmt: skip
     ap.add_argument("--imagenet-n", type=int, default=IMAGENET_N)
     ap.add_argument("--imagenet-k", type=int, default=IMAGENET_K)
     args = ap.parse_args()

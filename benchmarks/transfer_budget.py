@@ -91,7 +91,7 @@ def evaluate(
     on every host (`cols`: the per-host columns) for M of its members and M of the rest, and the class
     scored on those: (mean of the confirmed group members - mean of the confirmed rest) / max(their sd,
     min_spread) x separation; every confirmed sample keeps its confirmed transfer. Adds the forward
-    passes a sample that took (screening, confirmation and the self-confidence)."""
+    passes a sample that took (screening and confirmation; the self-confidence comes from the attribute stage)."""
     p = cfg.score
     scores, target_scores, passes, n_all = {}, None, 0.0, 0
     for c, d in classes.items():
@@ -195,7 +195,7 @@ def main() -> None:
                     for m in args.confirm if k < cfg.transfer.hosts else [0]:
                         r = evaluate(classes, cfg, target, truth, t_g, sm, m, cols)
                         name = f"{b} s{sm:g}" + (f" c{m}" if m else "")
-                        passes = k + kg + 1 + r.pop("confirm_passes")
+                        passes = k + kg + r.pop("confirm_passes")
                         out.append({"scenario": sc.name, "seed": seed, "control": sc.control, "flip": flip,
                                     "budget": name, "draw": d, "passes": passes} | r)  # fmt: skip
                         print(out[-1], flush=True)

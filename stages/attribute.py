@@ -6,6 +6,7 @@ precision even where a model's biases absorb most of the relevance (Store.releva
 A chunk is `attribute.chunk_size` rows, computed in batches of `attribute.batch_size`: its rows
 are written first and its `done` flag last, so a killed run resumes at the first chunk not
 marked done and the result equals an uninterrupted run.
+The explained pass also gives each sample's p(label), its self-confidence for the score stage.
 Cost: one forward and one modified backward pass per sample (about 3 forward passes of FLOPs with
 the z+ rule: pipeline/method/lrp.py); O(N r^2) storage.
 """
@@ -32,13 +33,14 @@ from unhans.pipeline.method.training import chance, quality_warnings
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
 # the per-sample arrays, chunked by attribute.chunk_size rows (their dtypes and fills: pipeline/core/layout.py)
 ROWS = {"relevance": layout.RELEVANCE, "relevance_scale": layout.RELEVANCE_SCALE, "logit": layout.LOGIT,
-        "relevance_sum": layout.RELEVANCE_SUM, "prediction": layout.PREDICTION, "target": layout.TARGET,
-        "status": layout.STATUS, "features": layout.FEATURES}  # fmt: skip
+        "label_probability": layout.LABEL_PROBABILITY, "relevance_sum": layout.RELEVANCE_SUM,
+        "prediction": layout.PREDICTION, "target": layout.TARGET, "status": layout.STATUS,
+        "features": layout.FEATURES}  # fmt: skip
 
 
 @stage("attribute", sections=["model", "attribute"], inputs=["index", "train"])
 def run(ctx: Context) -> dict:
-    """Explain every sample's target logit with LRP; store pooled maps, logits and features."""
+    """Explain every sample's target logit with LRP; store pooled maps, logits, p(label) and features."""
     cfg, store = ctx.cfg, ctx.store
     acfg = cfg.attribute
     size, res = cfg.dataset.image_size, acfg.resolution
@@ -130,7 +132,7 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
             for (c, _), (idx, x, ok, reasons) in zip(batches, bar):
                 rows, failures = chunk_rows.setdefault(c, (_new_rows(c, n, cs, res, store), []))
                 out = lrp(x, labels[idx] if acfg.target == "label" else None)
-                _fill_rows(rows, idx - c * cs, ok, out, res)
+                _fill_rows(rows, idx - c * cs, ok, out, res, labels[idx])
                 failures += [
                     {"index": int(i), "source": samples["source"].iat[i], "reason": r}
                     for i, r, o in zip(idx, reasons, ok)
@@ -161,7 +163,7 @@ def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) 
         "image_size": cfg.dataset.image_size,
     }
     store.create_array(layout.RELEVANCE(), (n, res, res), (cs, res, res), attrs)
-    for name in ("relevance_scale", "logit", "relevance_sum", "prediction", "target", "status"):
+    for name in ("relevance_scale", "logit", "label_probability", "relevance_sum", "prediction", "target", "status"):
         store.create_array(ROWS[name](), (n,), (cs,))
     if cfg.attribute.features:
         dim = penultimate_layer(model).in_features
@@ -172,8 +174,11 @@ def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) 
     store.delete(layout.FAILURE_CHUNKS())
 
 
-def _fill_rows(rows: dict[str, np.ndarray], local: np.ndarray, ok: np.ndarray, out: dict, res: int) -> None:
-    """Put one batch's LRP output into its chunk's rows; failed samples keep zeros / -1."""
+def _fill_rows(
+    rows: dict[str, np.ndarray], local: np.ndarray, ok: np.ndarray, out: dict, res: int, labels: torch.Tensor
+) -> None:
+    """Put one batch's LRP output into its chunk's rows; failed samples keep zeros / -1. The softmax at
+    each sample's label is its self-confidence, which the score stage reads (no forward pass of its own)."""
     relevance = out["relevance"].float()  # pooled and summed in float32 whatever attribute.precision is
     rel = sum_pool(relevance, res).cpu().numpy()
     tgt = out["target"].cpu()
@@ -184,6 +189,8 @@ def _fill_rows(rows: dict[str, np.ndarray], local: np.ndarray, ok: np.ndarray, o
     rows["relevance_scale"][local] = scale
     rows["relevance_sum"][local] = np.where(ok, relevance.sum((1, 2, 3)).cpu().numpy(), 0.0)
     rows["logit"][local] = np.where(ok, logits.gather(1, tgt[:, None])[:, 0].numpy(), 0.0)
+    p_label = torch.softmax(logits, 1).gather(1, labels[:, None])[:, 0].numpy()
+    rows["label_probability"][local] = np.where(ok, p_label, 0.0)
     rows["prediction"][local] = np.where(ok, logits.argmax(1).numpy(), -1)
     rows["target"][local] = np.where(ok, tgt.numpy(), -1)
     rows["status"][local] = np.where(ok, OK, FAILED)
@@ -203,6 +210,7 @@ def _empty_rows(m: int, res: int, store: Store) -> dict[str, np.ndarray]:
         "relevance": np.zeros((m, res, res), np.float16),
         "relevance_scale": np.ones(m, np.float32),
         "logit": np.zeros(m, np.float32),
+        "label_probability": np.zeros(m, np.float32),
         "relevance_sum": np.zeros(m, np.float32),
         "prediction": -np.ones(m, np.int32),
         "target": -np.ones(m, np.int32),

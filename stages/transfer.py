@@ -1,10 +1,10 @@
 """transfer: ask the model how far each sample's evidence carries its class (the probes:
 pipeline/method/probes.py).
 
-Per analysed class, for every member: its evidence transfer, its global transfer and its
-self-confidence, written to classes/<c>/{transfer_evidence, transfer_global, self_confidence} and
-classes/<c>/transfer (the larger transfer, what the score stage scores), the last one stamped with
-the stage fingerprint after its data, so a killed run resumes by class. These forward passes are
+Per analysed class, for every member: its evidence transfer and its global transfer, written to
+classes/<c>/{transfer_evidence, transfer_global} and classes/<c>/transfer (the larger transfer, what
+the score stage scores), the last one stamped with the stage fingerprint after its data, so a killed
+run resumes by class. These forward passes are
 the expensive part of scoring; the score stage that reads them is statistics only, so its settings
 can be changed and rerun without the model.
 """
@@ -19,7 +19,7 @@ from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.models import model_for_run, model_spec
-from unhans.pipeline.method.probes import class_transfer, host_pool
+from unhans.pipeline.method.probes import class_transfer, combined, host_pool
 
 _CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
 
@@ -43,16 +43,16 @@ def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) 
     samples = store.read_table(layout.SAMPLES.name)
     members = store.read(layout.MEMBERS(c=c))
     model, ds, normalise = _model_and_data(cfg, url)
-    tr = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
-    for entry, values in zip((layout.TRANSFER_EVIDENCE, layout.TRANSFER_GLOBAL, layout.SELF_CONFIDENCE), tr):
-        store.write_array(entry(c=c), values)
-    store.write_array(layout.TRANSFER(c=c), tr.combined, {"fingerprint": fingerprint})  # last: marks done
+    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
+    store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
+    store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
+    store.write_array(layout.TRANSFER(c=c), combined(t, g), {"fingerprint": fingerprint})  # last: marks done
     return len(members)
 
 
 @stage("transfer", sections=["transfer"], inputs=["distances", "attribute"])
 def run(ctx: Context) -> dict:
-    """Model probes per sample: evidence and global transfer, self-confidence."""
+    """Model probes per sample: evidence and global transfer."""
     ids = list(ctx.store.group["classes"].attrs["ids"])
     done = ctx.finished_classes(ids, layout.TRANSFER)
     hosts = host_pool(ctx.cfg, ctx.store, ids)

@@ -102,6 +102,10 @@ RELEVANCE_SUM = array(
     "attribution/relevance_sum", "attribute", "(N,)", "float32", NAN, "sum of the input relevance before pooling"
 )
 LOGIT = array("attribution/logit", "attribute", "(N,)", "float32", NAN, "the explained (target) logit")
+LABEL_PROBABILITY = array(
+    "attribution/label_probability", "attribute", "(N,)", "float32", NAN,
+    "p(label | sample), the softmax at the label in the explained pass: the sample's self-confidence",
+)  # fmt: skip
 PREDICTION = array(
     "attribution/prediction", "attribute", "(N,)", "int32", MISSING_INT, "argmax of the logits (-1: not attributed)"
 )
@@ -150,7 +154,6 @@ TRANSFER_GLOBAL = array(
     "classes/{c}/transfer_global", "transfer", "(n,)", "float64", NAN,
     "each member's global-look transfer g (zeros with transfer.global_hosts = 0)",
 )  # fmt: skip
-SELF_CONFIDENCE = array("classes/{c}/self_confidence", "transfer", "(n,)", "float64", NAN, "p(label) of each member")
 TRANSFER = array(
     "classes/{c}/transfer", "transfer", "(n,)", "float64", NAN,
     "max(t, g), what the class is scored on; written last (attrs: fingerprint): resume by class",

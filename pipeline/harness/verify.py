@@ -48,7 +48,7 @@ from unhans.pipeline.data.artifacts import PoisonConfig
 from unhans.pipeline.data.models import model_for_run, model_spec, trained_by_run
 from unhans.pipeline.harness.pclarc import apply_pclarc, fit_pclarc
 from unhans.pipeline.harness.validate import flips, held_out, labelled_batches, load_spec, scenario_config
-from unhans.pipeline.method.probes import class_transfer, host_pool
+from unhans.pipeline.method.probes import class_transfer, combined, host_pool
 from unhans.pipeline.method.statistics import class_clusters, score_class
 from unhans.pipeline.method.training import fit
 from unhans.stages import Config, load_config, runner
@@ -117,7 +117,7 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     out = {}
     for c in class_ids:
         members, W, labels, ks, _ = class_clusters(store, c)
-        t = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts[c]).combined
+        t = combined(*class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts[c]))
         out[c] = score_class(W, labels, ks, t, cfg.score).score
     return out
 

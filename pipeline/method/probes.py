@@ -10,10 +10,11 @@ class's pool (`host_assignment`), so the host a probe happens to use is noise th
 group and over a sample's explanation neighbours, not a bias the whole class shares. With fewer probes
 than hosts, what each host adds to every probe on it (some hosts take any evidence more readily) is
 removed first (`without_host_effects`).
-Self-confidence: p(label | sample), one more forward pass. The statistics on these
-are in pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
+The score also divides by each sample's self-confidence p(label | sample), which the attribute stage
+stores from its explained pass (no forward pass here). The statistics on these are in
+pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
 
-Cost: `transfer.probes` + `transfer.global_probes` + 1 forward passes per sample, plus `transfer.hosts`
+Cost: `transfer.probes` + `transfer.global_probes` forward passes per sample, plus `transfer.hosts`
 per class (the hosts' own p(class)). Fewer probes than hosts cost detection on the validation specs
 (benchmarks/transfer_budget.py; docs/methods.md, "Cost").
 """
@@ -149,15 +150,21 @@ def transfer(
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def combined(evidence: np.ndarray, global_: np.ndarray) -> np.ndarray:
+    """The transfer a class is scored on: max(t, g)."""
+    return np.maximum(evidence, global_)
+
+
 class Transfers(NamedTuple):
+    """A class's members' probes as the score stage reads them."""
+
     evidence: np.ndarray  # (n,) pasted evidence t (evidence probe)
     global_: np.ndarray  # (n,) per-channel statistics g (global probe; zeros when transfer.global_hosts = 0)
-    confidence: np.ndarray  # (n,) p(label | member)
+    confidence: np.ndarray  # (n,) p(label | member), from the attribute stage
 
     @property
     def combined(self) -> np.ndarray:
-        """The transfer the class is scored on: max(t, g)."""
-        return np.maximum(self.evidence, self.global_)
+        return combined(self.evidence, self.global_)
 
 
 def images(ds, samples: pd.DataFrame, idx: np.ndarray, decode_threads: int = 0) -> torch.Tensor:
@@ -169,12 +176,12 @@ def images(ds, samples: pd.DataFrame, idx: np.ndarray, decode_threads: int = 0) 
 
 def class_transfer(
     cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
-) -> Transfers:
-    """Class c's members' transfers under `model`: each member's evidence, from its stored relevance map,
-    pasted into `transfer.probes` of the hosts; its global look imposed on `transfer.global_probes` of
-    the first `transfer.global_hosts` hosts; and their self-confidence p(c | member), one more forward
-    pass each. The hosts each member gets are drawn from (run seed, class), not from the model: the
-    same for the audited and a retrained model. Memory is independent of the class size."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class c's members' transfers (t, g) under `model`: each member's evidence, from its stored relevance
+    map, pasted into `transfer.probes` of the hosts; its global look imposed on `transfer.global_probes`
+    of the first `transfer.global_hosts` hosts. The hosts each member gets are drawn from (run seed,
+    class), not from the model: the same for the audited and a retrained model. Memory is independent
+    of the class size."""
     tcfg, threads = cfg.transfer, cfg.compute.decode_threads
     host_images = images(ds, samples, hosts, threads) if len(hosts) else None
     n_global = min(tcfg.global_hosts, len(hosts))
@@ -191,8 +198,6 @@ def class_transfer(
     partial, partial_g = k < len(hosts), k_g < n_global
     t = np.zeros((len(members), k) if partial else len(members))
     g = np.zeros((len(members), k_g) if partial_g else len(members))
-    conf = np.zeros(len(members))
-    dev = next(model.parameters()).device
     for start in range(0, len(members), DONOR_CHUNK):
         part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
         donors = images(ds, samples, part, threads)
@@ -204,19 +209,19 @@ def class_transfer(
                 model, normalise, donors, host_images[:n_global], c, None, base[:n_global], assign_g[at],
                 per_host=partial_g,
             )  # fmt: skip
-        with torch.no_grad():
-            conf[at] = torch.softmax(model(normalise(donors.to(dev))), 1)[:, c].cpu().numpy()
     if partial and assign is not None:
         t = without_host_effects(t, assign, len(hosts)).mean(1)
     if partial_g and assign_g is not None:
         g = without_host_effects(g, assign_g, n_global).mean(1)
-    return Transfers(t, g, conf)
+    return t, g
 
 
 def stored_transfers(store, c: int) -> Transfers:
-    """Class c's transfers as the transfer stage wrote them."""
-    arrays = (layout.TRANSFER_EVIDENCE, layout.TRANSFER_GLOBAL, layout.SELF_CONFIDENCE)
-    return Transfers(*(store.read(a(c=c)).astype(np.float64) for a in arrays))
+    """Class c's transfers as the transfer stage wrote them, with its members' self-confidence."""
+    t, g = (store.read(a(c=c)).astype(np.float64) for a in (layout.TRANSFER_EVIDENCE, layout.TRANSFER_GLOBAL))
+    members = store.read(layout.MEMBERS(c=c))
+    p = store.array(layout.LABEL_PROBABILITY()).get_orthogonal_selection((members,))
+    return Transfers(t, g, np.asarray(p, np.float64))
 
 
 def host_pool(cfg, store, ids: list[int]) -> dict[int, np.ndarray]:

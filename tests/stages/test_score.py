@@ -64,7 +64,7 @@ def test_unlearned_backdoor_images_are_label_issues(tmp_path):
     assert np.allclose(ss["label_issue_score"], 1 - ss["self_confidence"])
     pred = r.store.array("attribution/prediction")[:][ss.index.to_numpy()]
     assert (pred[ss["is_label_issue"].to_numpy()] != ss["class_id"].to_numpy()[ss["is_label_issue"].to_numpy()]).all()
-    # self-confidence is the model's probability of the label, measured directly here
+    # self-confidence is the model's probability of the label (stored by the attribute stage), measured directly here
     cfg = r.cfg
     ds = build_dataset(cfg.dataset)
     idx = target.index.to_numpy()[:20]
@@ -132,7 +132,8 @@ def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(t
     def expected(r, c, floor):
         W = knn_affinity(r.store.array(f"classes/{c}/knn_idx")[:], r.store.array(f"classes/{c}/knn_dist")[:])
         t = r.store.array(f"classes/{c}/transfer")[:].astype(np.float64)
-        p = r.store.array(f"classes/{c}/self_confidence")[:].astype(np.float64)
+        members = r.store.array(f"classes/{c}/members")[:]
+        p = r.store.array("attribution/label_probability")[:][members].astype(np.float64)
         return spread(W, t / np.maximum(p, floor), 0.75)
 
     for floor in (0.5, 1.0):
