@@ -146,9 +146,10 @@ def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(t
             assert np.allclose(got, expected(r, c, floor)), (floor, c)
 
 
-def test_the_transfer_stage_costs_probes_plus_global_probes_plus_one_forward_passes_a_sample(tmp_path, monkeypatch):
+def test_the_transfer_stage_costs_probes_plus_global_probes_forward_passes_a_sample(tmp_path, monkeypatch):
     """With transfer.probes = 2 and transfer.global_probes = 1, each member goes through the model 2 + 1
-    times in composites and once alone (its self-confidence); each class's 16 hosts once more."""
+    times in composites and never alone (its self-confidence comes from the attribute stage); each
+    class's 16 hosts once more."""
     import torch
 
     r = make_runner(tmp_path, overrides=SMALL + ["transfer.probes=2", "transfer.global_probes=1"])
@@ -175,6 +176,6 @@ def test_the_transfer_stage_costs_probes_plus_global_probes_plus_one_forward_pas
     monkeypatch.setattr(torch.nn.Module, "__call__", counting)
     r.run("transfer")
     n = sum(len(r.store.array(f"classes/{c}/members")[:]) for c in range(10))
-    assert sum(seen) == n * (2 + 1 + 1) + 10 * 16
+    assert sum(seen) == n * (2 + 1) + 10 * 16
     ev = np.concatenate([r.store.array(f"classes/{c}/transfer_evidence")[:] for c in range(10)])
     assert np.isfinite(ev).all() and (ev != 0).any()
