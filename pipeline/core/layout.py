@@ -104,7 +104,7 @@ RELEVANCE_SUM = array(
 LOGIT = array("attribution/logit", "attribute", "(N,)", "float32", NAN, "the explained (target) logit")
 LABEL_PROBABILITY = array(
     "attribution/label_probability", "attribute", "(N,)", "float32", NAN,
-    "p(label | sample), the softmax at the label in the explained pass: the sample's self-confidence",
+    "the softmax at the label in the explained pass, p(label): the sample's self-confidence",
 )  # fmt: skip
 PREDICTION = array(
     "attribution/prediction", "attribute", "(N,)", "int32", MISSING_INT, "argmax of the logits (-1: not attributed)"
