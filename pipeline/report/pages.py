@@ -156,8 +156,7 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
     cols = [c for c in known if c in cs] + [c for c in cs.columns if c not in known]
     rows = [[plain({"v": v})["v"] for v in r] for r in cs[cols].itertuples(index=False)]
     help_ = {c: {"label": h, "help": t, "technical": tech} for c, h, t, tech in COLUMNS}
-    threshold, fdr = common.get("flag_threshold", 1.5), common.get("fdr", 0.05)
-    min_score = common.get("min_score", 0.75)
+    threshold, min_score, fdr = common["flag_threshold"], common["min_score"], common["fdr"]
     data = {"page": "index", "run": common["run"], "report_id": common["report_id"],
             "score_fingerprint": common["score_fingerprint"], "columns": cols, "rows": rows,
             "headers": {c: help_.get(c, {"label": c, "help": "a column of tables/class_scores", "technical": False})

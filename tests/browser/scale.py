@@ -45,6 +45,7 @@ def thousand_class_overview(dest: Path, n: int = 1000, strip: Path | None = None
     cs.insert(0, "rank", np.arange(1, n + 1))
     common = {"run": "big", "report_id": "big/0", "score_fingerprint": "0", "provenance": "",
               "model_line": "Model: efficientnet_lite0 (packaged weights).", "warnings": ["a warning"],
+              "flag_threshold": 1.5, "min_score": 1.0, "fdr": 0.05,
               "unreadable": [(f"n{i:08d}/broken.JPEG", "cannot identify image file") for i in range(3)]}  # fmt: skip
     _assets(dest)
     strips = set()

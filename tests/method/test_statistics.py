@@ -300,7 +300,7 @@ def test_each_path_to_a_flag_needs_its_score_and_its_test():
     quiet = np.r_[rng.uniform(0.05, 0.1, 9), 0.6]  # far above the others, below min_score
     p, q, flagged = flag_classes(quiet, DEFAULTS)
     assert q[-1] <= DEFAULTS.fdr and not flagged.any()
-    moderate = np.r_[rng.uniform(0.05, 0.1, 9), 1.0]  # the same, above min_score: a discovery
+    moderate = np.r_[rng.uniform(0.05, 0.1, 9), 1.2]  # the same, above min_score: a discovery
     assert flag_classes(moderate, DEFAULTS)[2].tolist() == [False] * 9 + [True]
     busy = np.r_[np.linspace(1.0, 2.4, 9), 2.0]  # above flag_threshold, and usual for this run
     p, q, flagged = flag_classes(busy, DEFAULTS)
