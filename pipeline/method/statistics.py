@@ -42,9 +42,7 @@ class ScoreConfig(Section):
         ge=0,
         description="class score from which a class is flagged (unless the run's classes often score so high)",
     )
-    min_score: float = Field(
-        1.0, ge=0, description="least class score of a class flagged by its q-value (at most fdr)"
-    )
+    min_score: float = Field(1.0, ge=0, description="least class score of a class flagged by its q-value (at most fdr)")
     fdr: float = Field(
         0.05, gt=0, le=1, description="false discovery rate of the flags, against the run's other classes"
     )
