@@ -11,7 +11,8 @@ threads and the load average while each part ran):
          dispatched: zennit's modified forward passes inside its backward hooks included).
  stages  the whole chain on Fashion-MNIST (small CNN trained 1 epoch by the train stage, the default
          invariant Wasserstein distances) at three N (n = N/10 per class), one torch/BLAS/faiss
-         thread: process CPU time (self + children) and wall time of every stage.
+         thread: process CPU time (self + children) and wall time of every stage; and once more at
+         --report-n images a class, where the report's fixed cost per class is read.
  decode  pipeline/data/folder.py FolderDataset.decode (PIL draft decoding, resize to 256, centre
          crop to 224) of ImageNet-sized JPEGs (500 x 375, quality 90, crops of the photos shipped in
          installed packages) and the index stage's header probe: CPU seconds per image on one core.
@@ -258,49 +259,61 @@ def print_lrp(rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------- 2. stages on Fashion-MNIST
 
 
+def _chain(N: int, args, tmp: str, repeats: int) -> dict:
+    """Every stage of the chain on Fashion-MNIST at N samples (N / 10 a class), CPU and wall seconds each, then
+    the report again of every class and of the top class alone (dataset and imports warm), best of `repeats`
+    each: their difference separates the report's cost per class from its cost per stage."""
+    overrides = [
+        f"dataset.limit_per_class={N // 10}",
+        f"train.epochs={args.epochs}",
+        f"compute.threads={args.threads}",
+        "compute.workers=0",
+        "distances.metric=wasserstein",
+        f"run_dir={tmp}/run",
+        f"report_dir={tmp}/report",
+    ]
+    r = runner(load_config("fashion-mnist", overrides))
+    stages = {}
+    print(f"  N = {N:,}: {load()}", file=sys.stderr, flush=True)
+    with threads(args.threads):
+        for name in r.stages:
+            c0, w0 = cpu_seconds(), time.perf_counter()
+            rec = r.run(name)
+            if rec is None:
+                continue
+            stages[name] = {"cpu": cpu_seconds() - c0, "wall": time.perf_counter() - w0}
+            print(f"    {name}: {stages[name]['cpu']:.1f} s CPU", file=sys.stderr, flush=True)
+        one = runner(load_config("fashion-mnist", overrides + ["report.top_classes=1"]))
+        best = {"report_all": float("inf"), "report_one": float("inf")}
+        for _ in range(repeats):  # interleaved, so a slow spell of the machine hits both
+            for name, rr in (("report_all", r), ("report_one", one)):
+                c0 = cpu_seconds()
+                rr.run("report", force=True)
+                best[name] = min(best[name], cpu_seconds() - c0)
+        stages.update({k: {"cpu": v} for k, v in best.items()})
+    samples = r.store.read_table("samples")
+    n_classes = int(samples["label"].nunique())
+    return {"N": len(samples), "classes": n_classes, "n": len(samples) / n_classes, "stages": stages,
+            "threads": args.threads, "epochs": args.epochs, "load": os.getloadavg()[0]}  # fmt: skip
+
+
 def measure_stages(sizes: list[int], args) -> list[dict]:
     """CPU and wall seconds of every stage of the chain on Fashion-MNIST, for each total N."""
     rows = []
     for N in sizes:
         with tempfile.TemporaryDirectory() as tmp:
-            overrides = [
-                f"dataset.limit_per_class={N // 10}",
-                f"train.epochs={args.epochs}",
-                f"compute.threads={args.threads}",
-                "compute.workers=0",
-                "distances.metric=wasserstein",
-                f"run_dir={tmp}/run",
-                f"report_dir={tmp}/report",
-            ]
-            r = runner(load_config("fashion-mnist", overrides))
-            stages = {}
-            print(f"  N = {N:,}: {load()}", file=sys.stderr, flush=True)
-            with threads(args.threads):
-                for name in r.stages:
-                    c0, w0 = cpu_seconds(), time.perf_counter()
-                    rec = r.run(name)
-                    if rec is None:
-                        continue
-                    stages[name] = {"cpu": cpu_seconds() - c0, "wall": time.perf_counter() - w0}
-                    print(f"    {name}: {stages[name]['cpu']:.1f} s CPU", file=sys.stderr, flush=True)
-                # the report again, of every class and of the top class alone (dataset and imports warm), best
-                # of 3 each: their difference separates the report's cost per class from its cost per stage
-                one = runner(load_config("fashion-mnist", overrides + ["report.top_classes=1"]))
-                for name, rr in (("report_all", r), ("report_one", one)):
-                    best = float("inf")
-                    for _ in range(3):
-                        c0 = cpu_seconds()
-                        rr.run("report", force=True)
-                        best = min(best, cpu_seconds() - c0)
-                    stages[name] = {"cpu": best}
-            samples = r.store.read_table("samples")
-            n_classes = int(samples["label"].nunique())
-        rows.append({"N": len(samples), "classes": n_classes, "n": len(samples) / n_classes, "stages": stages,
-                     "threads": args.threads, "epochs": args.epochs, "load": os.getloadavg()[0]})  # fmt: skip
+            rows.append(_chain(N, args, tmp, repeats=3))
     return rows
 
 
-def print_stages(rows: list[dict]) -> None:
+def measure_report_fixed(args) -> dict:
+    """The chain at --report-n images a class, for the report's fixed cost per class (printed with the stages):
+    at the sizes above a class's images cost 10 to 100 times that fixed cost, so it cannot be read off them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return _chain(10 * args.report_n, args, tmp, repeats=args.report_repeats)
+
+
+def print_stages(rows: list[dict], fixed: dict | None, args) -> None:
     Ns = [r["N"] for r in rows]
     names = [s for s in rows[-1]["stages"]]
     print(f"\n### Stages on Fashion-MNIST (32 px, small CNN trained {rows[0]['epochs']} epoch(s), Wasserstein "
@@ -331,17 +344,19 @@ def print_stages(rows: list[dict]) -> None:
         _, c1 = fit_linear(Ns, [r["stages"][s]["cpu"] for r in rows])
         print(f"| {s} | " + " | ".join(f"{t:.3f}" for t in ts) + f" | {a:.3g} | {b:.2f} | {a * 1281**b:.2f} | "
               f"{c1 * 1281:.2f} |")  # fmt: skip
-    if all("report_all" in r["stages"] for r in rows):
-        # t_all = s0 + K f + N c1 (K classes of n), t_one = s0 + f + n c1
+    if fixed is not None:
+        # t_all = s0 + K (f + n c1), t_one = s0 + f + n c1 (K classes of n); c1, the report's cost per image, from
+        # the sizes above (their report of every class), where it dominates; n c1 is small at n = --report-n
         _, c1 = fit_linear(Ns, [r["stages"]["report_all"]["cpu"] for r in rows])
-        f = [(r["stages"]["report_all"]["cpu"] - r["stages"]["report_one"]["cpu"]) / (r["classes"] - 1) - r["n"] * c1
-             for r in rows]  # fmt: skip
-        s0 = [r["stages"]["report_one"]["cpu"] - fi - r["n"] * c1 for r, fi in zip(rows, f)]
+        t_all, t_one = fixed["stages"]["report_all"]["cpu"], fixed["stages"]["report_one"]["cpu"]
+        f = (t_all - t_one) / (fixed["classes"] - 1) - fixed["n"] * c1
         print(
-            "\nReport, rerun warm with every class and with the top class alone, best of 3 each "
-            f"(t = s0 + classes x f + N x c1): "
-            f"{c1 * 1e3:.3f} ms per image, f = {np.median(f) * 1e3:.1f} ms per class (median over the sizes; "
-            f"{', '.join(f'{x * 1e3:.1f}' for x in f)}), s0 = {np.median(s0):.2f} s per stage."
+            f"\nReport, per image and per class (t = s0 + classes x (f + n x c1)): {c1 * 1e3:.3f} ms per image "
+            f"(the slope over the sizes above); f = {f * 1e3:.1f} ms per class, from the chain at n = "
+            f"{fixed['n']:,.0f} images a class, the report of its {fixed['classes']} classes and of the top class "
+            f"alone rerun warm, best of {args.report_repeats} each ({t_all:.3f} s and {t_one:.3f} s; n x c1 = "
+            f"{fixed['n'] * c1 * 1e3:.1f} ms of a class's {(t_all - t_one) / (fixed['classes'] - 1) * 1e3:.1f} ms); "
+            f"s0 = {t_one - f - fixed['n'] * c1:.3f} s per stage."
         )
 
 
@@ -506,6 +521,8 @@ def main() -> None:
     # stages
     ap.add_argument("--sizes", type=int, nargs=3, default=[2_500, 5_000, 10_000], help="total N, 10 classes")
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--report-n", type=int, default=10, help="images a class of the run for the report's fixed cost")
+    ap.add_argument("--report-repeats", type=int, default=5, help="best of this many reruns of the report there")
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS/faiss threads for the lrp and stages parts")
     # decode
     ap.add_argument("--images", type=int, default=200, help="JPEGs decoded")
@@ -537,7 +554,8 @@ def main() -> None:
         print(f"\n(lrp part ended at {load()})")
     if args.only in (None, "stages"):
         m["stages"] = measure_stages(args.sizes, args)
-        print_stages(m["stages"])
+        m["report_fixed"] = measure_report_fixed(args)
+        print_stages(m["stages"], m["report_fixed"], args)
         print(f"\n(stages part ended at {load()})")
     if args.only in (None, "decode"):
         m["decode"] = measure_decode(args)

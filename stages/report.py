@@ -16,7 +16,7 @@ from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.method.curation import overlaps
 from unhans.pipeline.report import ASSET_DIR, ASSETS, assets_hash
-from unhans.pipeline.report.pages import index_page, plain, render_class
+from unhans.pipeline.report.pages import index_page, member_score_arrays, plain, render_class
 from unhans.pipeline.report.provenance import model_line, provenance, provenance_html, unreadable
 from unhans.pipeline.report.render import safe_json
 
@@ -69,7 +69,7 @@ def run(ctx: Context) -> dict:
         encoding="utf-8",
     )
 
-    by_class = {c: g for c, g in sample_scores.groupby("class_id", sort=False)}
+    by_class = member_score_arrays(sample_scores)
     ids = shown["class_id"].astype(int).tolist()
     items = []  # every class's members read in one concurrent round trip
     for row, (members, _) in zip(shown.to_dict("records"), store.read_many([layout.MEMBERS(c=c) for c in ids])):

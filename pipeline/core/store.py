@@ -64,6 +64,10 @@ class Store:
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.fs.makedirs(self.root, exist_ok=True)
         self._zarr_url = f"{self.url}/store.zarr"
+        # arrays opened for reading, with the process's write count then: reused while nothing was created,
+        # replaced or deleted since (an opening parses the array's metadata, about 1 ms; the report and the
+        # probes read the relevance maps of every class)
+        self._opened: dict[str, tuple[int, Any]] = {}
         try:
             self.group = zarr.open_group(self._zarr_url, mode="a", zarr_format=3)
         except Exception as exc:  # corrupted metadata, wrong format, ...
@@ -269,6 +273,16 @@ class Store:
             out.append((data, dict(arr.attrs)))
         return out
 
+    async def _open_for_reading(self, name: str) -> Any:
+        """`_open_async`, the opened array kept for later reads until a write through any Store of this
+        process (chunk writes leave an array's metadata as it is; creating, replacing or deleting one counts)."""
+        kept = self._opened.get(name)
+        if kept is not None and kept[0] == Store.writes:
+            return kept[1]
+        arr = await self._open_async(name)
+        self._opened[name] = (Store.writes, arr)
+        return arr
+
     async def _open_async(self, name: str) -> Any:
         """The array opened on zarr's event loop (for concurrent reads), with `array`'s errors."""
         try:
@@ -312,7 +326,7 @@ class Store:
         name, scale_name = layout.RELEVANCE(), layout.RELEVANCE_SCALE()
 
         async def select(array: str, selection: tuple) -> np.ndarray:
-            arr = await self._open_async(array)
+            arr = await self._open_for_reading(array)
             with self._reading(array):
                 return np.asarray(await arr.get_orthogonal_selection(selection))
 

@@ -219,6 +219,18 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
 
 
 _DATASETS: dict[str, object] = {}
+_STORES: dict[tuple[str, str], Store] = {}
+
+
+def _store(url: str, score_fingerprint: str) -> Store:
+    """One Store per process for the report being written (workers render many classes; opening a store and
+    its relevance arrays once saves a few ms a class). Keyed by the score stage's fingerprint, which changes
+    whenever anything the report reads was recomputed; only the latest is kept."""
+    key = (url, score_fingerprint)
+    if key not in _STORES:
+        _STORES.clear()
+        _STORES[key] = Store(url)
+    return _STORES[key]
 
 
 def _dataset(cfg):
@@ -229,6 +241,7 @@ def _dataset(cfg):
     return _DATASETS[key]
 
 
+MEMBER_SCORE_DEFAULTS = {"in_group": False, "clever_hans_score": 0.0, "is_clever_hans": False}
 GROUP_STRIP = 6  # members of the suspicious group shown on the overview, image above heatmap
 STRIP_THUMB = 32
 # the members' fields on a class page (DATA.fields), in this order
@@ -240,7 +253,7 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     item = (class_scores row, its members, their samples rows in member order, its sample_scores rows).
     Returns (members, sprite sheets, whether the strip was written)."""
     row, members, sub, scores = item
-    store, c = Store(url), int(row["class_id"])
+    store, c = _store(url, common["score_fingerprint"]), int(row["class_id"])
     out = Path(common["out"])
     T, P, n_proto = cfg.report.thumb_size, cfg.report.page_size, cfg.report.prototypes
     n = len(members)
@@ -436,22 +449,34 @@ def _members_section(k: int, has_group: bool) -> str:
     )
 
 
-def _member_scores(scores: pd.DataFrame | None, members: np.ndarray) -> dict[str, np.ndarray]:
-    """sample_scores columns (in_group, clever_hans_score, is_clever_hans) aligned with `members` (n,); a
-    member without a row gets the column's default."""
-    cols = {"in_group": False, "clever_hans_score": 0.0, "is_clever_hans": False}
-    out = {c: np.full(len(members), v) for c, v in cols.items()}
-    if scores is None or not len(scores):
+def _member_scores(scores: dict[str, np.ndarray] | None, members: np.ndarray) -> dict[str, np.ndarray]:
+    """The class's sample_scores columns (in_group, clever_hans_score, is_clever_hans; `scores`: those columns
+    and `index`, as arrays, missing values filled) aligned with `members` (n,); a member without a row gets
+    the column's default."""
+    out = {c: np.full(len(members), v) for c, v in MEMBER_SCORE_DEFAULTS.items()}
+    if scores is None or not len(scores["index"]):
         return out
-    index = scores["index"].to_numpy()
+    index = scores["index"]
     order = np.argsort(index, kind="stable")
     at = np.minimum(np.searchsorted(index[order], members), len(index) - 1)
     rows = order[at]
     found = index[rows] == members
-    for c, v in cols.items():
+    for c, v in MEMBER_SCORE_DEFAULTS.items():
         if c in scores:
-            out[c] = np.where(found, scores[c].fillna(v).to_numpy()[rows], v)
+            out[c] = np.where(found, scores[c][rows], v)
     return out
+
+
+def member_score_arrays(sample_scores: pd.DataFrame) -> dict[int, dict[str, np.ndarray]]:
+    """sample_scores split by class into the arrays `_member_scores` aligns (missing values filled)."""
+    cols = {"index": sample_scores["index"].to_numpy()} | {
+        c: sample_scores[c].fillna(v).to_numpy() for c, v in MEMBER_SCORE_DEFAULTS.items() if c in sample_scores
+    }
+    cls = sample_scores["class_id"].to_numpy()
+    order = np.argsort(cls, kind="stable")
+    ids, starts = np.unique(cls[order], return_index=True)
+    bounds = np.r_[starts, len(order)]
+    return {int(c): {k: v[order[bounds[i] : bounds[i + 1]]] for k, v in cols.items()} for i, c in enumerate(ids)}
 
 
 _OPTIONS = '<option value="">automatic</option>' + "".join(f'<option value="{d}">{d}</option>' for d in DECISIONS)

@@ -165,3 +165,20 @@ def test_lost_class_array_chunk_names_the_array_and_what_to_rerun(damaged, tmp_p
     assert np.array_equal(data, r.store.read("classes/0/members"))
     dist_alone, attrs_alone = r.store.read_with_attrs("classes/0/knn_dist")
     assert np.array_equal(dist, dist_alone) and attrs == attrs_alone
+
+
+def test_relevance_reads_see_an_array_replaced_by_another_store_of_the_process(damaged):
+    """Store.relevance keeps the relevance arrays open between reads (the report reads them class by class);
+    an array replaced since (here by another Store of the process, as a rerun of attribute does) is read
+    anew, not through the stale opening."""
+    from unhans.pipeline.core import layout
+    from unhans.pipeline.core.store import Store
+
+    reader, writer = Store(str(damaged)), Store(str(damaged))
+    r = reader.relevance(np.arange(4)).shape[-1]
+    assert reader.relevance(np.arange(36, 40)).max() != 2.0
+    n = 40
+    writer.create_array(layout.RELEVANCE(), (n, r, r), (16, r, r))[...] = np.ones((n, r, r), np.float16)
+    writer.create_array(layout.RELEVANCE_SCALE(), (n,), (16,))[...] = np.full(n, 2.0, np.float32)
+    after = reader.relevance(np.arange(36, 40))
+    assert after.shape == (4, r, r) and np.all(after == 2.0)
