@@ -24,7 +24,7 @@ import torch
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
-from unhans.pipeline.harness.validate import _run_model, runs_from_argv, scenario_config
+from unhans.pipeline.harness.validate import _run_model, markdown_table, runs_from_argv, scenario_config
 from unhans.pipeline.method.probes import evidence_masks, host_pool, host_probability, images, transfer
 
 
@@ -86,9 +86,7 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     table = pd.DataFrame(rows)
-    print("\n| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
-    for r in table.itertuples(index=False):
-        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
+    print("\n" + markdown_table(table))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from unhans.pipeline.data import build_dataset, iter_batches
 from unhans.pipeline.data.artifacts import warp_grid
-from unhans.pipeline.harness.validate import _run_model, runs_from_argv, scenario_config
+from unhans.pipeline.harness.validate import _run_model, markdown_table, runs_from_argv, scenario_config
 
 SIGNALS = ["clever_hans_score", "evidence_transfer", "global_transfer", "self_confidence", "label_issue_score"]
 
@@ -91,9 +91,7 @@ def main() -> None:
         row.update({s: roc_auc_score(d["planted"], d[s]) for s in SIGNALS + [c for c in d if c.startswith("frag")]})
         rows.append(row)
     table = pd.DataFrame(rows)
-    print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
-    for r in table.itertuples(index=False):
-        print("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
+    print(markdown_table(table))
 
 
 if __name__ == "__main__":

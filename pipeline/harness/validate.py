@@ -450,6 +450,14 @@ def runs_from_argv(doc: str, argv: list[str] | None = None) -> tuple[Spec, Path,
     return spec, root, finished_runs(spec, root)
 
 
+def markdown_table(table: pd.DataFrame) -> str:
+    """A table of the scripts that read finished validation runs, as markdown (floats to 3 decimals)."""
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    for r in table.itertuples(index=False):
+        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")
+    return "\n".join(lines)
+
+
 def _seeds_note(rows: pd.DataFrame, n_seeds: int) -> str:
     """' (11 scenarios x 3 seeds)', or the range of seeds where scenarios have different numbers of runs."""
     if n_seeds <= 1 or rows.empty:
