@@ -250,7 +250,8 @@ MEMBER_FIELDS = ["index", "name", "score", "source", "cluster", "group", "flag",
 
 def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bool]:
     """One class page, its sprite sheets and the overview's thumbnail strip of its suspicious group;
-    item = (class_scores row, its members, their samples rows in member order, its sample_scores rows).
+    item = (class_scores row, its members, their samples rows in member order, its sample_scores as arrays
+    (member_score_arrays)).
     Returns (members, sprite sheets, whether the strip was written)."""
     row, members, sub, scores = item
     store, c = _store(url, common["score_fingerprint"]), int(row["class_id"])
