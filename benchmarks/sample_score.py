@@ -23,7 +23,7 @@ from unhans.pipeline.core.store import Store
 from unhans.pipeline.data.artifacts import PoisonConfig
 from unhans.pipeline.harness.validate import FOLLOWED, detection, randomised, runs_from_argv
 from unhans.pipeline.method.probes import stored_transfers
-from unhans.pipeline.method.statistics import ScoreConfig, class_clusters, relative_transfer, spread
+from unhans.pipeline.method.statistics import ScoreConfig, class_clusters, combined, relative_transfer, spread
 
 ALPHAS = (0.0, 0.5, 0.75, 0.9)
 FLOORS = (0.1, 0.25, 0.5, 1.0)
@@ -41,7 +41,7 @@ def main() -> None:
         c = int(sc.poison["target"])
         members, W, _, _, _ = class_clusters(store, c)
         tr = stored_transfers(store, c)
-        t, p = tr.combined, tr.confidence
+        t, p = combined(tr.evidence, tr.global_), tr.confidence
         truth = store.read_table(layout.SAMPLES.name)["artifact"].to_numpy(bool)[members]
         row = {"scenario": sc.name, "seed": seed, "flip_rate": flip}
         row["random"] = randomised(PoisonConfig.model_validate(sc.poison))

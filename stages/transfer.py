@@ -19,7 +19,8 @@ from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.models import model_for_run, model_spec
-from unhans.pipeline.method.probes import class_transfer, combined, host_pool
+from unhans.pipeline.method.probes import class_transfer, host_pool
+from unhans.pipeline.method.statistics import combined
 
 _CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
 

@@ -48,8 +48,8 @@ from unhans.pipeline.data.artifacts import PoisonConfig
 from unhans.pipeline.data.models import model_for_run, model_spec, trained_by_run
 from unhans.pipeline.harness.pclarc import apply_pclarc, fit_pclarc
 from unhans.pipeline.harness.validate import flips, held_out, labelled_batches, load_spec, scenario_config
-from unhans.pipeline.method.probes import class_transfer, combined, host_pool
-from unhans.pipeline.method.statistics import class_clusters, score_class
+from unhans.pipeline.method.probes import class_transfer, host_pool
+from unhans.pipeline.method.statistics import class_clusters, combined, score_class
 from unhans.pipeline.method.training import fit
 from unhans.stages import Config, load_config, runner
 

@@ -150,21 +150,12 @@ def transfer(
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def combined(evidence: np.ndarray, global_: np.ndarray) -> np.ndarray:
-    """The transfer a class is scored on: max(t, g)."""
-    return np.maximum(evidence, global_)
-
-
 class Transfers(NamedTuple):
     """A class's members' probes as the score stage reads them."""
 
     evidence: np.ndarray  # (n,) pasted evidence t (evidence probe)
     global_: np.ndarray  # (n,) per-channel statistics g (global probe; zeros when transfer.global_hosts = 0)
     confidence: np.ndarray  # (n,) p(label | member), from the attribute stage
-
-    @property
-    def combined(self) -> np.ndarray:
-        return combined(self.evidence, self.global_)
 
 
 def images(ds, samples: pd.DataFrame, idx: np.ndarray, decode_threads: int = 0) -> torch.Tensor:

@@ -72,6 +72,11 @@ class ScoreConfig(Section):
     )
 
 
+def combined(evidence: np.ndarray, global_: np.ndarray) -> np.ndarray:
+    """The transfer a class is scored on: max(t, g) of its members' evidence and global probes."""
+    return np.maximum(evidence, global_)
+
+
 @dataclass
 class ClassScore:
     score: float  # standardised excess transfer x separation of the chosen group (0 when none qualifies)
@@ -274,7 +279,7 @@ def class_findings(
     """One class's row of class_scores (less its key and name) and its rows of sample_scores, from its
     members (n,), graph, clusterings, eigenvalues, transfers (probes.Transfers) and the model's
     predictions (n,). Flags and q-values need every class: the score stage adds them."""
-    t, conf = transfers.combined, transfers.confidence
+    t, conf = combined(transfers.evidence, transfers.global_), transfers.confidence
     # label issues, cleanlab-style: predicted as another class and less sure of the label than the
     # class's average member (the per-class threshold of confident learning)
     label_issue = (predicted != c) & (conf < conf.mean())
