@@ -4,14 +4,14 @@ The folder is the one of issue 15 (tests/helpers.py, make_shapes_folder): three 
 60 each, and a 6 x 6 white square 1 px from an image corner (or at a random place along the bottom border)
 on 30% of the discs. For each placement this prints the trained model's held-out accuracy, the flip rate
 (the share of correctly classified squares and triangles the model calls a disc once the stamp is on
-them: how strongly the model follows it), the disc class's score, rank and flag, the per-sample AUROC of
-the stamped discs, and the share of the stamped maps' kNN neighbours that are stamped (how well the
-distance groups them), with the distance `init` writes and with the alternative.
+them: how strongly the model follows it), the disc class's score, place score, rank and flag, the
+per-sample AUROC of the stamped discs, and the share of the stamped maps' kNN neighbours that are stamped
+(how well the distance groups them), with the distance `init` writes and with the alternative.
 
     python benchmarks/user_folder.py                    # all five placements, both distances (about 10 min)
     python benchmarks/user_folder.py --placement bottom-right --metric euclidean
-    python benchmarks/user_folder.py --metric euclidean --set model.arch=python:tests.helpers:gap_cnn \
-        --set train.epochs=200 --set train.patience=60      # the small CNN with a global-average-pooling head
+    python benchmarks/user_folder.py --metric euclidean --set model.arch=small_cnn \
+        --set train.patience=8                          # the small CNN with its flattening head, as init chose it
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ def audit(placement: str, metric: str | None, work: Path, extra: list[str]) -> d
         "heldout accuracy": train["heldout_accuracy"],
         "flip rate": round(flips, 3),
         "disc score": round(float(cs.at["disc", "clever_hans_score"]), 3),
+        "disc place score": round(float(cs.at["disc", "place_score"]), 3),
         "disc rank": int(cs.at["disc", "rank"]),
         "flagged": bool(cs.at["disc", "is_clever_hans"]),
         "other classes flagged": int(cs["is_clever_hans"].sum() - cs.at["disc", "is_clever_hans"]),

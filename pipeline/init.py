@@ -2,7 +2,7 @@
 
 Every choice is written down with its reason, so a first audit needs no guess: the input size and how
 images get there without losing their borders (corner stamps, frames and watermarks live there), the
-model (a small CNN trained here, or the user's own weights) and how long to train it.
+model (a small pooling CNN trained here, or the user's own weights) and how long to train it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,11 @@ def _name(root: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", root.resolve().name).strip("-.") or "my-data"
 
 
+SMALL_FOLDER = 5_000  # up to this many images the model trains its whole schedule (no early stop)
+
+
 def _side(s: FolderSurvey) -> int:
-    """Input side for the small CNN: 32 px (the size it is validated at) for images up to 96 px, else 64."""
+    """Input side of the model trained here: 32 px for images up to 96 px, else 64."""
     return 32 if s.median_long_side <= 96 else 64
 
 
@@ -47,7 +50,7 @@ def _batch(n: int) -> int:
 
 def _epochs(n: int) -> int:
     """Most epochs: many for a few hundred images, fewer for large folders (early stopping ends sooner)."""
-    return 60 if n <= 5_000 else 30 if n <= 50_000 else 15
+    return 60 if n <= SMALL_FOLDER else 30 if n <= 50_000 else 15
 
 
 def plan(
@@ -65,7 +68,7 @@ def plan(
     own = weights is not None
     if own and arch is None:
         raise UserError("--weights needs --arch: the architecture the weights belong to (e.g. resnet50)")
-    arch = arch or "small_cnn"
+    arch = arch or "small_gap_cnn"
     counts = sorted(s.counts.values())
     small = [k for k, v in s.counts.items() if v < MIN_CLASS]
     lines = [f"# unhans config for {root.resolve()}, written by `unhans init` (docs/configuration.md: every key)."]
@@ -111,14 +114,22 @@ def plan(
                   ""]  # fmt: skip
     else:
         epochs = _epochs(s.n_files)
+        stop = (
+            ["  patience: null   # the whole schedule: on a few hundred held-out images accuracy is too coarse",
+             "                   # to stop on (the audit still measures it and warns if the model is weak)"]
+            if s.n_files <= SMALL_FOLDER
+            else ["  patience: 8   # stop when held-out accuracy has not improved for this many epochs, keeping the",
+                  "                # best epoch (the audit warns if the model stays weak)"]
+        )  # fmt: skip
         lines += [
             "model:",
-            f"  arch: {arch}   # trained on these images by the train stage; to audit your own model instead:",
+            f"  arch: {arch}   # trained on these images by the train stage; convolutions and a pooling head, so",
+            "                  # no weight belongs to one place of the image. To audit your own model instead:",
             "                  # `unhans init PATH --arch resnet50 --weights model.pt` (docs/configuration.md)",
             "",
             "train:",
-            f"  epochs: {epochs}   # at most; training stops when the held-out accuracy has not improved for",
-            "  patience: 8   # this many epochs, and keeps the best epoch (audit warns if the model stays weak)",
+            f"  epochs: {epochs}   # at most",
+            *stop,
             "  holdout: 0.1   # share of each class the model never sees: its accuracy there is the model's quality",
             f"  batch_size: {_batch(s.n_files)}   # about ten or more steps per epoch",
             "",

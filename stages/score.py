@@ -29,9 +29,11 @@ def score_one(cfg, url: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
     members, W, labels, ks, n_clusters = class_clusters(store, c)
     predicted = store.array(layout.PREDICTION()).get_orthogonal_selection((members,))
     lam = store.read(layout.EIGENVALUES(c=c))
+    place, attrs = store.read_with_attrs(layout.PLACE(c=c))
     row, samples = class_findings(
-        members, W, labels, ks, n_clusters, lam, stored_transfers(store, c), predicted, c, cfg.score
-    )
+        members, W, labels, ks, n_clusters, lam, stored_transfers(store, c), predicted, c, cfg.score,
+        (place, attrs["groups"]),
+    )  # fmt: skip
     return {"class_id": c, "class_key": key, "class_name": name} | row, samples
 
 
@@ -46,7 +48,8 @@ def run(ctx: Context) -> dict:
         "clever_hans_score", ascending=False, kind="stable"
     )
     class_scores.insert(0, "rank", np.arange(1, len(class_scores) + 1))
-    p, q, flagged = flag_classes(class_scores["clever_hans_score"].to_numpy(), ctx.cfg.score, ctx.cfg.seed)
+    scores, place = class_scores["clever_hans_score"].to_numpy(), class_scores["place_score"].to_numpy()
+    p, q, flagged = flag_classes(scores, ctx.cfg.score, ctx.cfg.seed, place)
     at = class_scores.columns.get_loc("clever_hans_score") + 1
     class_scores.insert(at, "p_value", p)
     class_scores.insert(at + 1, "q_value", q)

@@ -2,9 +2,10 @@
 pipeline/method/probes.py).
 
 Per analysed class, for every member: its evidence transfer and its global transfer, written to
-classes/<c>/{transfer_evidence, transfer_global} and classes/<c>/transfer (the larger transfer, what
-the score stage scores), the last one stamped with the stage fingerprint after its data, so a killed
-run resumes by class. These forward passes are
+classes/<c>/{transfer_evidence, transfer_global}; for the class's groups whose evidence shares a place
+(from the cluster stage's clusterings), the place probe of drawn members, classes/<c>/place; and
+classes/<c>/transfer (the larger transfer, what the score stage scores), the last one stamped with the
+stage fingerprint after its data, so a killed run resumes by class. These forward passes are
 the expensive part of scoring; the score stage that reads them is statistics only, so its settings
 can be changed and rerun without the model.
 """
@@ -19,7 +20,7 @@ from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.models import model_for_run, model_spec
-from unhans.pipeline.method.probes import class_transfer, host_pool
+from unhans.pipeline.method.probes import class_place, class_transfer, host_pool
 from unhans.pipeline.method.statistics import combined
 
 _CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
@@ -45,15 +46,17 @@ def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) 
     members = store.read(layout.MEMBERS(c=c))
     model, ds, normalise = _model_and_data(cfg, url)
     t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
+    place, groups = class_place(cfg, store, samples, model, normalise, ds, c, members, hosts)
     store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
     store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
+    store.write_array(layout.PLACE(c=c), place, {"groups": groups})
     store.write_array(layout.TRANSFER(c=c), combined(t, g), {"fingerprint": fingerprint})  # last: marks done
     return len(members)
 
 
-@stage("transfer", sections=["transfer"], inputs=["distances", "attribute"])
+@stage("transfer", sections=["transfer"], inputs=["cluster", "attribute"])
 def run(ctx: Context) -> dict:
-    """Model probes per sample: evidence and global transfer."""
+    """Model probes per sample: evidence and global transfer; per group with a common place: the place probe."""
     ids = list(ctx.store.group["classes"].attrs["ids"])
     done = ctx.finished_classes(ids, layout.TRANSFER)
     hosts = host_pool(ctx.cfg, ctx.store, ids)

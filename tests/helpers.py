@@ -93,19 +93,6 @@ def tiny_net(n_classes: int, in_channels: int = 3):
     )  # fmt: skip
 
 
-def gap_cnn(n_classes: int, in_channels: int = 3):
-    """The small CNN's convolutions with a global-average-pooling head instead of its flattening one (no weight
-    tied to a position): `model.arch: python:tests.helpers:gap_cnn` (benchmarks/user_folder.py --set)."""
-    from torch import nn
-
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, n_classes),
-    )  # fmt: skip
-
-
 def net_with_layer_norm(n_classes: int):
     """An architecture with a layer LRP has no rule for (LayerNorm)."""
     from torch import nn

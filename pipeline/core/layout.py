@@ -154,6 +154,11 @@ TRANSFER_GLOBAL = array(
     "classes/{c}/transfer_global", "transfer", "(n,)", "float64", NAN,
     "each member's global-look transfer g (zeros with transfer.global_hosts = 0)",
 )  # fmt: skip
+PLACE = array(
+    "classes/{c}/place", "transfer", "(P, n)", "float64", NAN,
+    "place probe: each probed group's transfer of the drawn members' pixels at its place, NaN for the others "
+    "(attrs.groups: [k, cluster, cells] per group)",
+)  # fmt: skip
 TRANSFER = array(
     "classes/{c}/transfer", "transfer", "(n,)", "float64", NAN,
     "max(t, g), what the class is scored on; written last (attrs: fingerprint): resume by class",
@@ -164,7 +169,8 @@ CLASS_SCORES = table(
     "class_scores", "score",
     "rank, class_id, class_key, class_name, n_samples, n_clusters, eigengap, group_k, group_cluster, group_size, "
     "group_fraction, conductance, group_transfer, group_probe, rest_transfer, clever_hans_score, p_value, q_value, "
-    "is_clever_hans, label_issue_fraction",
+    "is_clever_hans, place_score, place_group_size, place_cells, place_group_transfer, place_rest_transfer, "
+    "label_issue_fraction",
     "one row per analysed class, ranked by clever_hans_score (docs/methods.md)",
 )  # fmt: skip
 SAMPLE_SCORES = table(

@@ -9,13 +9,16 @@ mean and spread are imposed on `transfer.global_probes` of the first `transfer.g
 class's pool (`host_assignment`), so the host a probe happens to use is noise that averages out over a
 group and over a sample's explanation neighbours, not a bias the whole class shares. With fewer probes
 than hosts, what each host adds to every probe on it (some hosts take any evidence more readily) is
-removed first (`without_host_effects`).
+removed first (`without_host_effects`). Place probe: for the groups of a class whose evidence shares a
+place (a stamp, a frame: `group_places`), members of the group and of the rest paste their own pixels
+at that place into the hosts (`class_place`); a shared artifact carries the class only from the group.
 The score also divides by each sample's self-confidence p(label | sample), which the attribute stage
 stores from its explained pass (no forward pass here). The statistics on these are in
 pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
 
 Cost: `transfer.probes` + `transfer.global_probes` forward passes per sample, plus `transfer.hosts`
-per class (the hosts' own p(class)). Fewer probes than hosts cost detection on the validation specs
+per class (the hosts' own p(class)), plus at most `transfer.place_groups` x 2 `transfer.place_donors` x
+`transfer.hosts` per class for the place probe. Fewer probes than hosts cost detection on the validation specs
 (benchmarks/transfer_budget.py; docs/methods.md, "Cost").
 """
 
@@ -32,6 +35,7 @@ from pydantic import Field
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.data import iter_batches
+from unhans.pipeline.method.spectral import knn_affinity
 
 DONOR_CHUNK = 256  # donor images (and their masks) held in memory at a time: bounded for 224-px classes
 
@@ -51,6 +55,15 @@ class TransferConfig(Section):
     )
     global_probes: int = Field(
         4, ge=0, description="of those, how many each sample's mean and spread are imposed on (at most global_hosts)"
+    )
+    place_groups: int = Field(
+        3, ge=0, description="a class's groups whose evidence has a place of its own that are probed (0: none)"
+    )
+    place_donors: int = Field(
+        32, ge=1, description="members of such a group, and of the rest of its class, whose pixels there are pasted"
+    )
+    place_agree: float = Field(
+        0.5, gt=0, le=1, description="share of a group's evidence masks a pixel must lie in to be part of its place"
     )
 
 
@@ -205,6 +218,77 @@ def class_transfer(
     if partial_g and assign_g is not None:
         g = without_host_effects(g, assign_g, n_global).mean(1)
     return t, g
+
+
+PLACE_GROUP_SIZES = (3, 0.5)  # groups the place probe considers: at least 3 members, at most half the class
+
+
+def group_places(
+    masks: torch.Tensor, W, labels: np.ndarray, ks: list[int], m: int, agree: float
+) -> list[tuple[int, int, np.ndarray, torch.Tensor]]:
+    """Up to m groups of a class whose evidence has a place of its own: (k, cluster, members (n,) bool,
+    place (r, r) bool) from the members' evidence masks (n, r, r) bool and the k-means labels (len(ks), n).
+    A group's place is the cells at least `agree` of its members have in their evidence; groups are taken
+    in decreasing contrast, the mean over their place of the share of the group's masks there less the
+    share of the rest's (a stamp the group shares: about 1; the class's own evidence, which the rest has
+    at the same place: about 0). A group without a place (its evidence moves with the object) is skipped."""
+    from unhans.pipeline.method.statistics import candidate_groups
+
+    ids, G, _, _ = candidate_groups(W, labels, ks, PLACE_GROUP_SIZES[1], PLACE_GROUP_SIZES[0])
+    if not ids:
+        return []
+    flat = masks.reshape(len(masks), -1).double().numpy()
+    Gf = G.astype(np.float64)
+    size = Gf.sum(0)[:, None]
+    inside = Gf.T @ flat  # (groups, r * r) members of each group with the cell in their evidence
+    share_g, share_r = inside / size, (flat.sum(0)[None] - inside) / (len(flat) - size)
+    place = share_g >= agree
+    cells = place.sum(1)
+    contrast = np.where(cells > 0, ((share_g - share_r) * place).sum(1) / np.maximum(cells, 1), -np.inf)
+    out: list[tuple[int, int, np.ndarray, torch.Tensor]] = []
+    for j in np.argsort(-contrast, kind="stable"):
+        if len(out) >= m or not cells[j]:
+            break
+        if any(np.array_equal(G[:, j], o[2]) for o in out):
+            continue
+        out.append((*ids[j], G[:, j], torch.as_tensor(place[j].reshape(masks.shape[1:]))))
+    return out
+
+
+def class_place(
+    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Place probe of class c: for each of its first `transfer.place_groups` groups whose evidence has a
+    place of its own (group_places), up to `transfer.place_donors` seeded members of the group and as many of the rest
+    of the class paste their own pixels at the group's place into every host of the class. Returns the
+    transfers (groups, n), NaN for members not drawn, and per group [k, cluster, cells of its place].
+    A stamp, frame or watermark the group shares carries the class from the group's members and not from
+    the rest's pixels there; evidence of the class itself at that place carries it from both."""
+    tcfg = cfg.transfer
+    n = len(members)
+    if not tcfg.place_groups or not len(hosts) or not n:
+        return np.zeros((0, n)), []
+    W = knn_affinity(store.read(layout.KNN_IDX(c=c)), store.read(layout.KNN_DIST(c=c)))
+    labels, attrs = store.read_with_attrs(layout.LABELS(c=c))
+    maps = torch.as_tensor(store.relevance(members))
+    masks = evidence_masks(maps, tcfg.top, maps.shape[-1])[:, 0] > 0  # (n, r, r), at map resolution
+    groups = group_places(masks, W, labels, list(attrs["k"]), tcfg.place_groups, tcfg.place_agree)
+    rng = np.random.default_rng([cfg.seed, c, 2])
+    out, meta = np.full((len(groups), n), np.nan), list[list[int]]()
+    if not groups:
+        return out, meta
+    host_images = images(ds, samples, hosts, cfg.compute.decode_threads)
+    base = host_probability(model, normalise, host_images, c)
+    side = cfg.dataset.image_size
+    for j, (k, cluster, g, place) in enumerate(groups):
+        inside, rest = np.flatnonzero(g), np.flatnonzero(~g)
+        donors = np.concatenate([rng.choice(inside, min(tcfg.place_donors, len(inside)), replace=False),
+                                 rng.choice(rest, min(tcfg.place_donors, len(rest)), replace=False)])  # fmt: skip
+        pixels = F.interpolate(place[None, None].float(), size=(side, side), mode="nearest")
+        x = images(ds, samples, members[donors], cfg.compute.decode_threads)
+        out[j, donors] = transfer(model, normalise, x, host_images, c, pixels.expand(len(donors), 1, side, side), base)
+        meta.append([int(k), int(cluster), int(place.sum())])
+    return out, meta
 
 
 def stored_transfers(store, c: int) -> Transfers:

@@ -187,6 +187,28 @@ def score_class(W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarr
     return best
 
 
+def place_score(place: np.ndarray, groups: list, W: sp.csr_matrix, labels: np.ndarray, ks: list[int],
+                min_spread: float) -> dict:  # fmt: skip
+    """The class's place score from its place probe (probes.class_place): for each probed group,
+    (mean transfer of its drawn members' pixels at its place - mean of the rest's drawn members there)
+    / max(sd of the rest's, min_spread) x (1 - conductance), and the best group's figures."""
+    best = {"place_score": 0.0, "place_group_size": 0, "place_cells": 0,
+            "place_group_transfer": float("nan"), "place_rest_transfer": float("nan")}  # fmt: skip
+    for row, (k, cluster, cells) in zip(place, groups):
+        g = labels[list(ks).index(k)] == cluster
+        drawn = np.isfinite(row)
+        inside, rest = row[drawn & g], row[drawn & ~g]
+        if not len(inside) or len(rest) < 2:
+            continue
+        s = (inside.mean() - rest.mean()) / max(float(rest.std()), min_spread) * (1.0 - conductance(W, g))
+        if s > best["place_score"]:
+            best = {
+                "place_score": float(s), "place_group_size": int(g.sum()), "place_cells": int(cells),
+                "place_group_transfer": float(inside.mean()), "place_rest_transfer": float(rest.mean()),
+            }  # fmt: skip
+    return best
+
+
 MIN_CLASSES = 3  # a p-value needs at least two other classes to fit the law to
 NULL_DRAWS = 200_000  # simulated standardised scores per run (p-values resolve down to about 1e-4 directly)
 TAIL_DRAWS = 50  # below this many simulated scores at or above the observed one, the tail is extrapolated
@@ -275,10 +297,12 @@ def class_findings(
     predicted: np.ndarray,
     c: int,
     params: ScoreConfig,
+    place: tuple[np.ndarray, list] | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """One class's row of class_scores (less its key and name) and its rows of sample_scores, from its
-    members (n,), graph, clusterings, eigenvalues, transfers (probes.Transfers) and the model's
-    predictions (n,). Flags and q-values need every class: the score stage adds them."""
+    members (n,), graph, clusterings, eigenvalues, transfers (probes.Transfers), the model's
+    predictions (n,) and its place probe (transfers (groups, n), groups; None: not probed). Flags and
+    q-values need every class: the score stage adds them."""
     t, conf = combined(transfers.evidence, transfers.global_), transfers.confidence
     # label issues, cleanlab-style: predicted as another class and less sure of the label than the
     # class's average member (the per-class threshold of confident learning)
@@ -288,6 +312,7 @@ def class_findings(
     outstanding = stands_out(sample_score, ~s.group, params.sample_threshold, params.min_spread)
     lam = eigenvalues
     g_over_e = (transfers.global_[s.group] - transfers.evidence[s.group]).mean() if s.group.any() else 0.0
+    probed, groups = place if place is not None else (np.zeros((0, len(members))), [])
     row = {
         "class_id": c,
         "n_samples": len(members),
@@ -302,6 +327,7 @@ def class_findings(
         "group_probe": "global" if s.group.any() and g_over_e > 0 else "evidence",
         "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
+        **place_score(probed, groups, W, labels, ks, params.min_spread),
         "label_issue_fraction": float(label_issue.mean()),
     }
     samples = pd.DataFrame(
@@ -323,16 +349,23 @@ def class_findings(
     return row, samples
 
 
-def flag_classes(scores: np.ndarray, params: ScoreConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def flag_classes(
+    scores: np.ndarray, params: ScoreConfig, seed: int = 0, place: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p-values, q-values, flags) of the K class scores (K,) of a run: p against the run's own classes
     (class_p_values), q by Benjamini-Hochberg over them. A class is flagged when its score reaches
     flag_threshold and K p <= 1 (a strong score that at most one class of a clean run of K would reach
     by chance), or when its score reaches min_score and its q-value is at most fdr (a false discovery
     rate over the classes). A run of one or two classes has no p-values: the score alone decides, at
-    flag_threshold."""
+    flag_threshold. With the classes' place scores (K,) a third way: a place score that is strong in the
+    first way's sense against the run's place scores."""
     s = np.asarray(scores, np.float64)
     p = class_p_values(s, seed)
     q = benjamini_hochberg(p) if len(s) >= MIN_CLASSES else p.copy()
     strong = (s >= params.flag_threshold) & ~(p * len(s) > 1)  # NaN p (no reference): the score decides
     discovered = (s >= params.min_score) & (q <= params.fdr)
-    return p, q, strong | discovered
+    flagged = strong | discovered
+    if place is not None:
+        at = np.asarray(place, np.float64)
+        flagged |= (at >= params.flag_threshold) & ~(class_p_values(at, seed) * len(at) > 1)
+    return p, q, flagged

@@ -70,6 +70,9 @@ COLUMNS = [
      "read this'): its flagged images are dropped automatically", False),
     ("q_value", "q", "false-discovery rate at which the class counts as flagged (Benjamini-Hochberg over the "
      "classes' p-values); shown only where the score is high enough for it to decide", False),
+    ("place_score", "place score", "for a group whose evidence sits at one place of the image (a stamp, a frame): "
+     "how much more the class is carried by the group's pixels there than by the rest's, in spreads of the rest's; "
+     "a strong one flags the class too", False),
     ("n_samples", "images", "images of the class that were audited", False),
     ("group_size", "group", "images in the class's most isolated group", False),
     ("group_fraction", "share", "the group's share of the class", False),
@@ -86,6 +89,10 @@ COLUMNS = [
     ("conductance", "conductance", "how strongly the group's explanations connect to the rest (0: cut off)", True),
     ("group_transfer", "group transfer", "mean transfer of the group's evidence to other classes' images", True),
     ("rest_transfer", "rest transfer", "mean transfer of the rest of the class", True),
+    ("place_group_size", "place group", "images in the group whose place was probed", True),
+    ("place_cells", "place cells", "map cells of that place", True),
+    ("place_group_transfer", "place group transfer", "mean transfer of the group's pixels at its place", True),
+    ("place_rest_transfer", "place rest transfer", "mean transfer of the rest's pixels at the same place", True),
     ("p_value", "p", "chance that a class without a shortcut scores this high, judged by the run's other classes; "
      "shown only where the score is high enough for it to decide", True),
 ]  # fmt: skip
@@ -174,7 +181,8 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
     )
     test = (
         f" and at most one class of a clean run of this size would score so high, or when it reaches "
-        f"{min_score:g} and its q-value is at most {fdr:g} (a discovery at that false discovery rate over the classes)"
+        f"{min_score:g} and its q-value is at most {fdr:g} (a discovery at that false discovery rate over the "
+        f"classes), or when its place score reaches {threshold:g} in the same way"
         if common.get("calibrated", True)
         else ""
     )

@@ -381,3 +381,56 @@ def test_relative_transfer_lifts_a_half_learned_trigger_above_a_class_whose_evid
     assert roc_auc_score(truth, relative_transfer(t, p, 0.5)) > 0.95
     assert np.allclose(relative_transfer([0.4, 0.4, 0.4, -0.2], [1.0, 0.8, 0.1, 0.1], 0.5), [0.4, 0.5, 0.8, -0.4])
     assert np.array_equal(relative_transfer(t, p, 1.0), t)  # floor 1: the plain transfer
+
+
+def test_group_places_take_a_shared_stamp_first_and_skip_evidence_that_moves():
+    """Ten members share a stamp at the top-left cells (and have moving evidence too), twenty have only
+    moving evidence: the stamp's group is chosen first, its place is the stamp; a group whose evidence
+    moves has no place."""
+    from unhans.pipeline.method.probes import group_places
+    from unhans.pipeline.method.spectral import knn_affinity
+
+    rng = np.random.default_rng(0)
+    n, r = 30, 8
+    masks = torch.zeros(n, r, r, dtype=torch.bool)
+    for i in range(n):
+        y, x = rng.integers(2, r - 1, 2)
+        masks[i, y : y + 2, x : x + 2] = True  # evidence that moves with the object
+    masks[:10, 0, :2] = True  # the stamp
+    labels = np.array([[0] * 10 + [1] * 20, [0] * 10 + [1] * 10 + [2] * 10])
+    idx = np.array([[(i + 1) % n, (i + 2) % n] for i in range(n)])
+    W = knn_affinity(idx, np.ones((n, 2), np.float32))
+    groups = group_places(masks, W, labels, [2, 3], m=3, agree=0.5)
+    k, cluster, g, place = groups[0]
+    assert (k, cluster) == (2, 0) and g[:10].all() and not g[10:].any()
+    assert place[0, :2].all() and int(place.sum()) == 2
+    assert len(groups) == 1  # the other groups' evidence has no common place (or is over half the class)
+    assert group_places(masks[10:], W[10:, 10:], labels[1:, 10:] - 1, [2], m=3, agree=0.5) == []
+
+
+def test_place_score_is_the_groups_excess_at_its_place_over_the_drawn_members():
+    from unhans.pipeline.method.spectral import conductance, knn_affinity
+    from unhans.pipeline.method.statistics import place_score
+
+    n = 12
+    labels = np.array([[0] * 4 + [1] * 8])
+    W = knn_affinity(np.array([[(i + 1) % n] for i in range(n)]), np.ones((n, 1), np.float32))
+    row = np.array([0.9, 0.7, np.nan, 0.8, 0.1, 0.0, np.nan, 0.2, 0.1, np.nan, 0.0, 0.2])
+    got = place_score(row[None], [[2, 0, 5]], W, labels, [2], DEFAULTS.min_spread)
+    rest = row[4:][np.isfinite(row[4:])]
+    want = (0.8 - rest.mean()) / max(rest.std(), DEFAULTS.min_spread) * (1 - conductance(W, labels[0] == 0))
+    assert got["place_score"] == pytest.approx(want) and got["place_group_size"] == 4 and got["place_cells"] == 5
+    assert got["place_group_transfer"] == pytest.approx(0.8)
+    none = place_score(np.zeros((0, n)), [], W, labels, [2], DEFAULTS.min_spread)
+    assert none["place_score"] == 0.0 and none["place_group_size"] == 0
+
+
+def test_a_strong_place_score_flags_its_class_unless_the_run_s_place_scores_are_all_high():
+    from unhans.pipeline.method.statistics import flag_classes
+
+    scores = np.array([0.6, 0.9, 0.7])  # no class stands out in T (three classes: no discovery either)
+    assert not flag_classes(scores, DEFAULTS)[2].any()
+    assert flag_classes(scores, DEFAULTS, place=np.array([0.2, 0.4, 5.0]))[2].tolist() == [False, False, True]
+    assert not flag_classes(scores, DEFAULTS, place=np.array([0.2, 0.4, 1.2]))[2].any()  # below flag_threshold
+    busy = np.linspace(1.0, 2.4, 10)
+    assert not flag_classes(np.full(10, 0.5), DEFAULTS, place=busy)[2][-2]  # usual for this run

@@ -149,7 +149,8 @@ def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(t
 def test_the_transfer_stage_costs_probes_plus_global_probes_forward_passes_a_sample(tmp_path, monkeypatch):
     """With transfer.probes = 2 and transfer.global_probes = 1, each member goes through the model 2 + 1
     times in composites and never alone (its self-confidence comes from the attribute stage); each
-    class's 16 hosts once more."""
+    class's 16 hosts once more; the place probe, each drawn donor once per host, and the hosts once more
+    in a class with a probed group."""
     import torch
 
     r = make_runner(tmp_path, overrides=SMALL + ["transfer.probes=2", "transfer.global_probes=1"])
@@ -176,6 +177,8 @@ def test_the_transfer_stage_costs_probes_plus_global_probes_forward_passes_a_sam
     monkeypatch.setattr(torch.nn.Module, "__call__", counting)
     r.run("transfer")
     n = sum(len(r.store.array(f"classes/{c}/members")[:]) for c in range(10))
-    assert sum(seen) == n * (2 + 1) + 10 * 16
+    places = [r.store.array(f"classes/{c}/place")[:] for c in range(10)]
+    place_passes = sum((16 if len(p) else 0) + 16 * int(np.isfinite(p).sum()) for p in places)
+    assert sum(seen) == n * (2 + 1) + 10 * 16 + place_passes
     ev = np.concatenate([r.store.array(f"classes/{c}/transfer_evidence")[:] for c in range(10)])
     assert np.isfinite(ev).all() and (ev != 0).any()

