@@ -121,15 +121,13 @@ def plan(
             else ["  patience: 8   # stop when held-out accuracy has not improved for this many epochs, keeping the",
                   "                # best epoch (the audit warns if the model stays weak)"]
         )  # fmt: skip
-        why = (
-            ["convolutions and a pooling head, so", "# no weight belongs to one place of the image. To audit"]
-            if arch == "small_gap_cnn"
-            else ["to audit", "#"]
-        )
+        pooling = arch == "small_gap_cnn"
         lines += [
             "model:",
-            f"  arch: {arch}   # trained on these images by the train stage; {why[0]}",
-            f"                  {why[1]} your own model instead:",
+            f"  arch: {arch}   # trained on these images by the train stage"
+            + ("; convolutions and a pooling head, so" if pooling else ""),
+            *(["                  # no weight belongs to one place of the image."] if pooling else []),
+            "                  # To audit your own model instead:",
             "                  # `unhans init PATH --arch resnet50 --weights model.pt` (docs/configuration.md)",
             "",
             "train:",

@@ -35,7 +35,6 @@ from pydantic import Field
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.data import iter_batches
-from unhans.pipeline.method.spectral import knn_affinity
 
 DONOR_CHUNK = 256  # donor images (and their masks) held in memory at a time: bounded for 224-px classes
 
@@ -268,11 +267,12 @@ def class_place(
     n = len(members)
     if not tcfg.place_groups or not len(hosts) or not n:
         return np.zeros((0, n)), []
-    W = knn_affinity(store.read(layout.KNN_IDX(c=c)), store.read(layout.KNN_DIST(c=c)))
-    labels, attrs = store.read_with_attrs(layout.LABELS(c=c))
+    from unhans.pipeline.method.statistics import class_clusters
+
+    _, W, labels, ks, _ = class_clusters(store, c)
     maps = torch.as_tensor(store.relevance(members))
     masks = evidence_masks(maps, tcfg.top, maps.shape[-1])[:, 0] > 0  # (n, r, r), at map resolution
-    groups = group_places(masks, W, labels, list(attrs["k"]), tcfg.place_groups, tcfg.place_agree)
+    groups = group_places(masks, W, labels, list(ks), tcfg.place_groups, tcfg.place_agree)
     rng = np.random.default_rng([cfg.seed, c, 2])
     out, meta = np.full((len(groups), n), np.nan), list[list[int]]()
     if not groups:
