@@ -156,7 +156,8 @@ TRANSFER_GLOBAL = array(
 )  # fmt: skip
 PLACE = array(
     "classes/{c}/place", "transfer", "(P, n)", "float64", NAN,
-    "place probe: each probed group's transfer of the drawn members' pixels at its place, NaN for the others "
+    "place probe: each probed group's transfer of the drawn members' pixels at its place (every member's where the "
+    "place carries the class), NaN for the others "
     "(attrs.groups: [k, cluster, cells] per group)",
 )  # fmt: skip
 TRANSFER = array(
@@ -170,7 +171,7 @@ CLASS_SCORES = table(
     "rank, class_id, class_key, class_name, n_samples, n_clusters, eigengap, group_k, group_cluster, group_size, "
     "group_fraction, conductance, group_transfer, group_probe, rest_transfer, clever_hans_score, p_value, q_value, "
     "is_clever_hans, place_score, place_group_size, place_cells, place_group_transfer, place_rest_transfer, "
-    "label_issue_fraction",
+    "sample_probe, label_issue_fraction",
     "one row per analysed class, ranked by clever_hans_score (docs/methods.md)",
 )  # fmt: skip
 SAMPLE_SCORES = table(

@@ -11,15 +11,17 @@ group and over a sample's explanation neighbours, not a bias the whole class sha
 than hosts, what each host adds to every probe on it (some hosts take any evidence more readily) is
 removed first (`without_host_effects`). Place probe: for the groups of a class whose evidence shares a
 place (a stamp, a frame: `group_places`), members of the group and of the rest paste their own pixels
-at that place into the hosts (`class_place`); a shared artifact carries the class only from the group.
-The score also divides by each sample's self-confidence p(label | sample), which the attribute stage
-stores from its explained pass (no forward pass here). The statistics on these are in
+at that place into the hosts (`class_place`); a shared artifact carries the class only from the group,
+and where it does, every member is probed there, for the per-sample score. The score also divides by
+each sample's self-confidence p(label | sample), which the attribute stage stores from its explained
+pass (no forward pass here). The statistics on these are in
 pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
 
 Cost: `transfer.probes` + `transfer.global_probes` forward passes per sample, plus `transfer.hosts`
 per class (the hosts' own p(class)), plus at most `transfer.place_groups` x 2 `transfer.place_donors` x
-`transfer.hosts` per class for the place probe. Fewer probes than hosts cost detection on the validation specs
-(benchmarks/transfer_budget.py; docs/methods.md, "Cost").
+`transfer.hosts` per class for the place probe, and `transfer.hosts` per member of the class for each
+group whose place carries the class (`transfer.place_confirm`). Fewer probes than hosts cost detection
+on the validation specs (benchmarks/transfer_budget.py; docs/methods.md, "Cost").
 """
 
 from __future__ import annotations
@@ -63,6 +65,12 @@ class TransferConfig(Section):
     )
     place_agree: float = Field(
         0.5, gt=0, le=1, description="share of a group's evidence masks a pixel must lie in to be part of its place"
+    )
+    place_confirm: float = Field(
+        0.1,
+        ge=0,
+        description="rise of p(class) by which a group's drawn members' pixels at its place must carry more than the "
+        "rest's for every member of the class to be probed there (per-sample scores by place)",
     )
 
 
@@ -152,7 +160,7 @@ def transfer(
         per = max(1, batch // k)
         for s in range(0, n, per):
             x = images[s : s + per].to(dev)
-            at = torch.as_tensor(np.ascontiguousarray(assign[s : s + per]), device=dev)
+            at = torch.as_tensor(np.array(assign[s : s + per]), device=dev)  # a copy: assign may be a read-only view
             mine = hosts[at]  # (b, k, C, S, S)
             comp = restyle(x, mine) if masks is None else paste(x, masks[s : s + per].to(dev), mine)
             p = F.softmax(model(normalise(comp.flatten(0, 1))), 1)[:, c].reshape(len(x), k)
@@ -259,7 +267,9 @@ def class_place(
 ) -> tuple[np.ndarray, list[list[int]]]:
     """Place probe of class c: for each of its first `transfer.place_groups` groups whose evidence has a
     place of its own (group_places), up to `transfer.place_donors` seeded members of the group and as many of the rest
-    of the class paste their own pixels at the group's place into every host of the class. Returns the
+    of the class paste their own pixels at the group's place into every host of the class; where the
+    group's drawn members carry at least `transfer.place_confirm` more p(class) than the rest's, every
+    member is probed there (what ranks the samples of a class flagged by its place). Returns the
     transfers (groups, n), NaN for members not drawn, and per group [k, cluster, cells of its place].
     A stamp, frame or watermark the group shares carries the class from the group's members and not from
     the rest's pixels there; evidence of the class itself at that place carries it from both."""
@@ -285,10 +295,26 @@ def class_place(
         donors = np.concatenate([rng.choice(inside, min(tcfg.place_donors, len(inside)), replace=False),
                                  rng.choice(rest, min(tcfg.place_donors, len(rest)), replace=False)])  # fmt: skip
         pixels = F.interpolate(place[None, None].float(), size=(side, side), mode="nearest")
-        x = images(ds, samples, members[donors], cfg.compute.decode_threads)
-        out[j, donors] = transfer(model, normalise, x, host_images, c, pixels.expand(len(donors), 1, side, side), base)
+        out[j, donors] = _place_transfer(
+            cfg, ds, samples, model, normalise, members[donors], host_images, c, pixels, base
+        )
+        row = out[j]
+        carried = np.nanmean(row[g]) - np.nanmean(row[~g]) if len(rest) else 0.0
+        todo = np.flatnonzero(np.isnan(row))
+        if carried >= tcfg.place_confirm and len(todo):  # a place that carries the class: every member is probed
+            for start in range(0, len(todo), DONOR_CHUNK):
+                part = todo[start : start + DONOR_CHUNK]
+                out[j, part] = _place_transfer(
+                    cfg, ds, samples, model, normalise, members[part], host_images, c, pixels, base
+                )
         meta.append([int(k), int(cluster), int(place.sum())])
     return out, meta
+
+
+def _place_transfer(cfg, ds, samples, model, normalise, donors: np.ndarray, host_images, c: int, pixels, base):
+    """Transfer to c of the donors' (sample indices) own pixels at a place (1, 1, S, S) into every host."""
+    x = images(ds, samples, donors, cfg.compute.decode_threads)
+    return transfer(model, normalise, x, host_images, c, pixels.expand(len(donors), *pixels.shape[1:]), base)
 
 
 def stored_transfers(store, c: int) -> Transfers:

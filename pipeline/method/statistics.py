@@ -188,13 +188,15 @@ def score_class(W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarr
 
 
 def place_score(place: np.ndarray, groups: list, W: sp.csr_matrix, labels: np.ndarray, ks: list[int],
-                min_spread: float) -> dict:  # fmt: skip
+                min_spread: float) -> tuple[dict, int]:  # fmt: skip
     """The class's place score from its place probe (probes.class_place): for each probed group,
-    (mean transfer of its drawn members' pixels at its place - mean of the rest's drawn members there)
-    / max(sd of the rest's, min_spread) x (1 - conductance), and the best group's figures."""
+    (mean transfer of its probed members' pixels at its place - mean of the rest's probed members there)
+    / max(sd of the rest's, min_spread) x (1 - conductance); the best group's figures and its row in
+    `place` (-1: none)."""
     best = {"place_score": 0.0, "place_group_size": 0, "place_cells": 0,
             "place_group_transfer": float("nan"), "place_rest_transfer": float("nan")}  # fmt: skip
-    for row, (k, cluster, cells) in zip(place, groups):
+    at = -1
+    for j, (row, (k, cluster, cells)) in enumerate(zip(place, groups)):
         g = labels[list(ks).index(k)] == cluster
         drawn = np.isfinite(row)
         inside, rest = row[drawn & g], row[drawn & ~g]
@@ -202,11 +204,12 @@ def place_score(place: np.ndarray, groups: list, W: sp.csr_matrix, labels: np.nd
             continue
         s = (inside.mean() - rest.mean()) / max(float(rest.std()), min_spread) * (1.0 - conductance(W, g))
         if s > best["place_score"]:
+            at = j
             best = {
                 "place_score": float(s), "place_group_size": int(g.sum()), "place_cells": int(cells),
                 "place_group_transfer": float(inside.mean()), "place_rest_transfer": float(rest.mean()),
             }  # fmt: skip
-    return best
+    return best, at
 
 
 MIN_CLASSES = 3  # a p-value needs at least two other classes to fit the law to
@@ -308,11 +311,25 @@ def class_findings(
     # class's average member (the per-class threshold of confident learning)
     label_issue = (predicted != c) & (conf < conf.mean())
     s = score_class(W, labels, ks, spread(W, t, params.group_smoothing) if params.group_smoothing else t, params)
-    sample_score = spread(W, relative_transfer(t, conf, params.confidence_floor), params.smoothing)
-    outstanding = stands_out(sample_score, ~s.group, params.sample_threshold, params.min_spread)
+    probed, groups = place if place is not None else (np.zeros((0, len(members))), [])
+    at_place, j = place_score(probed, groups, W, labels, ks, params.min_spread)
+    # the samples are ranked by the probe that found the class: its place where the place score is the
+    # stronger and flag-strong and every member was probed there (probes.class_place), else the transfer
+    by_place = (
+        j >= 0
+        and at_place["place_score"] >= params.flag_threshold
+        and at_place["place_score"] > s.score
+        and bool(np.isfinite(probed[j]).all())
+    )
+    if by_place:
+        k, cluster, _ = groups[j]
+        t_rank, reference = probed[j], labels[list(ks).index(k)] != cluster
+    else:
+        t_rank, reference = t, ~s.group
+    sample_score = spread(W, relative_transfer(t_rank, conf, params.confidence_floor), params.smoothing)
+    outstanding = stands_out(sample_score, reference, params.sample_threshold, params.min_spread)
     lam = eigenvalues
     g_over_e = (transfers.global_[s.group] - transfers.evidence[s.group]).mean() if s.group.any() else 0.0
-    probed, groups = place if place is not None else (np.zeros((0, len(members))), [])
     row = {
         "class_id": c,
         "n_samples": len(members),
@@ -327,7 +344,8 @@ def class_findings(
         "group_probe": "global" if s.group.any() and g_over_e > 0 else "evidence",
         "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
-        **place_score(probed, groups, W, labels, ks, params.min_spread),
+        **at_place,
+        "sample_probe": "place" if by_place else "transfer",
         "label_issue_fraction": float(label_issue.mean()),
     }
     samples = pd.DataFrame(

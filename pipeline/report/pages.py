@@ -93,6 +93,9 @@ COLUMNS = [
     ("place_cells", "place cells", "map cells of that place", True),
     ("place_group_transfer", "place group transfer", "mean transfer of the group's pixels at its place", True),
     ("place_rest_transfer", "place rest transfer", "mean transfer of the rest's pixels at the same place", True),
+    ("sample_probe", "images ranked by", "'place': the class's images are ranked by how much their own pixels at "
+     "the place carry the class (its place score is the stronger finding); 'transfer': by their evidence's transfer",
+     True),
     ("p_value", "p", "chance that a class without a shortcut scores this high, judged by the run's other classes; "
      "shown only where the score is high enough for it to decide", True),
 ]  # fmt: skip
