@@ -7,7 +7,10 @@ transfer stage computes it beside the evidence and global probes, which it leave
 made before the probe existed, running the probe on the stored model, maps and clusterings gives the
 same class flags a rerun of `unhans validate` would (the class scores, ranks and per-sample scores do
 not change). For every run this prints the target's class score and place score, whether it is flagged
-without and with the place way, and the largest place score of the other classes and their flags.
+without and with the place way, the largest place score of the other classes and their flags, and the
+target's per-sample AUROC and its images that stand out (planted/clean) as stored and with the place
+probe ranking its samples where its place score is the stronger finding (`statistics.class_findings`,
+sample_probe 'place').
 
     python benchmarks/place.py --spec demo
 """
@@ -21,25 +24,35 @@ import torch
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
-from unhans.pipeline.harness.validate import _run_model, markdown_table, runs_from_argv, scenario_config
-from unhans.pipeline.method.probes import class_place, host_pool
-from unhans.pipeline.method.statistics import class_clusters, flag_classes, place_score
+from unhans.pipeline.harness.validate import _run_model, detection, markdown_table, runs_from_argv, scenario_config
+from unhans.pipeline.method.probes import class_place, host_pool, stored_transfers
+from unhans.pipeline.method.statistics import class_clusters, class_findings, flag_classes
 
 TOP = "others' top place"
 
 
-def place_scores(cfg, store: Store, classes: np.ndarray) -> np.ndarray:
-    """Each class's place score under the run's stored model, maps and clusterings."""
+def place_findings(
+    cfg, store: Store, classes: np.ndarray, target: int | None
+) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """Each class's place score under the run's stored model, maps and clusterings, and the target's
+    class row and sample rows with that place probe (None without a target)."""
     samples = store.read_table(layout.SAMPLES.name)
     ds = build_dataset(cfg.dataset)
     model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
     hosts = host_pool(cfg, store, [int(c) for c in classes])
-    out = []
+    predicted = store.array(layout.PREDICTION())[:]
+    out, found = [], None
     for c in classes:
-        members, W, labels, ks, _ = class_clusters(store, int(c))
+        members, W, labels, ks, n_clusters = class_clusters(store, int(c))
         place, groups = class_place(cfg, store, samples, model, normalise, ds, int(c), members, hosts[int(c)])
-        out.append(place_score(place, groups, W, labels, ks, cfg.score.min_spread)["place_score"])
-    return np.asarray(out)
+        row, rows = class_findings(
+            members, W, labels, ks, n_clusters, store.read(layout.EIGENVALUES(c=int(c))),
+            stored_transfers(store, int(c)), predicted[members], int(c), cfg.score, (place, groups),
+        )  # fmt: skip
+        out.append(row["place_score"])
+        if c == target:
+            found = (row, rows)
+    return np.asarray(out), found
 
 
 def main() -> None:
@@ -51,16 +64,29 @@ def main() -> None:
         store = Store(cfg.run_url)
         cs = store.read_table(layout.CLASS_SCORES.name).sort_values("class_id")
         classes, scores = cs["class_id"].to_numpy(), cs["clever_hans_score"].to_numpy()
-        place = place_scores(cfg, store, classes)
+        target_id = None if sc.control else int(poison.target)
+        place, found = place_findings(cfg, store, classes, target_id)
         _, _, before = flag_classes(scores, cfg.score, cfg.seed)
         _, _, after = flag_classes(scores, cfg.score, cfg.seed, place)
         target = np.zeros(len(classes), bool) if sc.control else classes == int(poison.target)
-        flip = float(pd.read_csv(run / "validation.csv")["flip_rate"].iloc[0])
+        validation = pd.read_csv(run / "validation.csv").set_index("method")
+        flip = float(validation["flip_rate"].iloc[0])
+        auroc, out_before, out_now = float("nan"), "", ""
+        if found is not None:
+            truth = store.read_table(layout.SAMPLES.name).set_index("index")["artifact"]
+            planted = truth.loc[found[1]["index"]].to_numpy(bool)
+            auroc = detection(planted, found[1]["clever_hans_score"].to_numpy())[0]
+            stored = store.read_table(layout.SAMPLE_SCORES.name).set_index("index").loc[found[1]["index"], "stands_out"]
+            out_before, out_now = (f"{int(o[planted].sum())}/{int(o[~planted].sum())}"
+                                   for o in (stored.to_numpy(bool), found[1]["stands_out"].to_numpy(bool)))  # fmt: skip
         rows.append({
             "scenario": sc.name, "seed": seed, "flip rate": flip,
             "target score": float(scores[target][0]) if target.any() else float("nan"),
             "target place": float(place[target][0]) if target.any() else float("nan"),
             "flagged before": bool(before[target].any()), "flagged with place": bool(after[target].any()),
+            "AUROC stored": float(validation.at["unhans", "auroc"]), "AUROC": auroc,
+            "samples by": found[0]["sample_probe"] if found is not None else "",
+            "stand out stored": out_before, "stand out": out_now,
             TOP: float(place[~target].max()),
             "others flagged before": int(before[~target].sum()), "others flagged with place": int(after[~target].sum()),
         })  # fmt: skip
@@ -73,6 +99,10 @@ def main() -> None:
     print(f"\nfollowed >= 20%: flagged {int(followed['flagged before'].sum())} of {len(followed)} before, "
           f"{int(followed['flagged with place'].sum())} with the place way; other classes flagged: {before} before, "
           f"{after} with it; top place score of a class without the artifact: {table[TOP].max():.3f}")  # fmt: skip
+    f = followed.dropna(subset=["AUROC"])
+    print(f"followed runs' median per-sample AUROC: {f['AUROC stored'].median():.3f} stored, {f['AUROC'].median():.3f} "
+          f"with the place probe ranking where it is the stronger finding ({int((f['samples by'] == 'place').sum())} "
+          f"of {len(f)} runs)")  # fmt: skip
 
 
 if __name__ == "__main__":
