@@ -9,8 +9,8 @@ same class flags a rerun of `unhans validate` would (the class scores, ranks and
 not change). For every run this prints the target's class score and place score, whether it is flagged
 without and with the place way, the largest place score of the other classes and their flags, and the
 target's per-sample AUROC and its images that stand out (planted/clean) as stored and with the place
-probe ranking its samples where its place score is the stronger finding (`statistics.class_findings`,
-sample_probe 'place').
+probe ranking its samples where its place score is flag-strong and its class score is not
+(`statistics.class_findings`, sample_probe 'place').
 
     python benchmarks/place.py --spec demo
 """
@@ -44,10 +44,10 @@ def place_findings(
     out, found = [], None
     for c in classes:
         members, W, labels, ks, n_clusters = class_clusters(store, int(c))
-        place, groups = class_place(cfg, store, samples, model, normalise, ds, int(c), members, hosts[int(c)])
+        place = class_place(cfg, store, samples, model, normalise, ds, int(c), members, hosts[int(c)])
         row, rows = class_findings(
             members, W, labels, ks, n_clusters, store.read(layout.EIGENVALUES(c=int(c))),
-            stored_transfers(store, int(c)), predicted[members], int(c), cfg.score, (place, groups),
+            stored_transfers(store, int(c)), predicted[members], int(c), cfg.score, place,
         )  # fmt: skip
         out.append(row["place_score"])
         if c == target:
@@ -101,8 +101,8 @@ def main() -> None:
           f"{after} with it; top place score of a class without the artifact: {table[TOP].max():.3f}")  # fmt: skip
     f = followed.dropna(subset=["AUROC"])
     print(f"followed runs' median per-sample AUROC: {f['AUROC stored'].median():.3f} stored, {f['AUROC'].median():.3f} "
-          f"with the place probe ranking where it is the stronger finding ({int((f['samples by'] == 'place').sum())} "
-          f"of {len(f)} runs)")  # fmt: skip
+          f"with the place probe ranking where the place alone is flag-strong "
+          f"({int((f['samples by'] == 'place').sum())} of {len(f)} runs)")  # fmt: skip
 
 
 if __name__ == "__main__":

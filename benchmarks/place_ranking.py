@@ -5,8 +5,12 @@ manual choice) at the given placements, and for named digits validation runs (`-
 finished runs under runs/validate/demo), this prints for the class with the planted stamp the per-sample
 AUROC and the sample flags (planted / clean images that stand out) of:
 - transfer: the transfer's score (relative and spread; what ranks a class found by its transfer);
-- place: the same on the best place group's place transfers (what ranks a class found by its place);
-- max z: the larger of the two robust standings (spreads above each probe's reference), not adopted;
+- reach, not spread: every member's transfer along the confirmed place group's place, extended along
+  the image edges it touches (`probes.edge_reach`), relative and not spread (what ranks a class found by
+  its place); reach: the same, spread over the explanation graph like the transfer (not adopted);
+- place: the same at the confirmed group's place itself, not extended (not adopted);
+- max z: the larger of the robust standings (spreads above each probe's reference) by transfer and by
+  place, not adopted;
 and, for the stamp along the border that has no fixed place, two per-sample signals that separate it
 but need a choice nothing in the data makes yet: the share of positive relevance in the bottom `rows` rows,
 and the best place group's feature signature (group minus rest at the place) matched at every position
@@ -44,7 +48,9 @@ from unhans.pipeline.method.probes import (  # noqa: E402
     group_places,
     host_pool,
     images,
+    stored_place,
     stored_transfers,
+    transfer,
 )  # fmt: skip
 from unhans.pipeline.method.statistics import (  # noqa: E402
     class_clusters,
@@ -66,25 +72,52 @@ def standing(s: np.ndarray, reference: np.ndarray, min_spread: float) -> np.ndar
     return (s - med) / max(1.4826 * float(np.median(np.abs(ref - med))), min_spread)
 
 
-def rankings(cfg, store: Store, c: int, truth: np.ndarray, place, groups) -> dict:
+def rankings(cfg, store: Store, c: int, truth: np.ndarray, place, at_place: np.ndarray) -> dict:
+    """The rankings of class c's members (see the module's docstring); place: its probes.PlaceProbe,
+    at_place (n,): every member's transfer at the confirmed group's place itself."""
     members, W, labels, ks, _ = class_clusters(store, c)
     p = cfg.score
     tr = stored_transfers(store, c)
     t = combined(tr.evidence, tr.global_)
     s = score_class(W, labels, ks, t, p)
-    best, j = place_score(place, groups, W, labels, list(ks), p.min_spread)
-    k, cluster, _ = groups[j]
-    in_place = labels[list(ks).index(k)] == cluster
-    by_t = standing(
-        spread(W, relative_transfer(t, tr.confidence, p.confidence_floor), p.smoothing), ~s.group, p.min_spread
-    )
-    by_p = standing(spread(W, relative_transfer(place[j], tr.confidence, p.confidence_floor), p.smoothing), ~in_place,
-                    p.min_spread)  # fmt: skip
+    best = place_score(place.transfers, place.groups, W, labels, list(ks), p.min_spread)
+    k, cluster, _ = place.groups[place.reach_group]
+    rest = labels[list(ks).index(k)] != cluster
+
+    def ranked(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return standing(spread(W, relative_transfer(x, tr.confidence, p.confidence_floor), p.smoothing), reference,
+                        p.min_spread)  # fmt: skip
+
+    by_t, by_reach, by_place = ranked(t, ~s.group), ranked(place.reach, rest), ranked(at_place, rest)
+    own = standing(relative_transfer(place.reach, tr.confidence, p.confidence_floor), rest, p.min_spread)
     out = {"class score": round(s.score, 3), "place score": round(best["place_score"], 3)}
-    for name, z in (("transfer", by_t), ("place", by_p), ("max z", np.maximum(by_t, by_p))):
+    for name, z in (
+        ("transfer", by_t),
+        ("reach", by_reach),
+        ("reach, not spread", own),
+        ("place", by_place),
+        ("max z", np.maximum(by_t, by_place)),
+    ):
         up = z >= p.sample_threshold
         out[name] = f"{roc_auc_score(truth, z):.3f} ({int(up[truth].sum())}/{int(up[~truth].sum())})"
     return out
+
+
+def probe_at_place(cfg, store: Store, c: int, place) -> np.ndarray:
+    """Every member's transfer at the confirmed group's place itself (the reach without its extension)."""
+    members, W, labels, ks, _ = class_clusters(store, c)
+    maps = torch.as_tensor(store.relevance(members))
+    masks = evidence_masks(maps, cfg.transfer.top, maps.shape[-1])[:, 0] > 0
+    groups = group_places(masks, W, labels, list(ks), cfg.transfer.place_groups, cfg.transfer.place_agree)
+    cells = groups[place.reach_group][3]
+    samples = store.read_table(layout.SAMPLES.name)
+    ds = build_dataset(cfg.dataset)
+    model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
+    hosts = images(ds, samples, host_pool(cfg, store, [c])[c])
+    side = cfg.dataset.image_size
+    pixels = F.interpolate(cells[None, None].float(), size=(side, side), mode="nearest")
+    x = images(ds, samples, members)
+    return transfer(model, normalise, x, hosts, c, pixels.expand(len(x), 1, side, side))
 
 
 def border_signals(cfg, store: Store, c: int, truth: np.ndarray, rows: int = 4) -> dict:
@@ -94,7 +127,7 @@ def border_signals(cfg, store: Store, c: int, truth: np.ndarray, rows: int = 4) 
     pos = maps.clamp_min(0)
     share = (pos[:, -rows:].flatten(1).sum(1) / pos.flatten(1).sum(1).clamp_min(1e-12)).numpy()
     masks = evidence_masks(maps, cfg.transfer.top, maps.shape[-1])[:, 0] > 0
-    _, _, g, place = group_places(masks, W, labels, list(ks), 1, cfg.transfer.place_agree)[0]
+    _, _, g, place = group_places(masks, W, labels, list(ks), 1, cfg.transfer.place_agree)[0]  # the first group
     samples = store.read_table(layout.SAMPLES.name)
     ds = build_dataset(cfg.dataset)
     model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
@@ -128,8 +161,7 @@ def shapes_run(placement: str, work: Path):
     disc = int(samples.loc[samples["class_key"] == "disc", "label"].iloc[0])
     members = store.read(layout.MEMBERS(c=disc))
     truth = samples.set_index("index").loc[members, "source"].str.rsplit("/", n=1).str[-1].isin(stamped).to_numpy()
-    place, attrs = store.read_with_attrs(layout.PLACE(c=disc))
-    return cfg, store, disc, truth, place, attrs["groups"]
+    return cfg, store, disc, truth, stored_place(store, disc)
 
 
 def main() -> None:
@@ -141,8 +173,9 @@ def main() -> None:
     home = Path.cwd()
     for placement in args.placement:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg, store, c, truth, place, groups = shapes_run(placement, Path(tmp))
-            print(placement, json.dumps(rankings(cfg, store, c, truth, place, groups)), flush=True)
+            cfg, store, c, truth, place = shapes_run(placement, Path(tmp))
+            print(placement, json.dumps(rankings(cfg, store, c, truth, place, probe_at_place(cfg, store, c, place))),
+                  flush=True)  # fmt: skip
             if placement == "bottom-border":
                 print(placement, json.dumps(border_signals(cfg, store, c, truth)), flush=True)
             os.chdir(home)
@@ -156,11 +189,13 @@ def main() -> None:
         ds = build_dataset(cfg.dataset)
         model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
         members = store.read(layout.MEMBERS(c=c))
-        place, groups = class_place(
-            cfg, store, samples, model, normalise, ds, c, members, host_pool(cfg, store, [c])[c]
-        )
+        place = class_place(cfg, store, samples, model, normalise, ds, c, members, host_pool(cfg, store, [c])[c])
         truth = samples.set_index("index").loc[members, "artifact"].to_numpy(bool)
-        print(run, json.dumps(rankings(cfg, store, c, truth, place, groups)), flush=True)
+        if place.reach_group < 0:
+            print(run, "no place group is confirmed: the transfer ranks the class", flush=True)
+            continue
+        at_place = probe_at_place(cfg, store, c, place)
+        print(run, json.dumps(rankings(cfg, store, c, truth, place, at_place)), flush=True)
 
 
 if __name__ == "__main__":

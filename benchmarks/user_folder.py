@@ -5,8 +5,9 @@ The folder is the one of issue 15 (tests/helpers.py, make_shapes_folder): three 
 on 30% of the discs. For each placement this prints the trained model's held-out accuracy, the flip rate
 (the share of correctly classified squares and triangles the model calls a disc once the stamp is on
 them: how strongly the model follows it), the disc class's score, place score, rank and flag, the
-per-sample AUROC of the stamped discs, and the share of the stamped maps' kNN neighbours that are stamped
-(how well the distance groups them), with the distance `init` writes and with the alternative.
+per-sample AUROC of the stamped discs, the disc images flagged (stamped/clean), the probe that ranks
+them, and the share of the stamped maps' kNN neighbours that are stamped (how well the distance groups
+them), with the distance `init` writes and with the alternative.
 
     python benchmarks/user_folder.py                    # all five placements, both distances (about 10 min)
     python benchmarks/user_folder.py --placement bottom-right --metric euclidean
@@ -101,6 +102,9 @@ def audit(placement: str, metric: str | None, work: Path, extra: list[str]) -> d
         "flagged": bool(cs.at["disc", "is_clever_hans"]),
         "other classes flagged": int(cs["is_clever_hans"].sum() - cs.at["disc", "is_clever_hans"]),
         "AUROC": round(float(roc_auc_score(stamped, d["clever_hans_score"])), 3),
+        "flagged stamped/clean": f"{int((d['is_clever_hans'] & stamped).sum())}/"
+        f"{int((d['is_clever_hans'] & ~stamped).sum())}",
+        "samples by": str(cs.at["disc", "sample_probe"]),
         # how well the distance groups the stamped maps: the share of their kNN neighbours that are stamped
         "stamped neighbours": round(float(marked[knn[marked]].mean()), 3),
         # whether the model reads each class at fixed places: the share of the image's cells that at least half

@@ -16,7 +16,7 @@ import pandas as pd
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
-from unhans.pipeline.method.probes import stored_transfers
+from unhans.pipeline.method.probes import stored_place, stored_transfers
 from unhans.pipeline.method.statistics import class_clusters, class_findings, flag_classes
 
 ScoreItem = tuple[int, str, str]
@@ -29,10 +29,9 @@ def score_one(cfg, url: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
     members, W, labels, ks, n_clusters = class_clusters(store, c)
     predicted = store.array(layout.PREDICTION()).get_orthogonal_selection((members,))
     lam = store.read(layout.EIGENVALUES(c=c))
-    place, attrs = store.read_with_attrs(layout.PLACE(c=c))
     row, samples = class_findings(
         members, W, labels, ks, n_clusters, lam, stored_transfers(store, c), predicted, c, cfg.score,
-        (place, attrs["groups"]),
+        stored_place(store, c),
     )  # fmt: skip
     return {"class_id": c, "class_key": key, "class_name": name} | row, samples
 

@@ -3,7 +3,8 @@ pipeline/method/probes.py).
 
 Per analysed class, for every member: its evidence transfer and its global transfer, written to
 classes/<c>/{transfer_evidence, transfer_global}; for the class's groups whose evidence shares a place
-(from the cluster stage's clusterings), the place probe of drawn members, classes/<c>/place; and
+(from the cluster stage's clusterings), the place probe of drawn members, classes/<c>/place, and where a
+group's place carries the class, every member's probe along it, classes/<c>/place_reach; and
 classes/<c>/transfer (the larger transfer, what the score stage scores), the last one stamped with the
 stage fingerprint after its data, so a killed run resumes by class. These forward passes are
 the expensive part of scoring; the score stage that reads them is statistics only, so its settings
@@ -46,17 +47,18 @@ def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) 
     members = store.read(layout.MEMBERS(c=c))
     model, ds, normalise = _model_and_data(cfg, url)
     t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
-    place, groups = class_place(cfg, store, samples, model, normalise, ds, c, members, hosts)
+    place = class_place(cfg, store, samples, model, normalise, ds, c, members, hosts)
     store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
     store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
-    store.write_array(layout.PLACE(c=c), place, {"groups": groups})
+    store.write_array(layout.PLACE(c=c), place.transfers, {"groups": place.groups})
+    store.write_array(layout.PLACE_REACH(c=c), place.reach, {"group": place.reach_group, "cells": place.reach_cells})
     store.write_array(layout.TRANSFER(c=c), combined(t, g), {"fingerprint": fingerprint})  # last: marks done
     return len(members)
 
 
 @stage("transfer", sections=["transfer"], inputs=["cluster", "attribute"])
 def run(ctx: Context) -> dict:
-    """Model probes per sample: evidence and global transfer; per group with a common place: the place probe."""
+    """Model probes: evidence and global transfer per sample; place probe per group, and along a confirmed place."""
     ids = list(ctx.store.group["classes"].attrs["ids"])
     done = ctx.finished_classes(ids, layout.TRANSFER)
     hosts = host_pool(ctx.cfg, ctx.store, ids)

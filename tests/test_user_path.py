@@ -79,17 +79,8 @@ def test_the_first_audit_of_a_users_folder_sees_the_corner_stamp(tmp_path, monke
     assert store.read_table("class_scores").set_index("class_key").at["disc", "rank"] <= 2
 
 
-NOT_YET = pytest.mark.xfail(
-    strict=True,
-    reason="issue 15's bar, not met yet along the border: the class is flagged (a strong place score), but the stamp "
-    "has no fixed place, so the place probe that ranks a corner stamp's images reaches only the stamps near its "
-    "groups' places (AUROC 0.66); benchmarks/user_folder.py prints each placement",
-)
-MISSED = {"bottom-border"}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("placement", [pytest.param(p, marks=[NOT_YET] if p in MISSED else []) for p in CORNERS])
+@pytest.mark.parametrize("placement", CORNERS)
 def test_a_stamp_at_every_corner_and_along_a_border_is_flagged(tmp_path, monkeypatch, placement):
     res, stamped = init_and_audit(tmp_path, monkeypatch, placement)
     run = tmp_path / "runs" / "shapes" / "tables"

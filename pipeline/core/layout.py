@@ -156,9 +156,13 @@ TRANSFER_GLOBAL = array(
 )  # fmt: skip
 PLACE = array(
     "classes/{c}/place", "transfer", "(P, n)", "float64", NAN,
-    "place probe: each probed group's transfer of the drawn members' pixels at its place (every member's where the "
-    "place carries the class), NaN for the others "
+    "place probe: each probed group's transfer of the drawn members' pixels at its place, NaN for the others "
     "(attrs.groups: [k, cluster, cells] per group)",
+)  # fmt: skip
+PLACE_REACH = array(
+    "classes/{c}/place_reach", "transfer", "(n,)", "float64", NAN,
+    "every member's transfer at the confirmed place group's reach (its place along the image edges it touches), "
+    "all NaN without one (attrs: group, its row in place, -1 without one; cells)",
 )  # fmt: skip
 TRANSFER = array(
     "classes/{c}/transfer", "transfer", "(n,)", "float64", NAN,

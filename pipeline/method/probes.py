@@ -12,15 +12,16 @@ than hosts, what each host adds to every probe on it (some hosts take any eviden
 removed first (`without_host_effects`). Place probe: for the groups of a class whose evidence shares a
 place (a stamp, a frame: `group_places`), members of the group and of the rest paste their own pixels
 at that place into the hosts (`class_place`); a shared artifact carries the class only from the group,
-and where it does, every member is probed there, for the per-sample score. The score also divides by
+and where it does, every member is probed there (and along the image edges it touches), for the
+per-sample score. The score also divides by
 each sample's self-confidence p(label | sample), which the attribute stage stores from its explained
 pass (no forward pass here). The statistics on these are in
 pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
 
 Cost: `transfer.probes` + `transfer.global_probes` forward passes per sample, plus `transfer.hosts`
 per class (the hosts' own p(class)), plus at most `transfer.place_groups` x 2 `transfer.place_donors` x
-`transfer.hosts` per class for the place probe, and `transfer.hosts` per member of the class for each
-group whose place carries the class (`transfer.place_confirm`). Fewer probes than hosts cost detection
+`transfer.hosts` per class for the place probe, and `transfer.hosts` per member of a class with a group
+whose place carries the class (`transfer.place_confirm`). Fewer probes than hosts cost detection
 on the validation specs (benchmarks/transfer_budget.py; docs/methods.md, "Cost").
 """
 
@@ -70,7 +71,8 @@ class TransferConfig(Section):
         0.1,
         ge=0,
         description="rise of p(class) by which a group's drawn members' pixels at its place must carry more than the "
-        "rest's for every member of the class to be probed there (per-sample scores by place)",
+        "rest's for every member of the class to be probed there, along the image edges it touches (per-sample "
+        "scores by place)",
     )
 
 
@@ -262,59 +264,94 @@ def group_places(
     return out
 
 
+def edge_reach(place: torch.Tensor) -> torch.Tensor:
+    """Where a place (r, r) bool lies along one edge of the image: the run of rows (columns) it covers
+    from that edge inward, across the whole image; elsewhere (inside the image, or in a corner, where it
+    touches two edges) the place itself. A stamp, frame or watermark along a border may lie anywhere on
+    it, and the place's cells further in (the objects near the border of the group that found it) are
+    left out; a corner's place is not extended (along which edge would be a guess)."""
+    r = len(place)
+    bands = []
+    for axis in (0, 1):  # rows (top and bottom edges), then columns (left and right)
+        covered = place.any(1 - axis).int()
+        first, last = int(torch.cumprod(covered, 0).sum()), int(torch.cumprod(covered.flip(0), 0).sum())
+        for at in (slice(0, first), slice(r - last, r)):
+            if at.stop > at.start:  # the place touches this edge
+                band = torch.zeros_like(place)
+                if axis == 0:
+                    band[at, :] = True
+                else:
+                    band[:, at] = True
+                bands.append(band)
+    return bands[0] if len(bands) == 1 else place.clone()
+
+
+class PlaceProbe(NamedTuple):
+    """A class's place probe (class_place)."""
+
+    transfers: np.ndarray  # (P, n): each probed group's drawn members' transfers at its place, NaN for the others
+    groups: list[list[int]]  # per probed group: [k, cluster, cells of its place]
+    reach: np.ndarray  # (n,): every member's transfer at the confirmed group's reach (all NaN: none)
+    reach_group: int  # the confirmed group's row in transfers (-1: none)
+    reach_cells: int
+
+
 def class_place(
     cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
-) -> tuple[np.ndarray, list[list[int]]]:
+) -> PlaceProbe:
     """Place probe of class c: for each of its first `transfer.place_groups` groups whose evidence has a
-    place of its own (group_places), up to `transfer.place_donors` seeded members of the group and as many of the rest
-    of the class paste their own pixels at the group's place into every host of the class; where the
-    group's drawn members carry at least `transfer.place_confirm` more p(class) than the rest's, every
-    member is probed there (what ranks the samples of a class flagged by its place). Returns the
-    transfers (groups, n), NaN for members not drawn, and per group [k, cluster, cells of its place].
-    A stamp, frame or watermark the group shares carries the class from the group's members and not from
-    the rest's pixels there; evidence of the class itself at that place carries it from both."""
+    place of its own (group_places), up to `transfer.place_donors` seeded members of the group and as many
+    of the rest of the class paste their own pixels at the group's place into every host of the class. A
+    stamp, frame or watermark the group shares carries the class from the group's members and not from the
+    rest's pixels there; evidence of the class itself at that place carries it from both. The group whose
+    drawn members carry the most more than the rest's, at least `transfer.place_confirm`, is confirmed:
+    every member of the class pastes its pixels at that group's place, extended along the image edges it
+    touches (edge_reach), into every host: what ranks the samples of a class found by its place."""
     tcfg = cfg.transfer
     n = len(members)
+    none = PlaceProbe(np.zeros((0, n)), [], np.full(n, np.nan), -1, 0)
     if not tcfg.place_groups or not len(hosts) or not n:
-        return np.zeros((0, n)), []
+        return none
     from unhans.pipeline.method.statistics import class_clusters
 
     _, W, labels, ks, _ = class_clusters(store, c)
     maps = torch.as_tensor(store.relevance(members))
     masks = evidence_masks(maps, tcfg.top, maps.shape[-1])[:, 0] > 0  # (n, r, r), at map resolution
     groups = group_places(masks, W, labels, list(ks), tcfg.place_groups, tcfg.place_agree)
+    if not groups:
+        return none
     rng = np.random.default_rng([cfg.seed, c, 2])
     out, meta = np.full((len(groups), n), np.nan), list[list[int]]()
-    if not groups:
-        return out, meta
     host_images = images(ds, samples, hosts, cfg.compute.decode_threads)
     base = host_probability(model, normalise, host_images, c)
-    side = cfg.dataset.image_size
+    carried = np.full(len(groups), -np.inf)
     for j, (k, cluster, g, place) in enumerate(groups):
         inside, rest = np.flatnonzero(g), np.flatnonzero(~g)
         donors = np.concatenate([rng.choice(inside, min(tcfg.place_donors, len(inside)), replace=False),
                                  rng.choice(rest, min(tcfg.place_donors, len(rest)), replace=False)])  # fmt: skip
-        pixels = F.interpolate(place[None, None].float(), size=(side, side), mode="nearest")
         out[j, donors] = _place_transfer(
-            cfg, ds, samples, model, normalise, members[donors], host_images, c, pixels, base
+            cfg, ds, samples, model, normalise, members[donors], host_images, c, place, base
         )
-        row = out[j]
-        carried = np.nanmean(row[g]) - np.nanmean(row[~g]) if len(rest) else 0.0
-        todo = np.flatnonzero(np.isnan(row))
-        if carried >= tcfg.place_confirm and len(todo):  # a place that carries the class: every member is probed
-            for start in range(0, len(todo), DONOR_CHUNK):
-                part = todo[start : start + DONOR_CHUNK]
-                out[j, part] = _place_transfer(
-                    cfg, ds, samples, model, normalise, members[part], host_images, c, pixels, base
-                )
+        if len(rest):
+            carried[j] = np.nanmean(out[j, g]) - np.nanmean(out[j, ~g])
         meta.append([int(k), int(cluster), int(place.sum())])
-    return out, meta
+    j = int(np.argmax(carried))
+    if carried[j] < tcfg.place_confirm:
+        return PlaceProbe(out, meta, none.reach, -1, 0)
+    reach = edge_reach(groups[j][3])
+    row = np.concatenate([
+        _place_transfer(cfg, ds, samples, model, normalise, members[s : s + DONOR_CHUNK], host_images, c, reach, base)
+        for s in range(0, n, DONOR_CHUNK)
+    ])  # fmt: skip
+    return PlaceProbe(out, meta, row, j, int(reach.sum()))
 
 
-def _place_transfer(cfg, ds, samples, model, normalise, donors: np.ndarray, host_images, c: int, pixels, base):
-    """Transfer to c of the donors' (sample indices) own pixels at a place (1, 1, S, S) into every host."""
+def _place_transfer(cfg, ds, samples, model, normalise, donors: np.ndarray, host_images, c: int, place, base):
+    """Transfer to c of the donors' (sample indices) own pixels at a place (r, r) bool into every host."""
+    side = cfg.dataset.image_size
+    pixels = F.interpolate(place[None, None].float(), size=(side, side), mode="nearest")
     x = images(ds, samples, donors, cfg.compute.decode_threads)
-    return transfer(model, normalise, x, host_images, c, pixels.expand(len(donors), *pixels.shape[1:]), base)
+    return transfer(model, normalise, x, host_images, c, pixels.expand(len(donors), 1, side, side), base)
 
 
 def stored_transfers(store, c: int) -> Transfers:
@@ -323,6 +360,13 @@ def stored_transfers(store, c: int) -> Transfers:
     members = store.read(layout.MEMBERS(c=c))
     p = store.array(layout.LABEL_PROBABILITY()).get_orthogonal_selection((members,))
     return Transfers(t, g, np.asarray(p, np.float64))
+
+
+def stored_place(store, c: int) -> PlaceProbe:
+    """Class c's place probe as the transfer stage wrote it."""
+    transfers, attrs = store.read_with_attrs(layout.PLACE(c=c))
+    reach, at = store.read_with_attrs(layout.PLACE_REACH(c=c))
+    return PlaceProbe(transfers, attrs["groups"], reach, int(at["group"]), int(at["cells"]))
 
 
 def host_pool(cfg, store, ids: list[int]) -> dict[int, np.ndarray]:

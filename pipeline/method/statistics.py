@@ -23,6 +23,7 @@ their measurements on the poisoning harness are in docs/methods.md; in short:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,9 @@ from pydantic import Field
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.method.spectral import conductance, knn_affinity
+
+if TYPE_CHECKING:
+    from unhans.pipeline.method.probes import PlaceProbe
 
 
 class ScoreConfig(Section):
@@ -188,15 +192,13 @@ def score_class(W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarr
 
 
 def place_score(place: np.ndarray, groups: list, W: sp.csr_matrix, labels: np.ndarray, ks: list[int],
-                min_spread: float) -> tuple[dict, int]:  # fmt: skip
+                min_spread: float) -> dict:  # fmt: skip
     """The class's place score from its place probe (probes.class_place): for each probed group,
-    (mean transfer of its probed members' pixels at its place - mean of the rest's probed members there)
-    / max(sd of the rest's, min_spread) x (1 - conductance); the best group's figures and its row in
-    `place` (-1: none)."""
+    (mean transfer of its drawn members' pixels at its place - mean of the rest's drawn members there)
+    / max(sd of the rest's, min_spread) x (1 - conductance), and the best group's figures."""
     best = {"place_score": 0.0, "place_group_size": 0, "place_cells": 0,
             "place_group_transfer": float("nan"), "place_rest_transfer": float("nan")}  # fmt: skip
-    at = -1
-    for j, (row, (k, cluster, cells)) in enumerate(zip(place, groups)):
+    for row, (k, cluster, cells) in zip(place, groups):
         g = labels[list(ks).index(k)] == cluster
         drawn = np.isfinite(row)
         inside, rest = row[drawn & g], row[drawn & ~g]
@@ -204,12 +206,11 @@ def place_score(place: np.ndarray, groups: list, W: sp.csr_matrix, labels: np.nd
             continue
         s = (inside.mean() - rest.mean()) / max(float(rest.std()), min_spread) * (1.0 - conductance(W, g))
         if s > best["place_score"]:
-            at = j
             best = {
                 "place_score": float(s), "place_group_size": int(g.sum()), "place_cells": int(cells),
                 "place_group_transfer": float(inside.mean()), "place_rest_transfer": float(rest.mean()),
             }  # fmt: skip
-    return best, at
+    return best
 
 
 MIN_CLASSES = 3  # a p-value needs at least two other classes to fit the law to
@@ -300,33 +301,34 @@ def class_findings(
     predicted: np.ndarray,
     c: int,
     params: ScoreConfig,
-    place: tuple[np.ndarray, list] | None = None,
+    place: PlaceProbe | None = None,
 ) -> tuple[dict, pd.DataFrame]:
     """One class's row of class_scores (less its key and name) and its rows of sample_scores, from its
     members (n,), graph, clusterings, eigenvalues, transfers (probes.Transfers), the model's
-    predictions (n,) and its place probe (transfers (groups, n), groups; None: not probed). Flags and
-    q-values need every class: the score stage adds them."""
+    predictions (n,) and its place probe (probes.PlaceProbe; None: not probed). Flags and q-values
+    need every class: the score stage adds them."""
     t, conf = combined(transfers.evidence, transfers.global_), transfers.confidence
     # label issues, cleanlab-style: predicted as another class and less sure of the label than the
     # class's average member (the per-class threshold of confident learning)
     label_issue = (predicted != c) & (conf < conf.mean())
     s = score_class(W, labels, ks, spread(W, t, params.group_smoothing) if params.group_smoothing else t, params)
-    probed, groups = place if place is not None else (np.zeros((0, len(members))), [])
-    at_place, j = place_score(probed, groups, W, labels, ks, params.min_spread)
-    # the samples are ranked by the probe that found the class: its place where the place score is the
-    # stronger and flag-strong and every member was probed there (probes.class_place), else the transfer
+    probed, groups = (place.transfers, place.groups) if place is not None else (np.zeros((0, len(members))), [])
+    at_place = place_score(probed, groups, W, labels, ks, params.min_spread)
+    # the samples are ranked by the probe that found the class: every member's pixels along the confirmed
+    # group's place (probes.class_place) where the place score is flag-strong and the class score is not,
+    # else the transfer
     by_place = (
-        j >= 0
-        and at_place["place_score"] >= params.flag_threshold
-        and at_place["place_score"] > s.score
-        and bool(np.isfinite(probed[j]).all())
+        place is not None and place.reach_group >= 0 and at_place["place_score"] >= params.flag_threshold > s.score
     )
-    if by_place:
-        k, cluster, _ = groups[j]
-        t_rank, reference = probed[j], labels[list(ks).index(k)] != cluster
+    if by_place and place is not None:
+        # not spread over the explanation graph: every member was probed on every host, and a stamp that
+        # moves along the border does not bring its images together in the graph
+        k, cluster, _ = groups[place.reach_group]
+        sample_score = relative_transfer(place.reach, conf, params.confidence_floor)
+        reference = labels[list(ks).index(k)] != cluster
     else:
-        t_rank, reference = t, ~s.group
-    sample_score = spread(W, relative_transfer(t_rank, conf, params.confidence_floor), params.smoothing)
+        sample_score = spread(W, relative_transfer(t, conf, params.confidence_floor), params.smoothing)
+        reference = ~s.group
     outstanding = stands_out(sample_score, reference, params.sample_threshold, params.min_spread)
     lam = eigenvalues
     g_over_e = (transfers.global_[s.group] - transfers.evidence[s.group]).mean() if s.group.any() else 0.0

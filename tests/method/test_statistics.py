@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unhans.pipeline.method.probes import (
+    PlaceProbe,
     Transfers,
     evidence_masks,
     host_assignment,
@@ -416,37 +417,56 @@ def test_place_score_is_the_groups_excess_at_its_place_over_the_drawn_members():
     labels = np.array([[0] * 4 + [1] * 8])
     W = knn_affinity(np.array([[(i + 1) % n] for i in range(n)]), np.ones((n, 1), np.float32))
     row = np.array([0.9, 0.7, np.nan, 0.8, 0.1, 0.0, np.nan, 0.2, 0.1, np.nan, 0.0, 0.2])
-    got, at = place_score(row[None], [[2, 0, 5]], W, labels, [2], DEFAULTS.min_spread)
-    assert at == 0
+    got = place_score(row[None], [[2, 0, 5]], W, labels, [2], DEFAULTS.min_spread)
     rest = row[4:][np.isfinite(row[4:])]
     want = (0.8 - rest.mean()) / max(rest.std(), DEFAULTS.min_spread) * (1 - conductance(W, labels[0] == 0))
     assert got["place_score"] == pytest.approx(want) and got["place_group_size"] == 4 and got["place_cells"] == 5
     assert got["place_group_transfer"] == pytest.approx(0.8)
-    none, at = place_score(np.zeros((0, n)), [], W, labels, [2], DEFAULTS.min_spread)
-    assert none["place_score"] == 0.0 and none["place_group_size"] == 0 and at == -1
+    none = place_score(np.zeros((0, n)), [], W, labels, [2], DEFAULTS.min_spread)
+    assert none["place_score"] == 0.0 and none["place_group_size"] == 0
 
 
-def test_a_class_whose_place_outscores_its_transfer_ranks_its_samples_by_the_place_probe():
+def test_a_class_whose_place_outscores_its_transfer_ranks_its_samples_along_that_place():
     n = 40
     group = np.zeros(n, bool)
-    group[:8] = True  # stamped: their pixels at the place carry the class
+    group[:8] = True  # the stamped members whose evidence shares a place
+    stamped = group.copy()
+    stamped[20:24] = True  # stamped elsewhere along the same edge: outside the group, caught by the reach
     W = _two_blocks(n, group)
     labels = np.stack([group.astype(int), np.arange(n) % 3])
     rng = np.random.default_rng(1)
     t = rng.uniform(0.3, 0.6, n)  # any member's evidence carries the class (a curved edge makes a disc)
     tr = Transfers(t, np.full(n, -9.0), np.full(n, 0.9))
-    row = np.where(group, 0.5, 0.0) + rng.normal(0, 0.01, n)
+    drawn = np.where(group, 0.5, 0.0) + rng.normal(0, 0.01, n)  # the donors at the group's place
+    drawn[stamped & ~group] = 0.0  # their stamps lie elsewhere along the edge
+    reach = np.where(stamped, 0.5, 0.0) + rng.normal(0, 0.01, n)
     args = (np.arange(n), W, labels, [2, 3], 2, np.zeros(4), tr, np.zeros(n, int), 0, DEFAULTS)
-    ranked, samples = class_findings(*args, (row[None], [[2, 1, 9]]))
+    ranked, samples = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], reach, 0, 30))
     assert ranked["sample_probe"] == "place" and ranked["place_score"] > ranked["clever_hans_score"]
-    assert samples.loc[group, "clever_hans_score"].min() > samples.loc[~group, "clever_hans_score"].max()
-    assert samples["stands_out"].to_numpy().tolist() == group.tolist()
-    # members the probe did not reach (no confirmed place): the transfer ranks them
-    partial = row.copy()
-    partial[-3:] = np.nan
-    plain, kept = class_findings(*args, (partial[None], [[2, 1, 9]]))
-    assert plain["sample_probe"] == "transfer" and plain["place_score"] == pytest.approx(ranked["place_score"], 0.1)
+    assert samples.loc[stamped, "clever_hans_score"].min() > samples.loc[~stamped, "clever_hans_score"].max()
+    # not spread over the graph: the stamped members outside the group, whose neighbours are clean, stand out too
+    assert samples["stands_out"].to_numpy().tolist() == stamped.tolist()
+    # no confirmed place (no member probed along it): the transfer ranks them
+    plain, kept = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], np.full(n, np.nan), -1, 0))
+    assert plain["sample_probe"] == "transfer" and plain["place_score"] == ranked["place_score"]
     assert np.allclose(kept["clever_hans_score"], spread(W, relative_transfer(t, tr.confidence, 0.5), 0.75))
+
+
+def test_a_place_on_one_edge_of_the_image_reaches_along_it():
+    from unhans.pipeline.method.probes import edge_reach
+
+    place = torch.zeros(8, 8, dtype=torch.bool)
+    place[6:, 2:4] = True  # a stamp on the bottom edge
+    place[4, 3] = True  # a cell further in (the object of a group member near the border)
+    want = torch.zeros(8, 8, dtype=torch.bool)
+    want[6:] = True
+    assert torch.equal(edge_reach(place), want)
+    corner = torch.zeros(8, 8, dtype=torch.bool)
+    corner[:2, 6:] = True  # top-right corner: two edges, along which of them a stamp moves is unknown
+    assert torch.equal(edge_reach(corner), corner)
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[3:5, 3:5] = True
+    assert torch.equal(edge_reach(inside), inside)
 
 
 def test_a_strong_place_score_flags_its_class_unless_the_run_s_place_scores_are_all_high():
