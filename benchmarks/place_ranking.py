@@ -6,9 +6,9 @@ finished runs under runs/validate/demo), this prints for the class with the plan
 AUROC and the sample flags (planted / clean images that stand out) of:
 - transfer: the transfer's score (relative and spread; what ranks a class found by its transfer);
 - reach, not spread: every member's transfer along the confirmed place group's place, extended along
-  the image edges it touches (`probes.edge_reach`), relative and not spread (what ranks a class found by
+  the one image edge it touches (`probes.edge_reach`), relative and not spread (what ranks a class found by
   its place); reach: the same, spread over the explanation graph like the transfer (not adopted);
-- place: the same at the confirmed group's place itself, not extended (not adopted);
+- place: at the confirmed group's place itself, not extended, spread (not adopted);
 - max z: the larger of the robust standings (spreads above each probe's reference) by transfer and by
   place, not adopted;
 and, for the stamp along the border that has no fixed place, two per-sample signals that separate it

@@ -90,6 +90,11 @@ def test_a_stamp_at_every_corner_and_along_a_border_is_flagged(tmp_path, monkeyp
     truth = disc["source"].str.rsplit("/", n=1).str[-1].isin(stamped)
     assert cs.at["disc", "is_clever_hans"] and cs["is_clever_hans"].sum() == 1, cs
     assert roc_auc_score(truth, disc["clever_hans_score"]) >= 0.95
+    # found by its place, ranked by it, and the curator sees where it is
+    c = int(cs.at["disc", "class_id"])
+    assert cs.at["disc", "sample_probe"] == "place"
+    assert "The place" in (tmp_path / "reports" / "shapes" / f"class-{c}.html").read_text()
+    assert (tmp_path / "reports" / "shapes" / f"class-{c}" / "place.png").stat().st_size > 0
 
 
 def test_a_weak_model_is_warned_about_on_the_console_in_status_and_on_the_report(tmp_path, monkeypatch):

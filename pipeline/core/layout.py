@@ -161,8 +161,9 @@ PLACE = array(
 )  # fmt: skip
 PLACE_REACH = array(
     "classes/{c}/place_reach", "transfer", "(n,)", "float64", NAN,
-    "every member's transfer at the confirmed place group's reach (its place along the image edges it touches), "
-    "all NaN without one (attrs: group, its row in place, -1 without one; cells)",
+    "every member's transfer at the confirmed place group's reach (its place along the one image edge it touches), "
+    "all NaN without one (attrs: group, its row in place, -1 without one; cells, the reach's flat indices into "
+    "the relevance map)",
 )  # fmt: skip
 TRANSFER = array(
     "classes/{c}/transfer", "transfer", "(n,)", "float64", NAN,

@@ -12,8 +12,8 @@ than hosts, what each host adds to every probe on it (some hosts take any eviden
 removed first (`without_host_effects`). Place probe: for the groups of a class whose evidence shares a
 place (a stamp, a frame: `group_places`), members of the group and of the rest paste their own pixels
 at that place into the hosts (`class_place`); a shared artifact carries the class only from the group,
-and where it does, every member is probed there (and along the image edges it touches), for the
-per-sample score. The score also divides by
+and where it does, every member is probed there (along the image edge it touches), for the per-sample
+score. The score also divides by
 each sample's self-confidence p(label | sample), which the attribute stage stores from its explained
 pass (no forward pass here). The statistics on these are in
 pipeline/method/statistics.py; the reasoning and its measurements are in docs/methods.md.
@@ -71,7 +71,7 @@ class TransferConfig(Section):
         0.1,
         ge=0,
         description="rise of p(class) by which a group's drawn members' pixels at its place must carry more than the "
-        "rest's for every member of the class to be probed there, along the image edges it touches (per-sample "
+        "rest's for every member of the class to be probed there, along the one image edge it touches (per-sample "
         "scores by place)",
     )
 
@@ -293,7 +293,7 @@ class PlaceProbe(NamedTuple):
     groups: list[list[int]]  # per probed group: [k, cluster, cells of its place]
     reach: np.ndarray  # (n,): every member's transfer at the confirmed group's reach (all NaN: none)
     reach_group: int  # the confirmed group's row in transfers (-1: none)
-    reach_cells: int
+    reach_cells: list[int]  # the reach's cells, flat indices into the (r, r) relevance map
 
 
 def class_place(
@@ -305,11 +305,11 @@ def class_place(
     stamp, frame or watermark the group shares carries the class from the group's members and not from the
     rest's pixels there; evidence of the class itself at that place carries it from both. The group whose
     drawn members carry the most more than the rest's, at least `transfer.place_confirm`, is confirmed:
-    every member of the class pastes its pixels at that group's place, extended along the image edges it
+    every member of the class pastes its pixels at that group's place, extended along the one image edge it
     touches (edge_reach), into every host: what ranks the samples of a class found by its place."""
     tcfg = cfg.transfer
     n = len(members)
-    none = PlaceProbe(np.zeros((0, n)), [], np.full(n, np.nan), -1, 0)
+    none = PlaceProbe(np.zeros((0, n)), [], np.full(n, np.nan), -1, [])
     if not tcfg.place_groups or not len(hosts) or not n:
         return none
     from unhans.pipeline.method.statistics import class_clusters
@@ -337,13 +337,13 @@ def class_place(
         meta.append([int(k), int(cluster), int(place.sum())])
     j = int(np.argmax(carried))
     if carried[j] < tcfg.place_confirm:
-        return PlaceProbe(out, meta, none.reach, -1, 0)
+        return PlaceProbe(out, meta, none.reach, -1, [])
     reach = edge_reach(groups[j][3])
     row = np.concatenate([
         _place_transfer(cfg, ds, samples, model, normalise, members[s : s + DONOR_CHUNK], host_images, c, reach, base)
         for s in range(0, n, DONOR_CHUNK)
     ])  # fmt: skip
-    return PlaceProbe(out, meta, row, j, int(reach.sum()))
+    return PlaceProbe(out, meta, row, j, torch.flatten(reach).nonzero().ravel().tolist())
 
 
 def _place_transfer(cfg, ds, samples, model, normalise, donors: np.ndarray, host_images, c: int, place, base):
@@ -366,7 +366,7 @@ def stored_place(store, c: int) -> PlaceProbe:
     """Class c's place probe as the transfer stage wrote it."""
     transfers, attrs = store.read_with_attrs(layout.PLACE(c=c))
     reach, at = store.read_with_attrs(layout.PLACE_REACH(c=c))
-    return PlaceProbe(transfers, attrs["groups"], reach, int(at["group"]), int(at["cells"]))
+    return PlaceProbe(transfers, attrs["groups"], reach, int(at["group"]), list(at["cells"]))
 
 
 def host_pool(cfg, store, ids: list[int]) -> dict[int, np.ndarray]:

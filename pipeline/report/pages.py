@@ -93,9 +93,9 @@ COLUMNS = [
     ("place_cells", "place cells", "map cells of that place", True),
     ("place_group_transfer", "place group transfer", "mean transfer of the group's pixels at its place", True),
     ("place_rest_transfer", "place rest transfer", "mean transfer of the rest's pixels at the same place", True),
-    ("sample_probe", "images ranked by", "'place': the class's images are ranked by how much their own pixels at "
-     "the place carry the class (its place score is the stronger finding); 'transfer': by their evidence's transfer",
-     True),
+    ("sample_probe", "images ranked by", "'place': the class's images are ranked by how much their own pixels along "
+     "the place carry the class (its place score reaches the threshold, its score does not); 'transfer': by their "
+     "evidence's transfer", True),
     ("p_value", "p", "chance that a class without a shortcut scores this high, judged by the run's other classes; "
      "shown only where the score is high enough for it to decide", True),
 ]  # fmt: skip
@@ -205,7 +205,8 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
         f"isolated group of images is explained alike, cut off from the rest of the class, and answered by the "
         f"model from that group's own evidence (a shortcut such as a watermark or a patch). 0: nothing stands out; "
         f"a class is <b>flagged</b> (in red) when its score reaches {threshold:g}{test}; its images whose own score "
-        f"stands out are then dropped by the manifest unless a curator decides otherwise.</p>"
+        f"stands out (for a class found by its place alone: how much their pixels along that place carry the "
+        f"class) are then dropped by the manifest unless a curator decides otherwise.</p>"
         f"<p>{len(cs)} classes, {flagged} flagged. Click a header to sort (hover it for what it means), a class "
         f"to open its clusters and its images and decide what happens to them. Decisions are kept in this browser "
         f"until you export them (<code>unhans clean --decisions FILE</code> applies them).</p></div>"
@@ -409,6 +410,7 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     summary.append(f"the eigengap chooses k = {k} clusters")
     if group.any() and group_k != k:
         summary.append(f"the group comes from the clustering into k = {group_k}")
+    place = _place_figure(store, c, row, all_labels, ks, relevance, res, view, folder)
     colour_by = "".join(
         f'<option value="{v}">{esc(t)}</option>'
         for v, t in (("scored", f"the scored clustering (k = {group_k})"), ("cluster", f"the clusters below (k = {k})"),
@@ -423,7 +425,8 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
         '<figure class="embedding"><figcaption><b>Embedding</b> of the explanations; colour by '
         f'<select id="colour-by">{colour_by}</select>. Ringed: the isolated group. Hover a point to see '
         "its image; drag a box to select images (shift: add to the selection).</figcaption>"
-        '<div id="embedding"></div><div id="embedding-legend" class="legend-row"></div></figure></div>'
+        '<div id="embedding"></div><div id="embedding-legend" class="legend-row"></div></figure>'
+        f"{place}</div>"
         '<div id="conflicts" class="conflicts" hidden></div>'
         '<p class="muted">Heatmaps: <span class="legend"></span> negative (blue), zero (white), positive (red) '
         "relevance, each map scaled to its own largest |value|; overlays show the heatmap over the greyed image. "
@@ -433,6 +436,32 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     html = page(f"{row['class_name']} · unhans", body, data)
     (out / f"class-{c}.html").write_text(html, encoding="utf-8")
     return n, len(batches), bool(len(strip))
+
+
+def _place_figure(store, c: int, row: dict, all_labels, ks: list, relevance, res: int, view: int, folder) -> str:
+    """For a class whose images are ranked by the place probe (sample_probe 'place'), a figure of that place:
+    the confirmed place group's mean relevance with the place's reach in green (written as place.png)."""
+    if row.get("sample_probe") != "place":
+        return ""
+    (_, groups), (_, reach) = store.read_many([layout.PLACE(c=c), layout.PLACE_REACH(c=c)])
+    k, cluster, _ = groups["groups"][int(reach["group"])]
+    if k not in ks:
+        return ""
+    inside = all_labels[ks.index(k)] == cluster
+    r = relevance.shape[-1]
+    cells = np.zeros(r * r, bool)
+    cells[np.asarray(reach["cells"], int)] = True
+    at = thumb(np.repeat(cells.reshape(r, r, 1).astype(np.uint8) * 255, 3, -1), res)[..., 0] > 0
+    rgb = heatmap_rgb(relevance[inside].mean(0), res).astype(np.float32)
+    rgb[at] = 0.45 * rgb[at] + 0.55 * np.array([0, 160, 60], np.float32)
+    (folder / "place.png").write_bytes(png_bytes(rgb.round().astype(np.uint8)))
+    return (
+        f"<figure><figcaption><b>The place</b> its images are ranked by (green): the rows or columns along the "
+        f"image edge it touches, or the place itself, over the mean relevance of the {int(inside.sum())} images "
+        f"whose evidence shares it. Each image's score is how much its own pixels there carry the class into "
+        f'images of other classes.</figcaption><img src="class-{c}/place.png" width="{view}" height="{view}" '
+        f'alt="the place of class {c}"></figure>'
+    )
 
 
 def _members_section(k: int, has_group: bool) -> str:

@@ -441,13 +441,13 @@ def test_a_class_whose_place_outscores_its_transfer_ranks_its_samples_along_that
     drawn[stamped & ~group] = 0.0  # their stamps lie elsewhere along the edge
     reach = np.where(stamped, 0.5, 0.0) + rng.normal(0, 0.01, n)
     args = (np.arange(n), W, labels, [2, 3], 2, np.zeros(4), tr, np.zeros(n, int), 0, DEFAULTS)
-    ranked, samples = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], reach, 0, 30))
+    ranked, samples = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], reach, 0, list(range(9))))
     assert ranked["sample_probe"] == "place" and ranked["place_score"] > ranked["clever_hans_score"]
     assert samples.loc[stamped, "clever_hans_score"].min() > samples.loc[~stamped, "clever_hans_score"].max()
     # not spread over the graph: the stamped members outside the group, whose neighbours are clean, stand out too
     assert samples["stands_out"].to_numpy().tolist() == stamped.tolist()
     # no confirmed place (no member probed along it): the transfer ranks them
-    plain, kept = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], np.full(n, np.nan), -1, 0))
+    plain, kept = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], np.full(n, np.nan), -1, []))
     assert plain["sample_probe"] == "transfer" and plain["place_score"] == ranked["place_score"]
     assert np.allclose(kept["clever_hans_score"], spread(W, relative_transfer(t, tr.confidence, 0.5), 0.75))
 

@@ -132,3 +132,31 @@ def test_names_from_the_data_are_escaped(tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;b&gt;0.png" in html
     data = page_data(next((tmp_path / "report").glob("class-*.html")))
     assert any(m[1] == f"{EVIL}<b>{i}.png" for m in data["members"] for i in range(6))
+
+
+def test_a_class_ranked_by_its_place_shows_that_place_on_its_page(tmp_path):
+    from unhans.pipeline.core import layout
+    from unhans.pipeline.core.store import Store
+    from unhans.pipeline.report.pages import _place_figure
+    from unhans.pipeline.report.render import heatmap_rgb
+
+    store = Store(str(tmp_path / "run"))
+    n, r = 6, 8
+    store.write_array(layout.PLACE(c=0), np.zeros((1, n)), {"groups": [[2, 1, 4]]})
+    bottom = [i * r + j for i in range(r - 2, r) for j in range(r)]  # the two bottom rows
+    store.write_array(layout.PLACE_REACH(c=0), np.zeros(n), {"group": 0, "cells": bottom})
+    labels = np.array([[0, 0, 0, 1, 1, 1]])
+    relevance = np.zeros((n, r, r), np.float32)
+    relevance[3:, -1, 2] = 1.0  # the group's evidence sits on the bottom edge
+    row = {"sample_probe": "place"}
+    html = _place_figure(store, 0, row, labels, [2], relevance, 16, 96, tmp_path)
+    assert "The place" in html and "3 images" in html and 'src="class-0/place.png"' in html
+    rgb = np.asarray(Image.open(tmp_path / "place.png"))
+    assert rgb.shape == (16, 16, 3)
+    plain = heatmap_rgb(relevance[3:].mean(0), 16)  # the group's mean map; the reach (bottom 4 px) tinted green
+
+    def greener(a: np.ndarray) -> np.ndarray:
+        return a[..., 1].astype(int) - a[..., 0]
+
+    assert np.array_equal(rgb[:-4], plain[:-4]) and (greener(rgb[-4:]) - greener(plain[-4:]) > 30).all()
+    assert _place_figure(store, 0, {"sample_probe": "transfer"}, labels, [2], relevance, 16, 96, tmp_path) == ""
