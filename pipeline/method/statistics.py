@@ -23,7 +23,6 @@ their measurements on the poisoning harness are in docs/methods.md; in short:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,9 +32,6 @@ from pydantic import Field
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.config import Section
 from unhans.pipeline.method.spectral import conductance, knn_affinity
-
-if TYPE_CHECKING:
-    from unhans.pipeline.method.probes import PlaceProbe
 
 
 class ScoreConfig(Section):
@@ -301,7 +297,7 @@ def class_findings(
     predicted: np.ndarray,
     c: int,
     params: ScoreConfig,
-    place: PlaceProbe | None = None,
+    place=None,
 ) -> tuple[dict, pd.DataFrame]:
     """One class's row of class_scores (less its key and name) and its rows of sample_scores, from its
     members (n,), graph, clusterings, eigenvalues, transfers (probes.Transfers), the model's
@@ -320,7 +316,7 @@ def class_findings(
     by_place = (
         place is not None and place.reach_group >= 0 and at_place["place_score"] >= params.flag_threshold > s.score
     )
-    if by_place and place is not None:
+    if by_place:
         # not spread over the explanation graph: every member was probed on every host, and a stamp that
         # moves along the border does not bring its images together in the graph
         k, cluster, _ = groups[place.reach_group]
