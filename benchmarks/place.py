@@ -6,13 +6,16 @@ there carry the class into other classes' images while the rest's pixels at the 
 transfer stage computes it beside the evidence and global probes, which it leaves unchanged; so on a run
 made before the probe existed, running the probe on the stored model, maps and clusterings gives the
 same class flags a rerun of `unhans validate` would (the class scores, ranks and per-sample scores do
-not change). For every run this prints the target's class score and place score, whether it is flagged
-without and with the place way, the largest place score of the other classes and their flags, and the
-target's per-sample AUROC and its images that stand out (planted/clean) as stored and with the place
-probe ranking its samples where its place score is flag-strong and its class score is not
-(`statistics.class_findings`, sample_probe 'place').
+not change). A run made since the place probe ranks samples along its reach (its store holds
+`place_reach`) is read as stored instead: the same probe, no forward pass. For every run this prints the
+target's class score and place score, whether it is flagged without and with the place way, the largest
+place score of the other classes and their flags, and the target's per-sample AUROC and its images that
+stand out (planted/clean) ranked by the transfer alone and by the current rule, the place probe ranking
+its samples where its place score is flag-strong and its class score is not (`statistics.class_findings`,
+sample_probe 'place').
 
     python benchmarks/place.py --spec demo
+    python benchmarks/place.py --spec fashion-mnist
 """
 
 from __future__ import annotations
@@ -25,33 +28,34 @@ from unhans.pipeline.core import layout
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.harness.validate import _run_model, detection, markdown_table, runs_from_argv, scenario_config
-from unhans.pipeline.method.probes import class_place, host_pool, stored_transfers
+from unhans.pipeline.method.probes import class_place, host_pool, stored_place, stored_transfers
 from unhans.pipeline.method.statistics import class_clusters, class_findings, flag_classes
 
 TOP = "others' top place"
 
 
-def place_findings(
-    cfg, store: Store, classes: np.ndarray, target: int | None
-) -> tuple[np.ndarray, pd.DataFrame | None]:
+def place_findings(cfg, store: Store, classes: np.ndarray, target: int | None) -> tuple[np.ndarray, tuple | None]:
     """Each class's place score under the run's stored model, maps and clusterings, and the target's
-    class row and sample rows with that place probe (None without a target)."""
-    samples = store.read_table(layout.SAMPLES.name)
-    ds = build_dataset(cfg.dataset)
-    model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
-    hosts = host_pool(cfg, store, [int(c) for c in classes])
+    (class row, sample rows) with that place probe and its sample rows ranked by the transfer alone
+    (None without a target). The probe is read from the store where the run has its reach, else run."""
+    stored = store.has_array(layout.PLACE_REACH(c=int(classes[0])))
+    if not stored:
+        samples = store.read_table(layout.SAMPLES.name)
+        ds = build_dataset(cfg.dataset)
+        model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
+        hosts = host_pool(cfg, store, [int(c) for c in classes])
     predicted = store.array(layout.PREDICTION())[:]
     out, found = [], None
-    for c in classes:
-        members, W, labels, ks, n_clusters = class_clusters(store, int(c))
-        place = class_place(cfg, store, samples, model, normalise, ds, int(c), members, hosts[int(c)])
-        row, rows = class_findings(
-            members, W, labels, ks, n_clusters, store.read(layout.EIGENVALUES(c=int(c))),
-            stored_transfers(store, int(c)), predicted[members], int(c), cfg.score, place,
-        )  # fmt: skip
+    for c in map(int, classes):
+        members, W, labels, ks, n_clusters = class_clusters(store, c)
+        place = (stored_place(store, c) if stored
+                 else class_place(cfg, store, samples, model, normalise, ds, c, members, hosts[c]))  # fmt: skip
+        args = (members, W, labels, ks, n_clusters, store.read(layout.EIGENVALUES(c=c)), stored_transfers(store, c),
+                predicted[members], c, cfg.score)  # fmt: skip
+        row, rows = class_findings(*args, place)
         out.append(row["place_score"])
         if c == target:
-            found = (row, rows)
+            found = (row, rows, class_findings(*args)[1])
     return np.asarray(out), found
 
 
@@ -71,22 +75,21 @@ def main() -> None:
         target = np.zeros(len(classes), bool) if sc.control else classes == int(poison.target)
         validation = pd.read_csv(run / "validation.csv").set_index("method")
         flip = float(validation["flip_rate"].iloc[0])
-        auroc, out_before, out_now = float("nan"), "", ""
+        auroc, by_transfer, out_before, out_now = float("nan"), float("nan"), "", ""
         if found is not None:
             truth = store.read_table(layout.SAMPLES.name).set_index("index")["artifact"]
             planted = truth.loc[found[1]["index"]].to_numpy(bool)
-            auroc = detection(planted, found[1]["clever_hans_score"].to_numpy())[0]
-            stored = store.read_table(layout.SAMPLE_SCORES.name).set_index("index").loc[found[1]["index"], "stands_out"]
-            out_before, out_now = (f"{int(o[planted].sum())}/{int(o[~planted].sum())}"
-                                   for o in (stored.to_numpy(bool), found[1]["stands_out"].to_numpy(bool)))  # fmt: skip
+            auroc, by_transfer = (detection(planted, r["clever_hans_score"].to_numpy())[0] for r in found[1:])
+            out_now, out_before = (f"{int(o[planted].sum())}/{int(o[~planted].sum())}"
+                                   for o in (r["stands_out"].to_numpy(bool) for r in found[1:]))  # fmt: skip
         rows.append({
             "scenario": sc.name, "seed": seed, "flip rate": flip,
             "target score": float(scores[target][0]) if target.any() else float("nan"),
             "target place": float(place[target][0]) if target.any() else float("nan"),
             "flagged before": bool(before[target].any()), "flagged with place": bool(after[target].any()),
-            "AUROC stored": float(validation.at["unhans", "auroc"]), "AUROC": auroc,
+            "AUROC by transfer": by_transfer, "AUROC": auroc,
             "samples by": found[0]["sample_probe"] if found is not None else "",
-            "stand out stored": out_before, "stand out": out_now,
+            "stand out by transfer": out_before, "stand out": out_now,
             TOP: float(place[~target].max()),
             "others flagged before": int(before[~target].sum()), "others flagged with place": int(after[~target].sum()),
         })  # fmt: skip
@@ -100,7 +103,8 @@ def main() -> None:
           f"{int(followed['flagged with place'].sum())} with the place way; other classes flagged: {before} before, "
           f"{after} with it; top place score of a class without the artifact: {table[TOP].max():.3f}")  # fmt: skip
     f = followed.dropna(subset=["AUROC"])
-    print(f"followed runs' median per-sample AUROC: {f['AUROC stored'].median():.3f} stored, {f['AUROC'].median():.3f} "
+    print(f"followed runs' median per-sample AUROC: {f['AUROC by transfer'].median():.3f} by the transfer alone, "
+          f"{f['AUROC'].median():.3f} "
           f"with the place probe ranking where the place alone is flag-strong "
           f"({int((f['samples by'] == 'place').sum())} of {len(f)} runs)")  # fmt: skip
 
