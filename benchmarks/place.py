@@ -9,7 +9,8 @@ same class flags a rerun of `unhans validate` would (the class scores, ranks and
 not change). A run made since the place probe ranks samples along its reach (its store holds
 `place_reach`) is read as stored instead: the same probe, no forward pass. For every run this prints the
 target's class score and place score, whether it is flagged without and with the place way, the largest
-place score of the other classes and their flags, and the target's per-sample AUROC and its images that
+place score of the other classes and their flags, the forward passes the reach cost (an image of the
+run), and the target's per-sample AUROC and its images that
 stand out (planted/clean) ranked by the transfer alone and by the current rule, the place probe ranking
 its samples where its place score is flag-strong and its class score is not (`statistics.class_findings`,
 sample_probe 'place').
@@ -34,10 +35,11 @@ from unhans.pipeline.method.statistics import class_clusters, class_findings, fl
 TOP = "others' top place"
 
 
-def place_findings(cfg, store: Store, classes: np.ndarray, target: int | None) -> tuple[np.ndarray, tuple | None]:
-    """Each class's place score under the run's stored model, maps and clusterings, and the target's
+def place_findings(cfg, store: Store, classes: np.ndarray, target: int | None) -> tuple[np.ndarray, tuple | None, int]:
+    """Each class's place score under the run's stored model, maps and clusterings, the target's
     (class row, sample rows) with that place probe and its sample rows ranked by the transfer alone
-    (None without a target). The probe is read from the store where the run has its reach, else run."""
+    (None without a target), and the number of images probed along a confirmed place (the reach). The
+    probe is read from the store where the run has its reach, else run."""
     stored = store.has_array(layout.PLACE_REACH(c=int(classes[0])))
     if not stored:
         samples = store.read_table(layout.SAMPLES.name)
@@ -45,7 +47,7 @@ def place_findings(cfg, store: Store, classes: np.ndarray, target: int | None) -
         model, normalise = _run_model(cfg, len(ds.classes), ds.channels, torch.device("cpu"))
         hosts = host_pool(cfg, store, [int(c) for c in classes])
     predicted = store.array(layout.PREDICTION())[:]
-    out, found = [], None
+    out, found, reached = [], None, 0
     for c in map(int, classes):
         members, W, labels, ks, n_clusters = class_clusters(store, c)
         place = (stored_place(store, c) if stored
@@ -54,9 +56,10 @@ def place_findings(cfg, store: Store, classes: np.ndarray, target: int | None) -
                 predicted[members], c, cfg.score)  # fmt: skip
         row, rows = class_findings(*args, place)
         out.append(row["place_score"])
+        reached += len(members) if place.reach_group >= 0 else 0
         if c == target:
             found = (row, rows, class_findings(*args)[1])
-    return np.asarray(out), found
+    return np.asarray(out), found, reached
 
 
 def main() -> None:
@@ -69,7 +72,7 @@ def main() -> None:
         cs = store.read_table(layout.CLASS_SCORES.name).sort_values("class_id")
         classes, scores = cs["class_id"].to_numpy(), cs["clever_hans_score"].to_numpy()
         target_id = None if sc.control else int(poison.target)
-        place, found = place_findings(cfg, store, classes, target_id)
+        place, found, reached = place_findings(cfg, store, classes, target_id)
         _, _, before = flag_classes(scores, cfg.score, cfg.seed)
         _, _, after = flag_classes(scores, cfg.score, cfg.seed, place)
         target = np.zeros(len(classes), bool) if sc.control else classes == int(poison.target)
@@ -92,6 +95,7 @@ def main() -> None:
             "stand out by transfer": out_before, "stand out": out_now,
             TOP: float(place[~target].max()),
             "others flagged before": int(before[~target].sum()), "others flagged with place": int(after[~target].sum()),
+            "reach passes an image": cfg.transfer.hosts * reached / len(store.read_table(layout.SAMPLES.name)),
         })  # fmt: skip
         print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) == 1), flush=True)
     table = pd.DataFrame(rows)
