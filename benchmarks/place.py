@@ -10,10 +10,9 @@ not change). A run made since the place probe ranks samples along its reach (its
 `place_reach`) is read as stored instead: the same probe, no forward pass. For every run this prints the
 target's class score and place score, whether it is flagged without and with the place way, the largest
 place score of the other classes and their flags, the forward passes the reach cost (an image of the
-run), and the target's per-sample AUROC and its images that
-stand out (planted/clean) ranked by the transfer alone and by the current rule, the place probe ranking
-its samples where its place score is flag-strong and its class score is not (`statistics.class_findings`,
-sample_probe 'place').
+run), and the target's per-sample AUROC and its images that stand out (planted/clean) ranked by the
+transfer alone and by the current rule, the place probe ranking its samples where its place score is
+flag-strong and its class score is not (`statistics.class_findings`, sample_probe 'place').
 
     python benchmarks/place.py --spec demo
     python benchmarks/place.py --spec fashion-mnist
@@ -71,6 +70,7 @@ def main() -> None:
         store = Store(cfg.run_url)
         cs = store.read_table(layout.CLASS_SCORES.name).sort_values("class_id")
         classes, scores = cs["class_id"].to_numpy(), cs["clever_hans_score"].to_numpy()
+        samples = store.read_table(layout.SAMPLES.name).set_index("index")
         target_id = None if sc.control else int(poison.target)
         place, found, reached = place_findings(cfg, store, classes, target_id)
         _, _, before = flag_classes(scores, cfg.score, cfg.seed)
@@ -80,8 +80,7 @@ def main() -> None:
         flip = float(validation["flip_rate"].iloc[0])
         auroc, by_transfer, out_before, out_now = float("nan"), float("nan"), "", ""
         if found is not None:
-            truth = store.read_table(layout.SAMPLES.name).set_index("index")["artifact"]
-            planted = truth.loc[found[1]["index"]].to_numpy(bool)
+            planted = samples["artifact"].loc[found[1]["index"]].to_numpy(bool)
             auroc, by_transfer = (detection(planted, r["clever_hans_score"].to_numpy())[0] for r in found[1:])
             out_now, out_before = (f"{int(o[planted].sum())}/{int(o[~planted].sum())}"
                                    for o in (r["stands_out"].to_numpy(bool) for r in found[1:]))  # fmt: skip
@@ -95,7 +94,7 @@ def main() -> None:
             "stand out by transfer": out_before, "stand out": out_now,
             TOP: float(place[~target].max()),
             "others flagged before": int(before[~target].sum()), "others flagged with place": int(after[~target].sum()),
-            "reach passes an image": cfg.transfer.hosts * reached / len(store.read_table(layout.SAMPLES.name)),
+            "reach passes an image": cfg.transfer.hosts * reached / len(samples),
         })  # fmt: skip
         print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False, header=len(rows) == 1), flush=True)
     table = pd.DataFrame(rows)
