@@ -4,7 +4,8 @@ The folder is the one of issue 15 (tests/helpers.py, make_shapes_folder): three 
 60 each, and a 6 x 6 white square 1 px from an image corner (or at a random place along the bottom border)
 on 30% of the discs. For each placement this prints the trained model's held-out accuracy, the flip rate
 (the share of correctly classified squares and triangles the model calls a disc once the stamp is on
-them: how strongly the model follows it), the disc class's score, place score, rank and flag, the
+them: how strongly the model follows it), the disc class's score, place score, place usage (the relevance
+its images that the place does not carry the class from give to it, 1: an even spread), rank and flag, the
 per-sample AUROC of the stamped discs, the disc images flagged (stamped/clean), the probe that ranks
 them, and the share of the stamped maps' kNN neighbours that are stamped (how well the distance groups
 them), with the distance `init` writes and with the alternative.
@@ -98,6 +99,7 @@ def audit(placement: str, metric: str | None, work: Path, extra: list[str]) -> d
         "flip rate": round(flips, 3),
         "disc score": round(float(cs.at["disc", "clever_hans_score"]), 3),
         "disc place score": round(float(cs.at["disc", "place_score"]), 3),
+        "disc place usage": round(float(cs.at["disc", "place_usage"]), 3),
         "disc rank": int(cs.at["disc", "rank"]),
         "flagged": bool(cs.at["disc", "is_clever_hans"]),
         "other classes flagged": int(cs["is_clever_hans"].sum() - cs.at["disc", "is_clever_hans"]),

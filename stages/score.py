@@ -48,7 +48,7 @@ def run(ctx: Context) -> dict:
     )
     class_scores.insert(0, "rank", np.arange(1, len(class_scores) + 1))
     scores, place = class_scores["clever_hans_score"].to_numpy(), class_scores["place_score"].to_numpy()
-    p, q, flagged = flag_classes(scores, ctx.cfg.score, ctx.cfg.seed, place)
+    p, q, flagged = flag_classes(scores, ctx.cfg.score, ctx.cfg.seed, place, class_scores["place_foreign"].to_numpy())
     at = class_scores.columns.get_loc("clever_hans_score") + 1
     class_scores.insert(at, "p_value", p)
     class_scores.insert(at + 1, "q_value", q)

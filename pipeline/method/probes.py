@@ -294,6 +294,16 @@ class PlaceProbe(NamedTuple):
     reach: np.ndarray  # (n,): every member's transfer at the confirmed group's reach (all NaN: none)
     reach_group: int  # the confirmed group's row in transfers (-1: none)
     reach_cells: list[int]  # the reach's cells, flat indices into the (r, r) relevance map
+    reach_usage: np.ndarray  # (n,): each member's relevance along the reach, relative to an even spread (NaN: none)
+
+
+def relevance_usage(maps: np.ndarray, cells: list[int]) -> np.ndarray:
+    """Each map's (n, r, r) share of its positive relevance at the flat cells, divided by the cells' share of
+    the map (n,): 1 where the map puts as much there as anywhere, 0 where nothing (and for a map with none)."""
+    pos = np.maximum(np.asarray(maps, np.float64).reshape(len(maps), -1), 0.0)
+    total = pos.sum(1)
+    share = np.where(total > 0, pos[:, cells].sum(1) / np.where(total > 0, total, 1.0), 0.0)
+    return share / (len(cells) / pos.shape[1]) if len(cells) else np.full(len(maps), np.nan)
 
 
 def class_place(
@@ -309,7 +319,7 @@ def class_place(
     touches (edge_reach), into every host: what ranks the samples of a class found by its place."""
     tcfg = cfg.transfer
     n = len(members)
-    none = PlaceProbe(np.zeros((0, n)), [], np.full(n, np.nan), -1, [])
+    none = PlaceProbe(np.zeros((0, n)), [], np.full(n, np.nan), -1, [], np.full(n, np.nan))
     if not tcfg.place_groups or not len(hosts) or not n:
         return none
     from unhans.pipeline.method.statistics import class_clusters
@@ -337,13 +347,14 @@ def class_place(
         meta.append([int(k), int(cluster), int(place.sum())])
     j = int(np.argmax(carried))
     if carried[j] < tcfg.place_confirm:
-        return PlaceProbe(out, meta, none.reach, -1, [])
+        return PlaceProbe(out, meta, none.reach, -1, [], none.reach_usage)
     reach = edge_reach(groups[j][3])
     row = np.concatenate([
         _place_transfer(cfg, ds, samples, model, normalise, members[s : s + DONOR_CHUNK], host_images, c, reach, base)
         for s in range(0, n, DONOR_CHUNK)
     ])  # fmt: skip
-    return PlaceProbe(out, meta, row, j, torch.flatten(reach).nonzero().ravel().tolist())
+    cells = torch.flatten(reach).nonzero().ravel().tolist()
+    return PlaceProbe(out, meta, row, j, cells, relevance_usage(maps.numpy(), cells))
 
 
 def _place_transfer(cfg, ds, samples, model, normalise, donors: np.ndarray, host_images, c: int, place, base):
@@ -363,10 +374,14 @@ def stored_transfers(store, c: int) -> Transfers:
 
 
 def stored_place(store, c: int) -> PlaceProbe:
-    """Class c's place probe as the transfer stage wrote it."""
+    """Class c's place probe as the transfer stage wrote it, with its members' relevance along the reach
+    (reach_usage, from their relevance maps, where a place was confirmed)."""
     transfers, attrs = store.read_with_attrs(layout.PLACE(c=c))
     reach, at = store.read_with_attrs(layout.PLACE_REACH(c=c))
-    return PlaceProbe(transfers, attrs["groups"], reach, int(at["group"]), list(at["cells"]))
+    cells = list(at["cells"])
+    usage = (relevance_usage(store.relevance(store.read(layout.MEMBERS(c=c))), cells) if int(at["group"]) >= 0
+             else np.full(len(reach), np.nan))  # fmt: skip
+    return PlaceProbe(transfers, attrs["groups"], reach, int(at["group"]), cells, usage)
 
 
 def host_pool(cfg, store, ids: list[int]) -> dict[int, np.ndarray]:

@@ -70,6 +70,12 @@ class ScoreConfig(Section):
         le=1,
         description="a sample's transfer is divided by its self-confidence, at least this (1: its plain transfer)",
     )
+    max_place_usage: float = Field(
+        1.2,
+        ge=0,
+        description="a place flags or ranks a class only where the images that do not carry the class from there "
+        "give it at most this much relevance, relative to an even spread (more: the place is the class's own)",
+    )
 
 
 def combined(evidence: np.ndarray, global_: np.ndarray) -> np.ndarray:
@@ -185,6 +191,15 @@ def score_class(W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarr
             float(scores[j]), k, c, int(g.sum()), float(phi[j]), float(t[g].mean()), float(t[~g].mean()), g
         )
     return best
+
+
+def place_usage(usage: np.ndarray, carried: np.ndarray) -> float:
+    """How much the class's images that do not carry it from a place read it there: the mean relevance along the
+    place relative to an even spread (probes.PlaceProbe.reach_usage, (n,)) of the members that do not stand out
+    by the place probe (carried (n,) bool). About 1 or less where the place is background for them (a stamp's
+    place in the images without it); above where the class's own evidence lies there. NaN when all carry."""
+    rest = np.asarray(usage, np.float64)[~np.asarray(carried, bool)]
+    return float(rest.mean()) if len(rest) else float("nan")
 
 
 def place_score(place: np.ndarray, groups: list, W: sp.csr_matrix, labels: np.ndarray, ks: list[int],
@@ -310,18 +325,25 @@ def class_findings(
     s = score_class(W, labels, ks, spread(W, t, params.group_smoothing) if params.group_smoothing else t, params)
     probed, groups = (place.transfers, place.groups) if place is not None else (np.zeros((0, len(members))), [])
     at_place = place_score(probed, groups, W, labels, ks, params.min_spread)
-    # the samples are ranked by the probe that found the class: every member's pixels along the confirmed
-    # group's place (probes.class_place) where the place score is flag-strong and the class score is not,
-    # else the transfer
-    by_place = (
-        place is not None and place.reach_group >= 0 and at_place["place_score"] >= params.flag_threshold > s.score
-    )
-    if by_place:
-        # not spread over the explanation graph: every member was probed on every host, and a stamp that
-        # moves along the border does not bring its images together in the graph
+    usage, by_reach, reach_rest = float("nan"), np.full(len(members), np.nan), np.zeros(len(members), bool)
+    if place is not None and place.reach_group >= 0:
+        # every member's pixels along the confirmed group's place (probes.class_place), relative like the
+        # transfer and not spread over the explanation graph: every member was probed on every host, and a
+        # stamp that moves along the border does not bring its images together in the graph
         k, cluster, _ = groups[place.reach_group]
-        sample_score = relative_transfer(place.reach, conf, params.confidence_floor)
-        reference = labels[list(ks).index(k)] != cluster
+        by_reach = relative_transfer(place.reach, conf, params.confidence_floor)
+        reach_rest = labels[list(ks).index(k)] != cluster
+        usage = place_usage(place.reach_usage, stands_out(by_reach, reach_rest, params.sample_threshold,
+                                                          params.min_spread))  # fmt: skip
+    # a place is the class's own (a part of the object that some of the class show there) where the images it
+    # does not carry the class from still read the class there; only a foreign place (a stamp on background)
+    # is a finding
+    foreign = bool(usage <= params.max_place_usage)
+    # the samples are ranked by the probe that found the class: the reach where the place is foreign and its
+    # score flag-strong and the class score is not, else the transfer
+    by_place = foreign and at_place["place_score"] >= params.flag_threshold > s.score
+    if by_place:
+        sample_score, reference = by_reach, reach_rest
     else:
         sample_score = spread(W, relative_transfer(t, conf, params.confidence_floor), params.smoothing)
         reference = ~s.group
@@ -343,6 +365,8 @@ def class_findings(
         "rest_transfer": s.rest_transfer,
         "clever_hans_score": s.score,
         **at_place,
+        "place_usage": usage,
+        "place_foreign": foreign,
         "sample_probe": "place" if by_place else "transfer",
         "label_issue_fraction": float(label_issue.mean()),
     }
@@ -366,15 +390,20 @@ def class_findings(
 
 
 def flag_classes(
-    scores: np.ndarray, params: ScoreConfig, seed: int = 0, place: np.ndarray | None = None
+    scores: np.ndarray,
+    params: ScoreConfig,
+    seed: int = 0,
+    place: np.ndarray | None = None,
+    foreign: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p-values, q-values, flags) of the K class scores (K,) of a run: p against the run's own classes
     (class_p_values), q by Benjamini-Hochberg over them. A class is flagged when its score reaches
     flag_threshold and K p <= 1 (a strong score that at most one class of a clean run of K would reach
     by chance), or when its score reaches min_score and its q-value is at most fdr (a false discovery
     rate over the classes). A run of one or two classes has no p-values: the score alone decides, at
-    flag_threshold. With the classes' place scores (K,) a third way: a place score that is strong in the
-    first way's sense against the run's place scores."""
+    flag_threshold. With the classes' place scores (K,) and whether their places are foreign (K,) bool
+    (class_findings' place_foreign) a third way: a foreign place whose score is strong in the first way's
+    sense against all the run's place scores."""
     s = np.asarray(scores, np.float64)
     p = class_p_values(s, seed)
     q = benjamini_hochberg(p) if len(s) >= MIN_CLASSES else p.copy()
@@ -383,5 +412,8 @@ def flag_classes(
     flagged = strong | discovered
     if place is not None:
         at = np.asarray(place, np.float64)
-        flagged |= (at >= params.flag_threshold) & ~(class_p_values(at, seed) * len(at) > 1)
+        if foreign is None:
+            raise ValueError("flag_classes: place scores need their places' foreign flags")
+        strong_place = (at >= params.flag_threshold) & ~(class_p_values(at, seed) * len(at) > 1)
+        flagged |= np.asarray(foreign, bool) & strong_place
     return p, q, flagged

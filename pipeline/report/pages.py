@@ -72,7 +72,7 @@ COLUMNS = [
      "classes' p-values); shown only where the score is high enough for it to decide", False),
     ("place_score", "place score", "for a group whose evidence sits at one place of the image (a stamp, a frame): "
      "how much more the class is carried by the group's pixels there than by the rest's, in spreads of the rest's; "
-     "a strong one flags the class too", False),
+     "a strong one flags the class too where the place is foreign to the class", False),
     ("n_samples", "images", "images of the class that were audited", False),
     ("group_size", "group", "images in the class's most isolated group", False),
     ("group_fraction", "share", "the group's share of the class", False),
@@ -93,6 +93,10 @@ COLUMNS = [
     ("place_cells", "place cells", "map cells of that place", True),
     ("place_group_transfer", "place group transfer", "mean transfer of the group's pixels at its place", True),
     ("place_rest_transfer", "place rest transfer", "mean transfer of the rest's pixels at the same place", True),
+    ("place_usage", "place usage", "relevance the images the place does not carry the class from give to it, "
+     "relative to an even spread (above the limit: the class's own place, a part of the object, no stamp)", True),
+    ("place_foreign", "foreign place", "the confirmed place is background for the class's other images: it may "
+     "flag the class and rank its images", True),
     ("sample_probe", "images ranked by", "'place': the class's images are ranked by how much their own pixels along "
      "the place carry the class (its place score reaches the threshold, its score does not); 'transfer': by their "
      "evidence's transfer", True),
@@ -185,7 +189,8 @@ def index_page(common: dict, cs: pd.DataFrame, linked: set[int], strips: set[int
     test = (
         f" and at most one class of a clean run of this size would score so high, or when it reaches "
         f"{min_score:g} and its q-value is at most {fdr:g} (a discovery at that false discovery rate over the "
-        f"classes), or when its place score reaches {threshold:g} in the same way"
+        f"classes), or when its place score reaches {threshold:g} in the same way and the place is foreign to "
+        f"the class (its other images read little there)"
         if common.get("calibrated", True)
         else ""
     )

@@ -440,16 +440,43 @@ def test_a_class_whose_place_outscores_its_transfer_ranks_its_samples_along_that
     drawn = np.where(group, 0.5, 0.0) + rng.normal(0, 0.01, n)  # the donors at the group's place
     drawn[stamped & ~group] = 0.0  # their stamps lie elsewhere along the edge
     reach = np.where(stamped, 0.5, 0.0) + rng.normal(0, 0.01, n)
+    # the stamp's place is background for the unstamped members: less relevance there than an even spread
+    usage = np.where(stamped, 6.0, 0.4)
     args = (np.arange(n), W, labels, [2, 3], 2, np.zeros(4), tr, np.zeros(n, int), 0, DEFAULTS)
-    ranked, samples = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], reach, 0, list(range(9))))
+    ranked, samples = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], reach, 0, list(range(9)), usage))
     assert ranked["sample_probe"] == "place" and ranked["place_score"] > ranked["clever_hans_score"]
+    assert ranked["place_foreign"] and ranked["place_usage"] == pytest.approx(0.4)
     assert samples.loc[stamped, "clever_hans_score"].min() > samples.loc[~stamped, "clever_hans_score"].max()
     # not spread over the graph: the stamped members outside the group, whose neighbours are clean, stand out too
     assert samples["stands_out"].to_numpy().tolist() == stamped.tolist()
     # no confirmed place (no member probed along it): the transfer ranks them
-    plain, kept = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], np.full(n, np.nan), -1, []))
+    none = np.full(n, np.nan)
+    plain, kept = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], none, -1, [], none))
     assert plain["sample_probe"] == "transfer" and plain["place_score"] == ranked["place_score"]
+    assert not plain["place_foreign"] and np.isnan(plain["place_usage"])
     assert np.allclose(kept["clever_hans_score"], spread(W, relative_transfer(t, tr.confidence, 0.5), 0.75))
+    # the class's own place (a bag's handles): its other members read the class there too, more than an even
+    # spread; the place is no finding, and the transfer ranks the samples
+    own = np.where(stamped, 6.0, 1.5)
+    mine, kept = class_findings(*args, PlaceProbe(drawn[None], [[2, 1, 9]], reach, 0, list(range(9)), own))
+    assert mine["sample_probe"] == "transfer" and not mine["place_foreign"]
+    assert mine["place_usage"] == pytest.approx(1.5) and mine["place_score"] == ranked["place_score"]
+    assert np.allclose(kept["clever_hans_score"], spread(W, relative_transfer(t, tr.confidence, 0.5), 0.75))
+
+
+def test_place_usage_is_the_relevance_along_the_place_of_the_members_it_does_not_carry():
+    from unhans.pipeline.method.probes import relevance_usage
+    from unhans.pipeline.method.statistics import place_usage
+
+    maps = np.zeros((3, 4, 4))
+    maps[0, 3, :] = 1.0  # all its relevance along the bottom row (a quarter of the map): 4x an even spread
+    maps[1] = 1.0  # an even spread
+    maps[1, 0, 0] = -5.0  # negative relevance counts for nothing
+    cells = list(range(12, 16))
+    usage = relevance_usage(maps, cells)
+    assert usage == pytest.approx([4.0, 4 / 15 / 0.25, 0.0])  # the empty map: none
+    assert place_usage(usage, np.array([True, False, False])) == pytest.approx(np.mean(usage[1:]))
+    assert np.isnan(place_usage(usage, np.ones(3, bool)))
 
 
 def test_a_place_on_one_edge_of_the_image_reaches_along_it():
@@ -473,8 +500,15 @@ def test_a_strong_place_score_flags_its_class_unless_the_run_s_place_scores_are_
     from unhans.pipeline.method.statistics import flag_classes
 
     scores = np.array([0.6, 0.9, 0.7])  # no class stands out in T (three classes: no discovery either)
+    foreign = np.ones(3, bool)
     assert not flag_classes(scores, DEFAULTS)[2].any()
-    assert flag_classes(scores, DEFAULTS, place=np.array([0.2, 0.4, 5.0]))[2].tolist() == [False, False, True]
-    assert not flag_classes(scores, DEFAULTS, place=np.array([0.2, 0.4, 1.2]))[2].any()  # below flag_threshold
+    strong = np.array([0.2, 0.4, 5.0])
+    assert flag_classes(scores, DEFAULTS, place=strong, foreign=foreign)[2].tolist() == [False, False, True]
+    # the class's own place (not foreign): no finding, however strong
+    assert not flag_classes(scores, DEFAULTS, place=strong, foreign=np.array([True, True, False]))[2].any()
+    weak = np.array([0.2, 0.4, 1.2])  # below flag_threshold
+    assert not flag_classes(scores, DEFAULTS, place=weak, foreign=foreign)[2].any()
     busy = np.linspace(1.0, 2.4, 10)
-    assert not flag_classes(np.full(10, 0.5), DEFAULTS, place=busy)[2][-2]  # usual for this run
+    assert not flag_classes(np.full(10, 0.5), DEFAULTS, place=busy, foreign=np.ones(10, bool))[2][-2]  # usual here
+    with pytest.raises(ValueError, match="foreign"):
+        flag_classes(scores, DEFAULTS, place=strong)
