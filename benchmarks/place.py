@@ -17,10 +17,12 @@ place score of the other classes (of a foreign place too), the usage of the othe
 flags, and the forward passes the reach cost (an image of the run).
 
     python benchmarks/place.py --spec demo
-    python benchmarks/place.py --spec fashion-mnist
+    python benchmarks/place.py --spec fashion-mnist --limit 1.0 --limit 1.5   # also at other usage limits
 """
 
 from __future__ import annotations
+
+import argparse
 
 import numpy as np
 import pandas as pd
@@ -77,7 +79,11 @@ RULES = {"before": None, "any place": float("inf"), "now": None}  # the place wa
 
 
 def main() -> None:
-    spec, root, runs = runs_from_argv(__doc__)
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("--limit", type=float, action="append", default=[], help="also with this score.max_place_usage")
+    known, rest = ap.parse_known_args()
+    spec, root, runs = runs_from_argv(__doc__, rest)
+    rules = RULES | {f"usage <= {x:g}": x for x in known.limit}
     torch.set_num_threads(1)
     rows = []
     for sc, seed, run in runs:
@@ -93,7 +99,7 @@ def main() -> None:
                "target score": float(scores[target][0]) if target.any() else float("nan")}  # fmt: skip
         probes = place_probes(cfg, store, classes)
         before = np.zeros(len(classes), bool)
-        for rule, limit in RULES.items():
+        for rule, limit in rules.items():
             params = cfg.score if limit is None else cfg.score.model_copy(update={"max_place_usage": limit})
             place, foreign, usage, found, reached = place_findings(probes, classes, target_id, params)
             flags = (flag_classes(scores, params, cfg.seed) if rule == "before"
@@ -124,7 +130,7 @@ def main() -> None:
     print()
     print(markdown_table(table))
     followed = table[table["flip rate"] >= 0.2].dropna(subset=["target score"])
-    for rule in RULES:
+    for rule in rules:
         print(f"{rule}: followed >= 20% flagged {int(followed[f'flagged {rule}'].sum())} of {len(followed)}, "
               f"other classes flagged {int(table[f'others flagged {rule}'].sum())}, followed runs' median per-sample "
               f"AUROC {followed[f'AUROC {rule}'].median():.3f}")  # fmt: skip
