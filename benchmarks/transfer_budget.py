@@ -8,14 +8,15 @@ global probes per sample, the hosts drawn per sample as the transfer stage draws
 is scored from those columns with the score stage's statistics, so all budgets see the same model,
 maps and hosts; the hosts' effects are removed as the stage removes them (`--raw`: kept). `--smooth a`
 also scores each class on its transfers spread over the class graph with weight a (the score stage's
-`score.group_smoothing`) instead of the raw ones; `--confirm M`: see `evaluate`. Prints per scenario,
-over its runs and draws: the target's rank, its score and the highest other class's score, whether it
-is flagged, flags in other classes, and the target's per-sample AUROC; then, over the runs whose model
-follows the artifact (flip rate >= 0.2), the share ranked first and in the top two, the share flagged,
-the median AUROC, and the flags in other classes per run of every scenario.
+`score.group_smoothing`) instead of the raw ones; `--confirm M` and `--candidates K`: see `evaluate`.
+Prints per scenario, over its runs and draws: the target's rank, its score and the highest other class's
+score, whether it is flagged, flags in other classes, and the target's per-sample AUROC; then, over the runs
+whose model follows the artifact (flip rate >= 0.2), the share ranked first and in the top two, the share
+flagged, the median AUROC, and the flags in other classes per run of every scenario.
 
     python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 1/1 --smooth 0 0.75 --confirm 0 32
     python benchmarks/transfer_budget.py --spec fashion-mnist --draws 2 --budgets 16/4 2/1 1/1 --smooth 0 0.75
+    python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 1/1 --candidates 1 2 --cache C
 """
 
 from __future__ import annotations
@@ -83,19 +84,41 @@ def budget_transfers(E: np.ndarray, G: np.ndarray, k: int, kg: int, rng: np.rand
 
 
 def evaluate(
-    classes: dict, cfg, target: int, truth: np.ndarray, t_g: dict, smooth: float = 0.0, confirm: int = 0, cols=None
+    classes: dict,
+    cfg,
+    target: int,
+    truth: np.ndarray,
+    t_g: dict,
+    smooth: float = 0.0,
+    confirm: int = 0,
+    cols=None,
+    candidates: int = 0,
+    screen_passes: int = 0,
 ) -> dict:
     """Class scores, flags and the target's per-sample AUROC for one set of per-class (t, g); `smooth`:
     the class score on the transfers spread over the class graph with this weight (0: as the score
     stage scores). `confirm` M > 0: the transfers screen; each class's best group on them is confirmed
     on every host (`cols`: the per-host columns) for M of its members and M of the rest, and the class
     scored on those: (mean of the confirmed group members - mean of the confirmed rest) / max(their sd,
-    min_spread) x separation; every confirmed sample keeps its confirmed transfer. Adds the forward
-    passes a sample that took (screening and confirmation; the self-confidence comes from the attribute stage)."""
+    min_spread) x separation; every confirmed sample keeps its confirmed transfer. `candidates` K > 0: the
+    transfers screen; the K classes with the best screening scores are probed in full (every member on every
+    host: their scores, flags and per-sample scores are the full budget's), the others keep their screening
+    scores. Adds the forward passes a sample that took beyond the screening's (the full probe reuses a
+    sample's screening hosts; the self-confidence comes from the attribute stage)."""
     p = cfg.score
     scores, target_scores, passes, n_all = {}, None, 0.0, 0
+    full = set()
+    if candidates:
+        screen = {
+            c: score_class(d["W"], d["labels"], d["ks"], np.maximum(*t_g[c]), p).score for c, d in classes.items()
+        }
+        full = set(sorted(screen, key=lambda c: -screen[c])[:candidates])
     for c, d in classes.items():
         t = np.maximum(*t_g[c])
+        if c in full:
+            E, G = cols[c]  # every host, as the full budget's row scores it
+            t = np.maximum(*budget_transfers(E, G, E.shape[1], G.shape[1], np.random.default_rng([cfg.seed, c, 1])))
+            passes += len(t) * (E.shape[1] + G.shape[1] - screen_passes)
         ts = spread(d["W"], t, smooth) if smooth else t
         best = score_class(d["W"], d["labels"], d["ks"], ts, p)
         scores[c] = best.score
@@ -148,6 +171,13 @@ def main() -> None:
         default=[0],
         help="also confirm each class's best group: M of its members and M of the rest on every host",
     )
+    ap.add_argument(
+        "--candidates",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="also probe the K classes with the best screening scores in full (every member on every host)",
+    )
     ap.add_argument("--raw", action="store_true", help="keep the hosts' effects (the stage before it removed them)")
     ap.add_argument("--smooth", nargs="+", type=float, default=[0.0],
                     help="class scores also on transfers spread over the class graph with these weights")  # fmt: skip
@@ -192,9 +222,11 @@ def main() -> None:
                     rng = np.random.default_rng([cfg.seed, c, 1] if d == 0 else [cfg.seed, c, 1, d])
                     t_g[c] = budget_transfers(*cols[c], k, kg, rng, not args.raw)
                 for sm in args.smooth:
-                    for m in args.confirm if k < cfg.transfer.hosts else [0]:
-                        r = evaluate(classes, cfg, target, truth, t_g, sm, m, cols)
-                        name = f"{b} s{sm:g}" + (f" c{m}" if m else "")
+                    for m, kc in [(m, 0) for m in args.confirm] + [(0, kc) for kc in args.candidates if kc]:
+                        if k >= cfg.transfer.hosts and (m or kc):
+                            continue
+                        r = evaluate(classes, cfg, target, truth, t_g, sm, m, cols, kc, k + kg)
+                        name = f"{b} s{sm:g}" + (f" c{m}" if m else "") + (f" K{kc}" if kc else "")
                         passes = k + kg + r.pop("confirm_passes")
                         out.append({"scenario": sc.name, "seed": seed, "control": sc.control, "flip": flip,
                                     "budget": name, "draw": d, "passes": passes} | r)  # fmt: skip
