@@ -106,21 +106,20 @@ def evaluate(
     scores. Adds the forward passes a sample that took beyond the screening's (the full probe reuses a
     sample's screening hosts; the self-confidence comes from the attribute stage)."""
     p = cfg.score
+
+    def scored(d: dict, t: np.ndarray):
+        return score_class(d["W"], d["labels"], d["ks"], spread(d["W"], t, smooth) if smooth else t, p)
+
+    screened = {c: scored(d, np.maximum(*t_g[c])) for c, d in classes.items()}
+    full = set(sorted(screened, key=lambda c: -screened[c].score)[:candidates])
     scores, target_scores, passes, n_all = {}, None, 0.0, 0
-    full = set()
-    if candidates:
-        screen = {
-            c: score_class(d["W"], d["labels"], d["ks"], np.maximum(*t_g[c]), p).score for c, d in classes.items()
-        }
-        full = set(sorted(screen, key=lambda c: -screen[c])[:candidates])
     for c, d in classes.items():
-        t = np.maximum(*t_g[c])
+        t, best = np.maximum(*t_g[c]), screened[c]
         if c in full:
             E, G = cols[c]  # every host, as the full budget's row scores it
             t = np.maximum(*budget_transfers(E, G, E.shape[1], G.shape[1], np.random.default_rng([cfg.seed, c, 1])))
+            best = scored(d, t)
             passes += len(t) * (E.shape[1] + G.shape[1] - screen_passes)
-        ts = spread(d["W"], t, smooth) if smooth else t
-        best = score_class(d["W"], d["labels"], d["ks"], ts, p)
         scores[c] = best.score
         n_all += len(t)
         if confirm and best.group.any():

@@ -325,16 +325,16 @@ def class_findings(
     s = score_class(W, labels, ks, spread(W, t, params.group_smoothing) if params.group_smoothing else t, params)
     probed, groups = (place.transfers, place.groups) if place is not None else (np.zeros((0, len(members))), [])
     at_place = place_score(probed, groups, W, labels, ks, params.min_spread)
-    usage, by_reach, reach_rest = float("nan"), np.full(len(members), np.nan), np.zeros(len(members), bool)
+    usage, by_reach, carried = float("nan"), np.full(len(members), np.nan), np.zeros(len(members), bool)
     if place is not None and place.reach_group >= 0:
         # every member's pixels along the confirmed group's place (probes.class_place), relative like the
         # transfer and not spread over the explanation graph: every member was probed on every host, and a
         # stamp that moves along the border does not bring its images together in the graph
         k, cluster, _ = groups[place.reach_group]
         by_reach = relative_transfer(place.reach, conf, params.confidence_floor)
-        reach_rest = labels[list(ks).index(k)] != cluster
-        usage = place_usage(place.reach_usage, stands_out(by_reach, reach_rest, params.sample_threshold,
-                                                          params.min_spread))  # fmt: skip
+        # the sample flag's rule along the reach, against the rest of the confirmed group's class
+        carried = stands_out(by_reach, labels[list(ks).index(k)] != cluster, params.sample_threshold, params.min_spread)
+        usage = place_usage(place.reach_usage, carried)
     # a place is the class's own (a part of the object that some of the class show there) where the images it
     # does not carry the class from still read the class there; only a foreign place (a stamp on background)
     # is a finding
@@ -343,11 +343,10 @@ def class_findings(
     # score flag-strong and the class score is not, else the transfer
     by_place = foreign and at_place["place_score"] >= params.flag_threshold > s.score
     if by_place:
-        sample_score, reference = by_reach, reach_rest
+        sample_score, outstanding = by_reach, carried
     else:
         sample_score = spread(W, relative_transfer(t, conf, params.confidence_floor), params.smoothing)
-        reference = ~s.group
-    outstanding = stands_out(sample_score, reference, params.sample_threshold, params.min_spread)
+        outstanding = stands_out(sample_score, ~s.group, params.sample_threshold, params.min_spread)
     lam = eigenvalues
     g_over_e = (transfers.global_[s.group] - transfers.evidence[s.group]).mean() if s.group.any() else 0.0
     row = {
