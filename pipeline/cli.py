@@ -270,7 +270,7 @@ def _print_status(r: Runner, settings: bool = False) -> None:
         typer.echo("")
         for name, spec in r.stages.items():
             parts = []
-            for sec in spec.sections:
+            for sec in spec.sections_read(r.cfg):
                 values = r.cfg.section(sec).model_dump(mode="json", exclude_none=True)
                 parts.append(f"{sec}(" + ", ".join(f"{k}={v}" for k, v in values.items()) + ")")
             typer.echo(f"{name:<10} <- {', '.join(r.active_inputs(spec)) or 'dataset'}: {' '.join(parts)}")

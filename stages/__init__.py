@@ -43,7 +43,8 @@ def stage_table() -> str:
     """The README's stage table: each stage in run order, the sections it reads, what it does and writes."""
     rows = ["| stage | reads config | does | writes |", "|---|---|---|---|"]
     for name, spec in all_stages().items():
-        rows.append(f"| `{name}` | {', '.join(spec.sections)} | {spec.help} | {_writes(spec)} |")
+        reads = [s + (" (when used)" if s in spec.reads_when else "") for s in spec.sections]
+        rows.append(f"| `{name}` | {', '.join(reads)} | {spec.help} | {_writes(spec)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -123,6 +123,12 @@ class StageSpec:
     enabled: Callable[[Any], bool]
     help: str
     outputs_exist: Callable[[Any], bool] | None  # for outputs kept outside the store
+    reads_when: dict[str, Callable[[Any], bool]] = field(default_factory=dict)  # sections read only if so
+
+    def sections_read(self, cfg: Any) -> tuple[str, ...]:
+        """The config sections this stage reads under cfg: its sections, less those whose `reads_when`
+        condition is false (they enter its fingerprint only when read)."""
+        return tuple(s for s in self.sections if s not in self.reads_when or self.reads_when[s](cfg))
 
     @property
     def outputs(self) -> list[layout.Entry]:
@@ -194,14 +200,17 @@ def stage(
     inputs: Iterable[str] = (),
     enabled: Callable[[Any], bool] = lambda cfg: True,
     outputs_exist: Callable[[Any], bool] | None = None,
+    reads_when: dict[str, Callable[[Any], bool]] | None = None,
 ) -> Callable[[Callable[[Context], dict]], Callable[[Context], dict]]:
-    """Register a stage entry point `fn(ctx) -> counts`; stages run in registration order."""
+    """Register a stage entry point `fn(ctx) -> counts`; stages run in registration order. `reads_when`:
+    sections the stage reads only under a condition on the config (StageSpec.sections_read)."""
 
     def deco(fn: Callable[[Context], dict]) -> Callable[[Context], dict]:
         doc = (fn.__doc__ or "").strip().splitlines()
         STAGES[name] = StageSpec(
-            name, fn, tuple(sections), tuple(inputs), enabled, doc[0] if doc else "", outputs_exist
-        )
+            name, fn, tuple(sections), tuple(inputs), enabled, doc[0] if doc else "", outputs_exist,
+            dict(reads_when or {}),
+        )  # fmt: skip
         return fn
 
     return deco
@@ -238,7 +247,7 @@ class Runner:
             spec = self.stages[name]
             self._fp[name] = fingerprint_of(
                 {
-                    "sections": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections},
+                    "sections": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections_read(self.cfg)},
                     "inputs": {i: self.fingerprint(i) for i in self.active_inputs(spec)},
                     "code": spec.code_version,
                     "seed": self.cfg.seed,
@@ -286,7 +295,7 @@ class Runner:
                     "peak_mib": rec.get("peak_mib"),
                     "counts": rec.get("counts", {}),
                     "inputs": ",".join(self.active_inputs(spec)),
-                    "settings": ",".join(spec.sections),
+                    "settings": ",".join(spec.sections_read(self.cfg)),
                 }
             )
         return rows
@@ -376,7 +385,7 @@ class Runner:
             "machine": machine(),  # another CPU can train another model from the same seed
             "counts": counts,
             "code_version": spec.code_version,
-            "settings": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections},
+            "settings": {s: self.cfg.section(s).model_dump(mode="json") for s in spec.sections_read(self.cfg)},
             "inputs": {i: self.fingerprint(i) for i in self.active_inputs(spec)},
             "warnings": ctx.warnings,
         }

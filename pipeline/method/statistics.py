@@ -193,6 +193,14 @@ def score_class(W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarr
     return best
 
 
+def transfer_score(
+    W: sp.csr_matrix, labels: np.ndarray, ks: list[int], t: np.ndarray, params: ScoreConfig
+) -> ClassScore:
+    """The class score of transfers t (n,) as the score stage takes it: score_class on t spread over the
+    class's explanation graph with weight `group_smoothing` first, where that is set."""
+    return score_class(W, labels, ks, spread(W, t, params.group_smoothing) if params.group_smoothing else t, params)
+
+
 def place_usage(usage: np.ndarray, carried: np.ndarray) -> float:
     """How much the class's images that do not carry it from a place read it there: the mean relevance along the
     place relative to an even spread (probes.PlaceProbe.reach_usage, (n,)) of the members that do not stand out
@@ -322,7 +330,7 @@ def class_findings(
     # label issues, cleanlab-style: predicted as another class and less sure of the label than the
     # class's average member (the per-class threshold of confident learning)
     label_issue = (predicted != c) & (conf < conf.mean())
-    s = score_class(W, labels, ks, spread(W, t, params.group_smoothing) if params.group_smoothing else t, params)
+    s = transfer_score(W, labels, ks, t, params)
     probed, groups = (place.transfers, place.groups) if place is not None else (np.zeros((0, len(members))), [])
     at_place = place_score(probed, groups, W, labels, ks, params.min_spread)
     usage, by_reach, carried = float("nan"), np.full(len(members), np.nan), np.zeros(len(members), bool)
@@ -394,6 +402,7 @@ def flag_classes(
     seed: int = 0,
     place: np.ndarray | None = None,
     foreign: np.ndarray | None = None,
+    reference: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p-values, q-values, flags) of the K class scores (K,) of a run: p against the run's own classes
     (class_p_values), q by Benjamini-Hochberg over them. A class is flagged when its score reaches
@@ -402,9 +411,11 @@ def flag_classes(
     rate over the classes). A run of one or two classes has no p-values: the score alone decides, at
     flag_threshold. With the classes' place scores (K,) and whether their places are foreign (K,) bool
     (class_findings' place_foreign) a third way: a foreign place whose score is strong in the first way's
-    sense against all the run's place scores."""
+    sense against all the run's place scores. `reference` (K,): the scores the p- and q-values are taken on
+    instead of `scores` (a screened transfer's screening scores, of one fidelity for every class, where
+    `scores` holds the candidates' full ones); the thresholds stay on `scores`."""
     s = np.asarray(scores, np.float64)
-    p = class_p_values(s, seed)
+    p = class_p_values(s if reference is None else np.asarray(reference, np.float64), seed)
     q = benjamini_hochberg(p) if len(s) >= MIN_CLASSES else p.copy()
     strong = (s >= params.flag_threshold) & ~(p * len(s) > 1)  # NaN p (no reference): the score decides
     discovered = (s >= params.min_score) & (q <= params.fdr)
