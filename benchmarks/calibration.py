@@ -57,20 +57,28 @@ def uniformity(p: np.ndarray) -> str:
     return f"{len(p)} classes: p < 0.05 in {np.mean(p < 0.05):.3f}, p < 0.01 in {np.mean(p < 0.01):.3f}; KS p {ks:.2g}"
 
 
-def flags(scores: np.ndarray, update: dict | None, seed: int = 0) -> np.ndarray:
-    """The classes a rule of RULES flags among one run's class scores."""
+def flags(scores: np.ndarray, update: dict | None, seed: int = 0, reference: np.ndarray | None = None) -> np.ndarray:
+    """The classes a rule of RULES flags among one run's class scores (reference: a screened run's screening
+    scores, on which the score stage takes the p-values)."""
     if update is None:
         return scores >= BEFORE
-    return flag_classes(scores, ScoreConfig().model_copy(update=update), seed)[2]
+    return flag_classes(scores, ScoreConfig().model_copy(update=update), seed, reference=reference)[2]
+
+
+def screening(cs: pd.DataFrame) -> np.ndarray | None:
+    """A screened run's screening scores (class_scores.screening_score), else None."""
+    ref = cs["screening_score"].to_numpy(np.float64) if "screening_score" in cs else None
+    return ref if ref is not None and len(ref) and np.isfinite(ref).all() else None
 
 
 def one_run(path: str) -> None:
     cs = Store(path).read_table(layout.CLASS_SCORES.name)
-    s = cs["clever_hans_score"].to_numpy(np.float64)
-    print(f"{path}: {uniformity(flag_classes(s, ScoreConfig())[0])}")
+    s, ref = cs["clever_hans_score"].to_numpy(np.float64), screening(cs)
+    print(f"{path}: {uniformity(flag_classes(s, ScoreConfig(), reference=ref)[0])}"
+          + (" (screened: p-values on the screening scores)" if ref is not None else ""))  # fmt: skip
     print(f"scores: median {np.median(s):.3g}, 90th percentile {np.percentile(s, 90):.3g}, largest {s.max():.3g}")
     for name, update in RULES:
-        print(f"  {name}: {int(flags(s, update).sum())} classes flagged")
+        print(f"  {name}: {int(flags(s, update, reference=ref).sum())} classes flagged")
 
 
 def main() -> None:
@@ -98,7 +106,7 @@ def main() -> None:
     for name, update in RULES:
         flagged = pd.concat(
             [
-                g.assign(f=flags(g["clever_hans_score"].to_numpy(), update, seed))
+                g.assign(f=flags(g["clever_hans_score"].to_numpy(), update, seed, screening(g)))
                 for (_, seed), g in df.groupby(["scenario", "seed"], sort=False)
             ]  # fmt: skip
         )

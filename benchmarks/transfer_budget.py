@@ -16,7 +16,7 @@ flagged, the median AUROC, and the flags in other classes per run of every scena
 
     python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 1/1 --smooth 0 0.75 --confirm 0 32
     python benchmarks/transfer_budget.py --spec fashion-mnist --draws 2 --budgets 16/4 2/1 1/1 --smooth 0 0.75
-    python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 1/1 --candidates 1 2 --cache C
+    python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 --candidates 1 2 --null mixed screen
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def evaluate(
     confirm: int = 0,
     cols=None,
     candidates: int = 0,
-    screen_passes: int = 0,
+    null: str = "mixed",
 ) -> dict:
     """Class scores, flags and the target's per-sample AUROC for one set of per-class (t, g); `smooth`:
     the class score on the transfers spread over the class graph with this weight (0: as the score
@@ -102,9 +102,11 @@ def evaluate(
     scored on those: (mean of the confirmed group members - mean of the confirmed rest) / max(their sd,
     min_spread) x separation; every confirmed sample keeps its confirmed transfer. `candidates` K > 0: the
     transfers screen; the K classes with the best screening scores are probed in full (every member on every
-    host: their scores, flags and per-sample scores are the full budget's), the others keep their screening
-    scores. Adds the forward passes a sample that took beyond the screening's (the full probe reuses a
-    sample's screening hosts; the self-confidence comes from the attribute stage)."""
+    host: their scores and per-sample scores are the full budget's), the others keep their screening scores;
+    `null`: the flags' p-values on those scores ("mixed") or on every class's screening score ("screen",
+    flag_classes' reference, as the transfer stage's `transfer.candidates` does). Adds the forward passes a
+    sample that took beyond the screening's (as the stage does it: a candidate's members again on every host;
+    the self-confidence comes from the attribute stage)."""
     p = cfg.score
 
     def scored(d: dict, t: np.ndarray):
@@ -119,7 +121,7 @@ def evaluate(
             E, G = cols[c]  # every host, as the full budget's row scores it
             t = np.maximum(*budget_transfers(E, G, E.shape[1], G.shape[1], np.random.default_rng([cfg.seed, c, 1])))
             best = scored(d, t)
-            passes += len(t) * (E.shape[1] + G.shape[1] - screen_passes)
+            passes += len(t) * (E.shape[1] + G.shape[1])
         scores[c] = best.score
         n_all += len(t)
         if confirm and best.group.any():
@@ -141,7 +143,8 @@ def evaluate(
             target_scores = spread(d["W"], rel, p.smoothing)
     ids = sorted(scores, key=lambda c: -scores[c])
     s = np.array([scores[c] for c in ids])
-    _, _, flags = flag_classes(s, p, cfg.seed)
+    reference = np.array([screened[c].score for c in ids]) if null == "screen" and candidates else None
+    _, _, flags = flag_classes(s, p, cfg.seed, reference=reference)
     at = ids.index(target)
     others = np.arange(len(ids)) != at
     return {
@@ -177,6 +180,9 @@ def main() -> None:
         default=[0],
         help="also probe the K classes with the best screening scores in full (every member on every host)",
     )
+    ap.add_argument("--null", nargs="+", choices=["mixed", "screen"], default=["screen"],
+                    help="with --candidates: the flags' p-values on the scores as ranked (mixed), or on every "
+                    "class's screening score (screen, as the stage)")  # fmt: skip
     ap.add_argument("--raw", action="store_true", help="keep the hosts' effects (the stage before it removed them)")
     ap.add_argument("--smooth", nargs="+", type=float, default=[0.0],
                     help="class scores also on transfers spread over the class graph with these weights")  # fmt: skip
@@ -221,11 +227,13 @@ def main() -> None:
                     rng = np.random.default_rng([cfg.seed, c, 1] if d == 0 else [cfg.seed, c, 1, d])
                     t_g[c] = budget_transfers(*cols[c], k, kg, rng, not args.raw)
                 for sm in args.smooth:
-                    for m, kc in [(m, 0) for m in args.confirm] + [(0, kc) for kc in args.candidates if kc]:
+                    runs = [(m, 0, "mixed") for m in args.confirm]
+                    runs += [(0, kc, nu) for kc in args.candidates if kc for nu in args.null]
+                    for m, kc, nu in runs:
                         if k >= cfg.transfer.hosts and (m or kc):
                             continue
-                        r = evaluate(classes, cfg, target, truth, t_g, sm, m, cols, kc, k + kg)
-                        name = f"{b} s{sm:g}" + (f" c{m}" if m else "") + (f" K{kc}" if kc else "")
+                        r = evaluate(classes, cfg, target, truth, t_g, sm, m, cols, kc, nu)
+                        name = f"{b} s{sm:g}" + (f" c{m}" if m else "") + (f" K{kc} {nu}" if kc else "")
                         passes = k + kg + r.pop("confirm_passes")
                         out.append({"scenario": sc.name, "seed": seed, "control": sc.control, "flip": flip,
                                     "budget": name, "draw": d, "passes": passes} | r)  # fmt: skip
@@ -242,10 +250,12 @@ def main() -> None:
     summary = followed.groupby("budget", sort=False).agg(
         passes=("passes", "mean"), runs=("rank", "size"), first=("rank", lambda r: (r == 1).mean()),
         top2=("rank", lambda r: (r <= 2).mean()), flagged=("flagged", "mean"), auroc=("auroc", "median"),
+        top_other=("top_other", "median"),
     )  # fmt: skip
     alarms = df.groupby("budget", sort=False)["other_flags"].agg(["sum", "size"])
     summary["false_flags_per_run"] = alarms["sum"] / alarms["size"]
-    print("\nfollowed runs (flip rate >= 0.2; runs x draws), and flags in other classes per run of every scenario:")
+    print("\nfollowed runs (flip rate >= 0.2; runs x draws; top_other: the median highest score of another class),"
+          " and flags in other classes per run of every scenario:")  # fmt: skip
     print(summary.round(3).to_string())
 
 

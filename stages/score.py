@@ -5,7 +5,8 @@ Reads the transfer stage's per-class transfers (no model: rerunning this stage w
 settings costs seconds) and the cluster stage's clusterings. Writes class_scores (one row per
 analysed class, ranked, with p- and q-values against the run's own classes and the flag) and
 sample_scores (one row per analysed sample: its score, whether it stands out and is flagged, its
-transfers and label-issue columns).
+transfers and label-issue columns). In a screened run (transfer.candidates) the p-values are taken on
+every class's screening score (class_scores.screening_score), the thresholds on its class score.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pandas as pd
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
-from unhans.pipeline.method.probes import stored_place, stored_transfers
-from unhans.pipeline.method.statistics import class_clusters, class_findings, flag_classes
+from unhans.pipeline.method.probes import stored_place, stored_screening, stored_transfers
+from unhans.pipeline.method.statistics import class_clusters, class_findings, flag_classes, transfer_score
 
 ScoreItem = tuple[int, str, str]
 
@@ -33,6 +34,10 @@ def score_one(cfg, url: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
         members, W, labels, ks, n_clusters, lam, stored_transfers(store, c), predicted, c, cfg.score,
         stored_place(store, c),
     )  # fmt: skip
+    screening = stored_screening(store, c)
+    row["screening_score"] = (
+        float("nan") if screening is None else transfer_score(W, labels, list(ks), screening, cfg.score).score
+    )
     return {"class_id": c, "class_key": key, "class_name": name} | row, samples
 
 
@@ -48,11 +53,15 @@ def run(ctx: Context) -> dict:
     )
     class_scores.insert(0, "rank", np.arange(1, len(class_scores) + 1))
     scores, place = class_scores["clever_hans_score"].to_numpy(), class_scores["place_score"].to_numpy()
-    p, q, flagged = flag_classes(scores, ctx.cfg.score, ctx.cfg.seed, place, class_scores["place_foreign"].to_numpy())
+    screening = class_scores.pop("screening_score").to_numpy()
+    reference = screening if np.isfinite(screening).all() and len(screening) else None  # a screened run
+    foreign = class_scores["place_foreign"].to_numpy()
+    p, q, flagged = flag_classes(scores, ctx.cfg.score, ctx.cfg.seed, place, foreign, reference)
     at = class_scores.columns.get_loc("clever_hans_score") + 1
     class_scores.insert(at, "p_value", p)
     class_scores.insert(at + 1, "q_value", q)
     class_scores.insert(at + 2, "is_clever_hans", flagged)
+    class_scores.insert(at + 3, "screening_score", screening)
     sample_scores = pd.concat([s for _, s in results], ignore_index=True).sort_values("index", kind="stable")
     flagged_ids = class_scores.loc[class_scores["is_clever_hans"], "class_id"].to_numpy()
     at = sample_scores.columns.get_loc("clever_hans_score") + 1

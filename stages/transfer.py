@@ -9,6 +9,13 @@ classes/<c>/transfer (the larger transfer, what the score stage scores), the las
 stage fingerprint after its data, so a killed run resumes by class. These forward passes are
 the expensive part of scoring; the score stage that reads them is statistics only, so its settings
 can be changed and rerun without the model.
+
+Screened run (`transfer.candidates` K > 0 with fewer probes than hosts): the above at the configured
+probes is the screening of every class (its max(t, g) kept in classes/<c>/transfer_screen); each
+class is scored on it with the score stage's statistics (so the `score` section enters this stage's
+fingerprint), and the K classes with the highest scores have every member probed again on every host
+(classes/<c>/transfer then holds the full probe, `in_full`), the others keep their screening transfers.
+The score stage takes the flags' p-values on every class's screening score, one fidelity for all.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.models import model_for_run, model_spec
 from unhans.pipeline.method.probes import class_place, class_transfer, host_pool
-from unhans.pipeline.method.statistics import combined
+from unhans.pipeline.method.statistics import class_clusters, combined, transfer_score
 
 _CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
 
@@ -39,8 +46,10 @@ def _model_and_data(cfg, url: str):
     return _CACHE[key]
 
 
-def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> int:
-    """One class (id, host sample indices): its members' transfers, stored; returns the member count."""
+def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> dict:
+    """One class (id, host sample indices): its members' transfers at the configured probes and its place
+    probe, stored (screened: classes/<c>/transfer_screen last, else classes/<c>/transfer); returns its member
+    count and forward passes."""
     c, hosts = item
     store = Store(url)
     samples = store.read_table(layout.SAMPLES.name)
@@ -52,19 +61,84 @@ def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) 
     store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
     store.write_array(layout.PLACE(c=c), place.transfers, {"groups": place.groups})
     store.write_array(layout.PLACE_REACH(c=c), place.reach, {"group": place.reach_group, "cells": place.reach_cells})
-    store.write_array(layout.TRANSFER(c=c), combined(t, g), {"fingerprint": fingerprint})  # last: marks done
-    return len(members)
+    last = layout.TRANSFER_SCREEN if screened(cfg) else layout.TRANSFER
+    store.write_array(last(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": False})  # last: marks done
+    probed = int(np.isfinite(place.transfers).sum() + np.isfinite(place.reach).sum()) + (1 if place.groups else 0)
+    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), False) + len(hosts) * probed}
 
 
-@stage("transfer", sections=["transfer"], inputs=["cluster", "attribute"])
+def full_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> dict:
+    """One candidate class of a screened run: every member probed on every host, stored over its screening
+    transfers (classes/<c>/transfer_screen stays); returns its member count and forward passes."""
+    c, hosts = item
+    store = Store(url)
+    samples = store.read_table(layout.SAMPLES.name)
+    members = store.read(layout.MEMBERS(c=c))
+    model, ds, normalise = _model_and_data(cfg, url)
+    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, full=True)
+    store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
+    store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
+    store.write_array(layout.TRANSFER(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": True})
+    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), True)}
+
+
+def _passes(cfg, n: int, m: int, full: bool) -> int:
+    """Forward passes of a class's evidence and global probes: n members, m hosts (and the hosts' own)."""
+    tcfg, n_global = cfg.transfer, min(cfg.transfer.global_hosts, m)
+    if not m:
+        return 0
+    per = (m + n_global) if full else min(tcfg.probes, m) + min(tcfg.global_probes, n_global)
+    return n * per + m
+
+
+def screened(cfg) -> bool:
+    """Whether the run screens: candidates set and fewer probes than hosts (else every class is probed as
+    configured and none again)."""
+    t = cfg.transfer
+    return t.candidates > 0 and (t.probes < t.hosts or t.global_probes < min(t.global_hosts, t.hosts))
+
+
+def screening_score(cfg, url: str, c: int) -> float:
+    """Class c's class score on its screening transfers (the score stage's statistics, cfg.score)."""
+    store = Store(url)
+    _, W, labels, ks, _ = class_clusters(store, c)
+    return transfer_score(W, labels, list(ks), store.read(layout.TRANSFER_SCREEN(c=c)), cfg.score).score
+
+
+def candidates(cfg, scores: dict[int, float]) -> list[int]:
+    """The `transfer.candidates` classes with the highest screening scores (ties: the lower class id)."""
+    return sorted(scores, key=lambda c: (-scores[c], c))[: cfg.transfer.candidates]
+
+
+@stage(
+    "transfer", sections=["transfer", "score"], inputs=["cluster", "attribute"],
+    reads_when={"score": screened},  # a screened run chooses its candidates with the score stage's statistics
+)  # fmt: skip
 def run(ctx: Context) -> dict:
     """Model probes: evidence and global transfer per sample; place probe per group, and along a confirmed place."""
     ids = list(ctx.store.group["classes"].attrs["ids"])
-    done = ctx.finished_classes(ids, layout.TRANSFER)
+    screen = screened(ctx.cfg)
+    done = ctx.finished_classes(ids, layout.TRANSFER_SCREEN if screen else layout.TRANSFER)
     hosts = host_pool(ctx.cfg, ctx.store, ids)
     for c in ids:
         if not len(hosts[c]):
             ctx.warn(f"class {c} has no image of another class to paste its evidence into: its transfer is 0")
     todo = [(c, hosts[c]) for c in ids if c not in done]
-    sizes = ctx.tasks.map(transfer_one, todo, "transfer", ctx.cfg, ctx.url, ctx.fingerprint)
-    return {"classes": len(ids), "samples": int(sum(sizes)), "classes_resumed": len(done)}
+    parts = ctx.tasks.map(transfer_one, todo, "transfer", ctx.cfg, ctx.url, ctx.fingerprint)
+    counts = {"classes": len(ids), "samples": sum(p["samples"] for p in parts), "classes_resumed": len(done)}
+    passes = sum(p["passes"] for p in parts)
+    if screen:
+        scores = dict(zip(ids, ctx.tasks.map(screening_score, ids, "screening", ctx.cfg, ctx.url), strict=True))
+        chosen = candidates(ctx.cfg, scores)
+        finished = ctx.finished_classes(chosen, layout.TRANSFER)
+        full = ctx.tasks.map(full_one, [(c, hosts[c]) for c in chosen if c not in finished], "candidates",
+                             ctx.cfg, ctx.url, ctx.fingerprint)  # fmt: skip
+        passes += sum(p["passes"] for p in full)
+        for c in ids:
+            if c not in chosen:  # a screened class is scored on its screening transfers
+                ctx.store.write_array(layout.TRANSFER(c=c), ctx.store.read(layout.TRANSFER_SCREEN(c=c)),
+                                      {"fingerprint": ctx.fingerprint, "in_full": False})  # fmt: skip
+        counts["candidates"] = [int(c) for c in chosen]
+    # the forward passes this run made (resumed classes' not counted), per sample probed
+    counts["passes_per_sample"] = round(passes / counts["samples"], 2) if counts["samples"] else 0.0
+    return counts

@@ -165,9 +165,15 @@ PLACE_REACH = array(
     "all NaN without one (attrs: group, its row in place, -1 without one; cells, the reach's flat indices into "
     "the relevance map)",
 )  # fmt: skip
+TRANSFER_SCREEN = array(
+    "classes/{c}/transfer_screen", "transfer", "(n,)", "float64", NAN,
+    "with transfer.candidates: max(t, g) at the screening's probes, every class's; the candidates are chosen "
+    "by their class scores on it, and every class's p-value is taken on them (attrs: fingerprint)",
+)  # fmt: skip
 TRANSFER = array(
     "classes/{c}/transfer", "transfer", "(n,)", "float64", NAN,
-    "max(t, g), what the class is scored on; written last (attrs: fingerprint): resume by class",
+    "max(t, g), what the class is scored on; written last (attrs: fingerprint, in_full: a candidate probed on "
+    "every host): resume by class",
 )  # fmt: skip
 
 # ---- score -----------------------------------------------------------------------------------------
@@ -175,8 +181,8 @@ CLASS_SCORES = table(
     "class_scores", "score",
     "rank, class_id, class_key, class_name, n_samples, n_clusters, eigengap, group_k, group_cluster, group_size, "
     "group_fraction, conductance, group_transfer, group_probe, rest_transfer, clever_hans_score, p_value, q_value, "
-    "is_clever_hans, place_score, place_group_size, place_cells, place_group_transfer, place_rest_transfer, "
-    "sample_probe, label_issue_fraction",
+    "is_clever_hans, screening_score, place_score, place_group_size, place_cells, place_group_transfer, "
+    "place_rest_transfer, place_usage, place_foreign, sample_probe, label_issue_fraction",
     "one row per analysed class, ranked by clever_hans_score (docs/methods.md)",
 )  # fmt: skip
 SAMPLE_SCORES = table(

@@ -22,10 +22,11 @@ re-audit below says whether the shortcut is gone.
 Re-audit, for any dataset (no known artifact needed): the Clever Hans score of each flagged class
 (and each --class-id) recomputed under each model. The run's evidence (each member's top relevance
 cells under the original model: where it looked) is pasted into the same hosts as in the transfer stage,
-the transfer is measured with the model under test, and the class is scored over the same clusters
-(pipeline/method/statistics.py, score_class). Under the original model this reproduces the score stage's
-score; a model that no longer follows the shortcut gives the group no excess transfer. The attribution is
-not recomputed under the new models (that would be a new audit: `unhans audit` with the new weights).
+the transfer is measured with the model under test (a screened run's candidate class again on every
+host), and the class is scored over the same clusters (pipeline/method/statistics.py, transfer_score).
+Under the original model this reproduces the score stage's score; a model that no longer follows the
+shortcut gives the group no excess transfer. The attribution is not recomputed under the new models
+(that would be a new audit: `unhans audit` with the new weights).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from unhans.pipeline.data.artifacts import PoisonConfig
 from unhans.pipeline.data.models import model_for_run, model_spec, trained_by_run
 from unhans.pipeline.harness.pclarc import apply_pclarc, fit_pclarc
 from unhans.pipeline.harness.validate import flips, held_out, labelled_batches, load_spec, scenario_config
-from unhans.pipeline.method.probes import class_transfer, host_pool
-from unhans.pipeline.method.statistics import class_clusters, combined, score_class
+from unhans.pipeline.method.probes import class_transfer, host_pool, probed_in_full
+from unhans.pipeline.method.statistics import class_clusters, combined, transfer_score
 from unhans.pipeline.method.training import fit
 from unhans.stages import Config, load_config, runner
 
@@ -117,8 +118,9 @@ def reaudit(cfg: Config, store, model: nn.Module, class_ids: list[int], device) 
     out = {}
     for c in class_ids:
         members, W, labels, ks, _ = class_clusters(store, c)
-        t = combined(*class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts[c]))
-        out[c] = score_class(W, labels, ks, t, cfg.score).score
+        full = probed_in_full(store, c)  # as the audit probed it: a screened run's candidate on every host
+        t = combined(*class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts[c], full))
+        out[c] = transfer_score(W, labels, ks, t, cfg.score).score
     return out
 
 

@@ -58,6 +58,13 @@ class TransferConfig(Section):
     global_probes: int = Field(
         4, ge=0, description="of those, how many each sample's mean and spread are imposed on (at most global_hosts)"
     )
+    candidates: int = Field(
+        0,
+        ge=0,
+        description="with fewer probes than hosts: the classes with the highest class scores on those probes (a "
+        "screening of every class) whose members are then probed on every host and global host, the others "
+        "keeping their screening transfers (0: none, every class stays at its probes)",
+    )
     place_groups: int = Field(
         3, ge=0, description="a class's groups whose evidence has a place of its own that are probed (0: none)"
     )
@@ -188,21 +195,20 @@ def images(ds, samples: pd.DataFrame, idx: np.ndarray, decode_threads: int = 0) 
 
 
 def class_transfer(
-    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
+    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray, full: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class c's members' transfers (t, g) under `model`: each member's evidence, from its stored relevance
     map, pasted into `transfer.probes` of the hosts; its global look imposed on `transfer.global_probes`
-    of the first `transfer.global_hosts` hosts. The hosts each member gets are drawn from (run seed,
-    class), not from the model: the same for the audited and a retrained model. Memory is independent
-    of the class size."""
+    of the first `transfer.global_hosts` hosts (full: every member on every host and global host, a
+    screened run's candidate class). The hosts each member gets are drawn from (run seed, class), not from
+    the model: the same for the audited and a retrained model. Memory is independent of the class size."""
     tcfg, threads = cfg.transfer, cfg.compute.decode_threads
     host_images = images(ds, samples, hosts, threads) if len(hosts) else None
     n_global = min(tcfg.global_hosts, len(hosts))
+    probes, global_probes = (len(hosts), n_global) if full else (tcfg.probes, tcfg.global_probes)
     rng = np.random.default_rng([cfg.seed, c, 1])
-    assign = host_assignment(len(members), len(hosts), tcfg.probes, rng) if len(hosts) else None
-    assign_g = (
-        host_assignment(len(members), n_global, tcfg.global_probes, rng) if n_global and tcfg.global_probes else None
-    )
+    assign = host_assignment(len(members), len(hosts), probes, rng) if len(hosts) else None
+    assign_g = host_assignment(len(members), n_global, global_probes, rng) if n_global and global_probes else None
     # once per class, for both probes
     base = host_probability(model, normalise, host_images, c) if host_images is not None else None
     # with fewer probes than hosts each sample's probes are kept per host until the hosts' effects are known
@@ -371,6 +377,22 @@ def stored_transfers(store, c: int) -> Transfers:
     members = store.read(layout.MEMBERS(c=c))
     p = store.array(layout.LABEL_PROBABILITY()).get_orthogonal_selection((members,))
     return Transfers(t, g, np.asarray(p, np.float64))
+
+
+def stored_screening(store, c: int) -> np.ndarray | None:
+    """Class c's screening transfers (n,) where the transfer stage screened this run (transfer.candidates:
+    classes/<c>/transfer_screen written by the run that wrote classes/<c>/transfer), else None."""
+    at = layout.TRANSFER_SCREEN(c=c)
+    if not store.has_array(at):
+        return None
+    screen, attrs = store.read_with_attrs(at)
+    final = store.array(layout.TRANSFER(c=c)).attrs.get("fingerprint")
+    return screen.astype(np.float64) if attrs.get("fingerprint") == final else None
+
+
+def probed_in_full(store, c: int) -> bool:
+    """Whether class c was a screened run's candidate (every member probed on every host)."""
+    return bool(store.array(layout.TRANSFER(c=c)).attrs.get("in_full", False))
 
 
 def stored_place(store, c: int) -> PlaceProbe:

@@ -102,6 +102,9 @@ COLUMNS = [
      "evidence's transfer", True),
     ("p_value", "p", "chance that a class without a shortcut scores this high, judged by the run's other classes; "
      "shown only where the score is high enough for it to decide", True),
+    ("screening_score", "screening score", "in a screened run (transfer.candidates): the class's score on the few "
+     "probes every class got, on which the p- and q-values are taken; the classes that scored highest were then "
+     "probed on every host (their score is that probe's); empty where the run did not screen", True),
 ]  # fmt: skip
 MEANINGFUL_ABOVE_THRESHOLD = ("p_value", "q_value")
 

@@ -175,10 +175,81 @@ def test_the_transfer_stage_costs_probes_plus_global_probes_forward_passes_a_sam
 
     monkeypatch.setattr(stage, "_model_and_data", wrapped)
     monkeypatch.setattr(torch.nn.Module, "__call__", counting)
-    r.run("transfer")
+    rec = r.run("transfer")
     n = sum(len(r.store.array(f"classes/{c}/members")[:]) for c in range(10))
     places = [r.store.array(f"classes/{c}/place")[:] for c in range(10)]
-    place_passes = sum((16 if len(p) else 0) + 16 * int(np.isfinite(p).sum()) for p in places)
+    reach = sum(int(np.isfinite(r.store.array(f"classes/{c}/place_reach")[:]).sum()) for c in range(10))
+    place_passes = sum((16 if len(p) else 0) + 16 * int(np.isfinite(p).sum()) for p in places) + 16 * reach
     assert sum(seen) == n * (2 + 1) + 10 * 16 + place_passes
+    assert rec["counts"]["passes_per_sample"] == round(sum(seen) / n, 2)
     ev = np.concatenate([r.store.array(f"classes/{c}/transfer_evidence")[:] for c in range(10)])
     assert np.isfinite(ev).all() and (ev != 0).any()
+
+
+def test_a_screened_run_probes_its_candidates_on_every_host_and_takes_p_values_on_the_screening(tmp_path, monkeypatch):
+    """transfer.candidates = 2 with 2 + 1 probes a sample: every class is screened at those probes, the two
+    classes with the highest class scores on the screening are probed on every host (their transfers are
+    those of a run at the full budget, same hosts), the others keep the screening's (those of a run at 2 + 1
+    without candidates); p-values are taken on every class's screening score, and the choice depends on the
+    score settings, so they enter the transfer stage's fingerprint only in a screened run. A run killed in
+    the candidates' probes resumes to the same store."""
+    import torch
+
+    import unhans.stages.transfer as stage
+    from unhans.pipeline.method.statistics import flag_classes
+
+    def at(*extra):
+        return make_runner(tmp_path, overrides=SMALL + list(extra))
+
+    def transfers(r):
+        return {c: r.store.array(f"classes/{c}/transfer")[:] for c in range(10)}
+
+    budget = ["transfer.probes=2", "transfer.global_probes=1"]
+    cheap = at(*budget)
+    cheap.run_all(until="score")
+    screening, cheap_scores = transfers(cheap), cheap.store.read_table("class_scores").set_index("class_id")
+    full = at()
+    full.run("transfer")
+    everywhere = transfers(full)
+    r = at(*budget, "transfer.candidates=2")
+    assert r.state("transfer") == "stale"
+    real = stage.class_transfer
+
+    def dying(*args, **kw):  # killed in the first candidate's full probe, after every class's screening
+        if kw.get("full"):
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(stage, "class_transfer", dying)
+    with pytest.raises(KeyboardInterrupt):
+        r.run("transfer")
+    assert r.state("transfer") == "partial"
+    monkeypatch.setattr(stage, "class_transfer", real)
+    rec = r.run("transfer")  # resumed: the screening kept, the candidates probed, as uninterrupted (below)
+    assert rec["counts"]["classes_resumed"] == 10
+    r.run("score")
+    chosen = rec["counts"]["candidates"]
+    assert chosen == list(cheap_scores["clever_hans_score"].sort_values(ascending=False, kind="stable").index[:2])
+    got = transfers(r)
+    for c in range(10):
+        want = everywhere[c] if c in chosen else screening[c]
+        assert np.array_equal(got[c], want), c
+        assert r.store.array(f"classes/{c}/transfer").attrs["in_full"] == (c in chosen)
+    scores = r.store.read_table("class_scores")
+    assert np.allclose(scores["screening_score"], cheap_scores.loc[scores["class_id"], "clever_hans_score"])
+    rest = ~scores["class_id"].isin(chosen)
+    assert np.allclose(scores.loc[rest, "screening_score"], scores.loc[rest, "clever_hans_score"])
+    p, _, _ = flag_classes(scores["clever_hans_score"], r.cfg.score, r.cfg.seed, reference=scores["screening_score"])
+    assert np.allclose(scores["p_value"], p)
+    # verify's re-audit under the audited model probes a candidate as the audit did: the stage's class score
+    from unhans.pipeline.data.models import model_for_run
+    from unhans.pipeline.harness.verify import reaudit
+
+    other = int(scores.loc[rest, "class_id"].iloc[0])
+    again = reaudit(r.cfg, r.store, model_for_run(r.cfg, r.store, 10, 1), [chosen[0], other], torch.device("cpu"))
+    for c, v in again.items():
+        assert v == pytest.approx(scores.set_index("class_id").at[c, "clever_hans_score"], rel=1e-6, abs=1e-9), c
+    other_score = at(*budget, "transfer.candidates=2", "score.min_spread=0.5")
+    assert other_score.fingerprint("transfer") != r.fingerprint("transfer")
+    assert at(*budget, "score.min_spread=0.5").fingerprint("transfer") == cheap.fingerprint("transfer")
+    assert cheap_scores["screening_score"].isna().all()  # not screened: no screening score
