@@ -25,8 +25,12 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
     distances  K a_d n^b_d / C                               per-class fits t(n) = a n^b over the
     cluster    K a_c n^b_c / C                               three Fashion-MNIST sizes (32 x 32 maps
                                                              at both scales, so they carry over)
-    transfer   N h F_fwd / R  +  ((N + h K) t_dec + K a_t n^b_t) / C      h = 20 forward passes per sample
-                                                             (16 evidence hosts, 4 global)
+    transfer   N (h + h_p) F_fwd / R  +  ((N + m K) t_dec + K a_t n^b_t) / C
+                   h: forward passes per sample of the evidence and global probes, configs/imagenet.yaml's
+                   (a screening of 2 + 1 probes, then the 10 candidate classes on all 16 + 4 hosts:
+                   2 + 1 + 10 / K x 20 = 3.2); h_p: the place probe's bound per sample, place_groups x 2
+                   place_donors x hosts x K / N (2.4; a confirmed place's reach adds hosts per member of its
+                   class, not counted); m = 16 hosts a class, decoded once
     score      K a_s n^b_s / C                               statistics on the stored transfers
     report     (N t_dec + K a_r n^b_r) / C
     index      N (t_probe + t_idx)            in the driver, one core
@@ -46,6 +50,7 @@ N t_lrp / C and N h F_fwd / R by N h t_fwd / C (measured CPU seconds per image a
     python benchmarks/costs.py --quick               # tiny sizes: a smoke run (~1 min)
     python benchmarks/costs.py --only lrp --json /tmp/lrp.json
     python benchmarks/costs.py --only stages --load /tmp/lrp.json --gpu-tflops 100
+    python benchmarks/costs.py --only model --load /tmp/all.json      # the cost model again, no measuring
 """
 
 from __future__ import annotations
@@ -72,8 +77,8 @@ from unhans.pipeline.data.folder import FolderDataset, imagenet_classes, probe  
 from unhans.pipeline.data.models import MODELS  # noqa: E402
 from unhans.pipeline.data.photos import natural_photos  # noqa: E402
 from unhans.pipeline.method.attribution import LRP, sum_pool  # noqa: E402
-from unhans.pipeline.method.probes import TransferConfig  # noqa: E402
 from unhans.stages import load_config, runner  # noqa: E402
+from unhans.stages.transfer import screened  # noqa: E402
 
 IMAGENET_N, IMAGENET_K = 1_281_167, 1000
 ARCHS = ("vgg16", "resnet50")
@@ -417,8 +422,21 @@ def print_decode(d: dict) -> None:
 # ----------------------------------------------------------------------------- cost model
 
 
+def transfer_passes(cfg, classes: int) -> float:
+    """Forward passes per sample of the evidence and global probes under cfg, classes of equal size: the
+    probes, and in a screened run (transfer.candidates) the candidates' share of the samples again on every
+    host and global host (stages/transfer.py)."""
+    tr = cfg.transfer
+    h = float(tr.probes + tr.global_probes)
+    return h + min(tr.candidates, classes) / classes * (tr.hosts + tr.global_hosts) if screened(cfg) else h
+
+
 def cost_model(m: dict, args) -> None:
-    N, K, G, C, h = args.imagenet_n, args.imagenet_k, args.gpus, args.cores_per_gpu, args.hosts
+    N, K, G, C = args.imagenet_n, args.imagenet_k, args.gpus, args.cores_per_gpu
+    cfg = load_config("imagenet")
+    tr = cfg.transfer
+    h = args.passes if args.passes is not None else transfer_passes(cfg, K)
+    h_p = tr.place_groups * 2 * tr.place_donors * tr.hosts * K / N  # the place probe's bound
     n = N / K
     R = args.gpu_tflops * 1e12
     st, dec = m["stages"], m["decode"]
@@ -451,16 +469,18 @@ def cost_model(m: dict, args) -> None:
     for r in m["lrp"]:
         arch = r["arch"]
         if gpu_measured:
-            g_att, g_transfer = N * r["lrp_wall_s"], N * h * r["fwd_wall_s"]
+            g_att, g_transfer = N * r["lrp_wall_s"], N * (h + h_p) * r["fwd_wall_s"]
         else:
-            g_att, g_transfer = N * r["lrp_flops"] / R, N * h * r["fwd_flops"] / R
+            g_att, g_transfer = N * r["lrp_flops"] / R, N * (h + h_p) * r["fwd_flops"] / R
         # CPU only: core-seconds (not known when the lrp part ran on a GPU)
-        c_att, c_transfer = (N * r["lrp_cpu_s"], N * h * r["fwd_cpu_s"]) if not gpu_measured else (np.nan, np.nan)
+        c_att, c_transfer = (
+            (N * r["lrp_cpu_s"], N * (h + h_p) * r["fwd_cpu_s"]) if not gpu_measured else (np.nan, np.nan)
+        )
         cpu = {
             "attribute": N * (t_dec + per_sample["attribute"]),
             "distances": K * t_class["distances"],
             "cluster": K * t_class["cluster"],
-            "transfer": (N + h * K) * t_dec + K * t_class["transfer"],
+            "transfer": (N + tr.hosts * K) * t_dec + K * t_class["transfer"],
             "score": K * t_class["score"],
             "report": N * t_dec + K * t_class["report"],
         }
@@ -478,8 +498,9 @@ def cost_model(m: dict, args) -> None:
             rows.append((s, f"K x {a:.3g} n^{b:.2f} s / C", cpu[s] / C, cpu[s] / C / G, cpu[s] / C, cpu[s] / C / G))
         one = g_transfer + cpu["transfer"] / C
         cpu_only = (c_transfer + cpu["transfer"]) / C
-        rows.append(("transfer", f"N x {h} x {r['fwd_flops'] / 1e9:.1f} GFLOP / R + ((N + {h}K) x decode + "
-                     f"K x {t_class['transfer']:.2f} s) / C; CPU only: N x {h} x {r['fwd_cpu_s']:.3f} s / C",
+        hh = f"({h:.2f} + {h_p:.2f})"
+        rows.append(("transfer", f"N x {hh} x {r['fwd_flops'] / 1e9:.1f} GFLOP / R + ((N + {tr.hosts}K) x decode + "
+                     f"K x {t_class['transfer']:.2f} s) / C; CPU only: N x {hh} x {r['fwd_cpu_s']:.3f} s / C",
                      one, one / G, cpu_only, cpu_only / G))  # fmt: skip
         rows.append(("score", f"K x {t_class['score']:.2f} s / C", cpu["score"] / C, cpu["score"] / C / G,
                      cpu["score"] / C, cpu["score"] / C / G))  # fmt: skip
@@ -496,11 +517,14 @@ def cost_model(m: dict, args) -> None:
             print(f"| {name} | {what} | " + " | ".join(hours(t) for t in ts) + " |")
         tot = [sum(row[i] for row in rows) for i in range(2, 6)]
         print("| **total** | | " + " | ".join(f"**{hours(t)}**" for t in tot) + " |")
+        print(f"\nTransfer on 1 GPU: {hours(g_transfer)} of forward passes on the GPU, {hours(cpu['transfer'] / C)} "
+              f"on the CPU (decoding {hours((N + tr.hosts * K) * t_dec / C)}, the per-class term "
+              f"{hours(K * t_class['transfer'] / C)}).")  # fmt: skip
         ips_att = 1 / r["lrp_wall_s"] if gpu_measured else R / r["lrp_flops"]
-        ips_transfer = 1 / (h * r["fwd_wall_s"]) if gpu_measured else R / (h * r["fwd_flops"])
+        ips_transfer = 1 / ((h + h_p) * r["fwd_wall_s"]) if gpu_measured else R / ((h + h_p) * r["fwd_flops"])
         print(f"\nDecoding to keep one GPU busy: attribute {ips_att:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
               f"{ips_att * t_dec:.1f} cores; transfer {ips_transfer:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
-              f"{ips_transfer * t_dec:.1f} cores (donors; {h} hosts per class are decoded once).\n")  # fmt: skip
+              f"{ips_transfer * t_dec:.1f} cores (donors; {tr.hosts} hosts per class are decoded once).\n")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- main
@@ -508,7 +532,8 @@ def cost_model(m: dict, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["lrp", "stages", "decode"], help="run one part (the model needs all three)")
+    ap.add_argument("--only", choices=["lrp", "stages", "decode", "model"],
+                    help="run one part (the model needs all three; model: none, the cost model of --load)")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     ap.add_argument("--json", help="write the measurements to this file")
     ap.add_argument("--load", help="measurements of parts not run now, from an earlier --json")
@@ -534,10 +559,10 @@ def main() -> None:
                          "training sustains there, less for zennit's hooks)")  # fmt: skip
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--cores-per-gpu", type=int, default=8)
-    tr = TransferConfig()
-    ap.add_argument("--hosts", type=int, default=tr.probes + tr.global_probes,
-                    help="forward passes per sample in the transfer stage (default: transfer.probes + "
-                         "transfer.global_probes; the self-confidence comes from the attribute stage)")  # fmt: skip
+    ap.add_argument("--passes", type=float, default=None,
+                    help="forward passes per sample of the transfer stage's evidence and global probes (default: "
+                         "configs/imagenet.yaml's, transfer_passes; the self-confidence comes from the attribute "
+                         "stage, the place probe is added)")  # fmt: skip
     ap.add_argument("--imagenet-n", type=int, default=IMAGENET_N)
     ap.add_argument("--imagenet-k", type=int, default=IMAGENET_K)
     args = ap.parse_args()
