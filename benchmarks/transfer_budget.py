@@ -12,7 +12,9 @@ also scores each class on its transfers spread over the class graph with weight 
 Prints per scenario, over its runs and draws: the target's rank, its score and the highest other class's
 score, whether it is flagged, flags in other classes, and the target's per-sample AUROC; then, over the runs
 whose model follows the artifact (flip rate >= 0.2), the share ranked first and in the top two, the share
-flagged, the median AUROC, and the flags in other classes per run of every scenario.
+flagged, the median AUROC, the share whose screening score would be among the 10 best of 1,000 classes
+(projected: 1 + 999 x the share above it of the Gumbel law fitted to the other classes' screening scores,
+the law the p-values assume), and the flags in other classes per run of every scenario.
 
     python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 1/1 --smooth 0 0.75 --confirm 0 32
     python benchmarks/transfer_budget.py --spec fashion-mnist --draws 2 --budgets 16/4 2/1 1/1 --smooth 0 0.75
@@ -44,7 +46,14 @@ from unhans.pipeline.method.probes import (
     transfer,
     without_host_effects,
 )
-from unhans.pipeline.method.statistics import class_clusters, flag_classes, relative_transfer, score_class, spread
+from unhans.pipeline.method.statistics import (
+    class_clusters,
+    flag_classes,
+    gumbel_fits_without_each,
+    relative_transfer,
+    score_class,
+    spread,
+)
 
 
 def per_host(cfg, store, samples, model, normalise, ds, c, members, hosts) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +152,12 @@ def evaluate(
             target_scores = spread(d["W"], rel, p.smoothing)
     ids = sorted(scores, key=lambda c: -scores[c])
     s = np.array([scores[c] for c in ids])
+    # the target among 1,000 classes, projected: its screening score against the Gumbel law fitted to the other
+    # classes' screening scores (as class_p_values fits it), 1 + 999 x the share of that law above it
+    at_screen = list(classes).index(target)
+    mu, beta = gumbel_fits_without_each(np.array([screened[c].score for c in classes]))
+    z = (screened[target].score - mu[at_screen]) / beta[at_screen]
+    rank_1000 = 1 + 999 * -np.expm1(-np.exp(-z))
     reference = np.array([screened[c].score for c in ids]) if null == "screen" and candidates else None
     _, _, flags = flag_classes(s, p, cfg.seed, reference=reference)
     at = ids.index(target)
@@ -155,6 +170,7 @@ def evaluate(
         "other_flags": int(flags[others].sum()),
         "auroc": roc_auc_score(truth, target_scores) if 0 < truth.sum() < len(truth) else np.nan,
         "confirm_passes": passes / max(n_all, 1),
+        "rank_1000": float(rank_1000),
     }
 
 
@@ -250,12 +266,14 @@ def main() -> None:
     summary = followed.groupby("budget", sort=False).agg(
         passes=("passes", "mean"), runs=("rank", "size"), first=("rank", lambda r: (r == 1).mean()),
         top2=("rank", lambda r: (r <= 2).mean()), flagged=("flagged", "mean"), auroc=("auroc", "median"),
-        top_other=("top_other", "median"),
+        top_other=("top_other", "median"), top10_of_1000=("rank_1000", lambda r: (r <= 10).mean()),
     )  # fmt: skip
     alarms = df.groupby("budget", sort=False)["other_flags"].agg(["sum", "size"])
     summary["false_flags_per_run"] = alarms["sum"] / alarms["size"]
-    print("\nfollowed runs (flip rate >= 0.2; runs x draws; top_other: the median highest score of another class),"
-          " and flags in other classes per run of every scenario:")  # fmt: skip
+    print("\nfollowed runs (flip rate >= 0.2; runs x draws; top_other: the median highest score of another class;"
+          " top10_of_1000: the share whose screening score would rank in the top 10 of 1,000 classes, projected"
+          " from the Gumbel law of the other classes' screening scores), and flags in other classes per run of"
+          " every scenario:")  # fmt: skip
     print(summary.round(3).to_string())
 
 
