@@ -128,6 +128,10 @@ def run(ctx: Context) -> dict:
     counts = {"classes": len(ids), "samples": sum(p["samples"] for p in parts), "classes_resumed": len(done)}
     passes = sum(p["passes"] for p in parts)
     if screen:
+        if ctx.cfg.transfer.candidates >= len(ids):
+            ctx.warn(f"transfer.candidates ({ctx.cfg.transfer.candidates}) covers all {len(ids)} classes: each is "
+                     "screened and then probed on every host; set transfer.candidates=0 with transfer.probes = "
+                     "transfer.hosts to probe every class in full once")  # fmt: skip
         scores = dict(zip(ids, ctx.tasks.map(screening_score, ids, "screening", ctx.cfg, ctx.url), strict=True))
         chosen = candidates(ctx.cfg, scores)
         finished = ctx.finished_classes(chosen, layout.TRANSFER)
@@ -139,6 +143,7 @@ def run(ctx: Context) -> dict:
                 ctx.store.write_array(layout.TRANSFER(c=c), ctx.store.read(layout.TRANSFER_SCREEN(c=c)),
                                       {"fingerprint": ctx.fingerprint, "in_full": False})  # fmt: skip
         counts["candidates"] = [int(c) for c in chosen]
-    # the forward passes this run made (resumed classes' not counted), per sample probed
-    counts["passes_per_sample"] = round(passes / counts["samples"], 2) if counts["samples"] else 0.0
+    # the forward passes this run made, per analysed sample (a resumed run: those made since it resumed)
+    analysed = sum(ctx.store.array(layout.MEMBERS(c=c)).shape[0] for c in ids)
+    counts["passes_per_sample"] = round(passes / analysed, 2) if analysed else 0.0
     return counts
