@@ -29,8 +29,8 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
                    h: forward passes per sample of the evidence and global probes, configs/imagenet.yaml's
                    (a screening of 2 + 1 probes, then the 10 candidate classes on all 16 + 4 hosts:
                    2 + 1 + 10 / K x 20 = 3.2); h_p: the place probe's bound per sample, place_groups x 2
-                   place_donors x hosts x K / N (2.4; a confirmed place's reach adds hosts per member of its
-                   class, not counted); m = 16 hosts a class, decoded once
+                   place_donors x place_hosts x K / N (1.2 on its 8 hosts; a confirmed place's reach adds
+                   place_hosts per member of its class, not counted); m = 16 hosts a class, decoded once
     score      K a_s n^b_s / C                               statistics on the stored transfers
     report     (N t_dec + K a_r n^b_r) / C
     index      N (t_probe + t_idx)            in the driver, one core
@@ -436,7 +436,7 @@ def cost_model(m: dict, args) -> None:
     cfg = load_config("imagenet")
     tr = cfg.transfer
     h = args.passes if args.passes is not None else transfer_passes(cfg, K)
-    h_p = tr.place_groups * 2 * tr.place_donors * tr.hosts * K / N  # the place probe's bound
+    h_p = tr.place_groups * 2 * tr.place_donors * min(tr.place_hosts, tr.hosts) * K / N  # the place probe's bound
     n = N / K
     R = args.gpu_tflops * 1e12
     st, dec = m["stages"], m["decode"]

@@ -18,6 +18,7 @@ flags, and the forward passes the reach cost (an image of the run).
 
     python benchmarks/place.py --spec demo
     python benchmarks/place.py --spec fashion-mnist --limit 1.0 --limit 1.5   # also at other usage limits
+    python benchmarks/place.py --spec demo --set transfer.place_hosts=4       # the probe again, on 4 hosts
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from unhans.pipeline.method.statistics import class_clusters, class_findings, fl
 TOP, TOP_FOREIGN = "others' top place", "others' top foreign place"
 
 
-def place_probes(cfg, store: Store, classes: np.ndarray) -> list[tuple]:
+def place_probes(cfg, store: Store, classes: np.ndarray, reprobe: bool = False) -> list[tuple]:
     """Per class, the arguments of statistics.class_findings less the score settings and its place probe, under
     the run's stored model, maps and clusterings. The probe is read from the store where the run has its
-    reach, else run."""
-    stored = store.has_array(layout.PLACE_REACH(c=int(classes[0])))
+    reach (and not `reprobe`), else run under cfg."""
+    stored = store.has_array(layout.PLACE_REACH(c=int(classes[0]))) and not reprobe
     if not stored:
         samples = store.read_table(layout.SAMPLES.name)
         ds = build_dataset(cfg.dataset)
@@ -81,13 +82,15 @@ RULES = {"before": None, "any place": float("inf"), "now": None}  # the place wa
 def main() -> None:
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--limit", type=float, action="append", default=[], help="also with this score.max_place_usage")
+    ap.add_argument("--set", action="append", default=[],
+                    help="transfer.KEY=VALUE: the place probe run again under it (not the stored one)")  # fmt: skip
     known, rest = ap.parse_known_args()
     spec, root, runs = runs_from_argv(__doc__, rest)
     rules = RULES | {f"usage <= {x:g}": x for x in known.limit}
     torch.set_num_threads(1)
     rows = []
     for sc, seed, run in runs:
-        cfg, poison = scenario_config(spec, sc, root, [], seed)
+        cfg, poison = scenario_config(spec, sc, root, known.set, seed)
         store = Store(cfg.run_url)
         cs = store.read_table(layout.CLASS_SCORES.name).sort_values("class_id")
         classes, scores = cs["class_id"].to_numpy(), cs["clever_hans_score"].to_numpy()
@@ -97,7 +100,7 @@ def main() -> None:
         validation = pd.read_csv(run / "validation.csv").set_index("method")
         row = {"scenario": sc.name, "seed": seed, "flip rate": float(validation["flip_rate"].iloc[0]),
                "target score": float(scores[target][0]) if target.any() else float("nan")}  # fmt: skip
-        probes = place_probes(cfg, store, classes)
+        probes = place_probes(cfg, store, classes, reprobe=bool(known.set))
         before = np.zeros(len(classes), bool)
         for rule, limit in rules.items():
             params = cfg.score if limit is None else cfg.score.model_copy(update={"max_place_usage": limit})
@@ -111,7 +114,8 @@ def main() -> None:
                         "samples by": found[0]["sample_probe"] if found is not None else ""}  # fmt: skip
                 row |= {TOP: float(place[~target].max()),
                         TOP_FOREIGN: float(np.max(place[~target] * foreign[~target], initial=0.0)),
-                        "reach passes an image": cfg.transfer.hosts * reached / len(samples)}  # fmt: skip
+                        "reach passes an image": min(cfg.transfer.place_hosts, cfg.transfer.hosts) * reached
+                        / len(samples)}  # fmt: skip
             row[f"flagged {rule}"] = bool(flags[target].any())
             row[f"others flagged {rule}"] = int(flags[~target].sum())
             if rule == "any place":  # the place usage of the other classes this rule flags

@@ -64,7 +64,8 @@ def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) 
     last = layout.TRANSFER_SCREEN if screened(cfg) else layout.TRANSFER
     store.write_array(last(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": False})  # last: marks done
     probed = int(np.isfinite(place.transfers).sum() + np.isfinite(place.reach).sum()) + (1 if place.groups else 0)
-    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), False) + len(hosts) * probed}
+    at_place = min(cfg.transfer.place_hosts, len(hosts))
+    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), False) + at_place * probed}
 
 
 def full_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> dict:

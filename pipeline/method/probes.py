@@ -20,8 +20,8 @@ pipeline/method/statistics.py; the reasoning and its measurements are in docs/me
 
 Cost: `transfer.probes` + `transfer.global_probes` forward passes per sample, plus `transfer.hosts`
 per class (the hosts' own p(class)), plus at most `transfer.place_groups` x 2 `transfer.place_donors` x
-`transfer.hosts` per class for the place probe, and `transfer.hosts` per member of a class with a group
-whose place carries the class (`transfer.place_confirm`). Fewer probes than hosts cost detection
+`transfer.place_hosts` per class for the place probe, and `transfer.place_hosts` per member of a class with
+a group whose place carries the class (`transfer.place_confirm`). Fewer probes than hosts cost detection
 on the validation specs (benchmarks/transfer_budget.py; docs/methods.md, "Cost").
 """
 
@@ -70,6 +70,11 @@ class TransferConfig(Section):
     )
     place_donors: int = Field(
         32, ge=1, description="members of such a group, and of the rest of its class, whose pixels there are pasted"
+    )
+    place_hosts: int = Field(
+        16,
+        ge=1,
+        description="of the hosts, how many (the first) the place probe and its reach paste into (at most hosts)",
     )
     place_agree: float = Field(
         0.5, gt=0, le=1, description="share of a group's evidence masks a pixel must lie in to be part of its place"
@@ -317,12 +322,13 @@ def class_place(
 ) -> PlaceProbe:
     """Place probe of class c: for each of its first `transfer.place_groups` groups whose evidence has a
     place of its own (group_places), up to `transfer.place_donors` seeded members of the group and as many
-    of the rest of the class paste their own pixels at the group's place into every host of the class. A
+    of the rest of the class paste their own pixels at the group's place into the class's first
+    `transfer.place_hosts` hosts (every host by default). A
     stamp, frame or watermark the group shares carries the class from the group's members and not from the
     rest's pixels there; evidence of the class itself at that place carries it from both. The group whose
     drawn members carry the most more than the rest's, at least `transfer.place_confirm`, is confirmed:
     every member of the class pastes its pixels at that group's place, extended along the one image edge it
-    touches (edge_reach), into every host: what ranks the samples of a class found by its place."""
+    touches (edge_reach), into the same hosts: what ranks the samples of a class found by its place."""
     tcfg = cfg.transfer
     n = len(members)
     none = PlaceProbe(np.zeros((0, n)), [], np.full(n, np.nan), -1, [], np.full(n, np.nan))
@@ -338,7 +344,7 @@ def class_place(
         return none
     rng = np.random.default_rng([cfg.seed, c, 2])
     out, meta = np.full((len(groups), n), np.nan), list[list[int]]()
-    host_images = images(ds, samples, hosts, cfg.compute.decode_threads)
+    host_images = images(ds, samples, hosts[: tcfg.place_hosts], cfg.compute.decode_threads)
     base = host_probability(model, normalise, host_images, c)
     carried = np.full(len(groups), -np.inf)
     for j, (k, cluster, g, place) in enumerate(groups):

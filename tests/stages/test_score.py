@@ -149,11 +149,13 @@ def test_the_sample_score_is_the_relative_transfer_spread_over_the_class_graph(t
 def test_the_transfer_stage_costs_probes_plus_global_probes_forward_passes_a_sample(tmp_path, monkeypatch):
     """With transfer.probes = 2 and transfer.global_probes = 1, each member goes through the model 2 + 1
     times in composites and never alone (its self-confidence comes from the attribute stage); each
-    class's 16 hosts once more; the place probe, each drawn donor once per host, and the hosts once more
-    in a class with a probed group."""
+    class's 16 hosts once more; the place probe (transfer.place_hosts = 4), each drawn donor and each member
+    along a confirmed place once on each of the first 4 hosts, and those hosts once more in a class with a
+    probed group; the stage's record counts the same passes."""
     import torch
 
-    r = make_runner(tmp_path, overrides=SMALL + ["transfer.probes=2", "transfer.global_probes=1"])
+    r = make_runner(tmp_path, overrides=SMALL + ["transfer.probes=2", "transfer.global_probes=1",
+                                                 "transfer.place_hosts=4"])  # fmt: skip
     r.run_all(until="cluster")
     seen: list[int] = []
     held: dict = {}
@@ -179,7 +181,7 @@ def test_the_transfer_stage_costs_probes_plus_global_probes_forward_passes_a_sam
     n = sum(len(r.store.array(f"classes/{c}/members")[:]) for c in range(10))
     places = [r.store.array(f"classes/{c}/place")[:] for c in range(10)]
     reach = sum(int(np.isfinite(r.store.array(f"classes/{c}/place_reach")[:]).sum()) for c in range(10))
-    place_passes = sum((16 if len(p) else 0) + 16 * int(np.isfinite(p).sum()) for p in places) + 16 * reach
+    place_passes = sum((4 if len(p) else 0) + 4 * int(np.isfinite(p).sum()) for p in places) + 4 * reach
     assert sum(seen) == n * (2 + 1) + 10 * 16 + place_passes
     assert rec["counts"]["passes_per_sample"] == round(sum(seen) / n, 2)
     ev = np.concatenate([r.store.array(f"classes/{c}/transfer_evidence")[:] for c in range(10)])
