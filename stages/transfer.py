@@ -28,7 +28,7 @@ from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
 from unhans.pipeline.data import build_dataset
 from unhans.pipeline.data.models import model_for_run, model_spec
-from unhans.pipeline.method.probes import class_place, class_transfer, host_pool
+from unhans.pipeline.method.probes import class_place, class_transfer, host_pool, images
 from unhans.pipeline.method.statistics import class_clusters, combined, transfer_score
 
 _CACHE: dict = {}  # per process: the run's model and dataset, built once for all its classes
@@ -55,8 +55,9 @@ def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) 
     samples = store.read_table(layout.SAMPLES.name)
     members = store.read(layout.MEMBERS(c=c))
     model, ds, normalise = _model_and_data(cfg, url)
-    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts)
-    place = class_place(cfg, store, samples, model, normalise, ds, c, members, hosts)
+    host_images = images(ds, samples, hosts, cfg.compute.decode_threads) if len(hosts) else None  # once, for both
+    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images=host_images)
+    place = class_place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images)
     store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
     store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
     store.write_array(layout.PLACE(c=c), place.transfers, {"groups": place.groups})

@@ -200,15 +200,18 @@ def images(ds, samples: pd.DataFrame, idx: np.ndarray, decode_threads: int = 0) 
 
 
 def class_transfer(
-    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray, full: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray, full: bool = False,
+    host_images: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Class c's members' transfers (t, g) under `model`: each member's evidence, from its stored relevance
     map, pasted into `transfer.probes` of the hosts; its global look imposed on `transfer.global_probes`
     of the first `transfer.global_hosts` hosts (full: every member on every host and global host, a
     screened run's candidate class). The hosts each member gets are drawn from (run seed, class), not from
-    the model: the same for the audited and a retrained model. Memory is independent of the class size."""
+    the model: the same for the audited and a retrained model. Memory is independent of the class size.
+    host_images: the hosts' images where the caller has decoded them already (else decoded here)."""
     tcfg, threads = cfg.transfer, cfg.compute.decode_threads
-    host_images = images(ds, samples, hosts, threads) if len(hosts) else None
+    if host_images is None and len(hosts):
+        host_images = images(ds, samples, hosts, threads)
     n_global = min(tcfg.global_hosts, len(hosts))
     probes, global_probes = (len(hosts), n_global) if full else (tcfg.probes, tcfg.global_probes)
     rng = np.random.default_rng([cfg.seed, c, 1])
@@ -318,8 +321,9 @@ def relevance_usage(maps: np.ndarray, cells: list[int]) -> np.ndarray:
 
 
 def class_place(
-    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray
-) -> PlaceProbe:
+    cfg, store, samples, model, normalise, ds, c: int, members: np.ndarray, hosts: np.ndarray,
+    host_images: torch.Tensor | None = None,
+) -> PlaceProbe:  # fmt: skip
     """Place probe of class c: for each of its first `transfer.place_groups` groups whose evidence has a
     place of its own (group_places), up to `transfer.place_donors` seeded members of the group and as many
     of the rest of the class paste their own pixels at the group's place into the class's first
@@ -328,7 +332,8 @@ def class_place(
     rest's pixels there; evidence of the class itself at that place carries it from both. The group whose
     drawn members carry the most more than the rest's, at least `transfer.place_confirm`, is confirmed:
     every member of the class pastes its pixels at that group's place, extended along the one image edge it
-    touches (edge_reach), into the same hosts: what ranks the samples of a class found by its place."""
+    touches (edge_reach), into the same hosts: what ranks the samples of a class found by its place.
+    host_images: all the hosts' images where the caller has decoded them already (else decoded here)."""
     tcfg = cfg.transfer
     n = len(members)
     none = PlaceProbe(np.zeros((0, n)), [], np.full(n, np.nan), -1, [], np.full(n, np.nan))
@@ -344,7 +349,8 @@ def class_place(
         return none
     rng = np.random.default_rng([cfg.seed, c, 2])
     out, meta = np.full((len(groups), n), np.nan), list[list[int]]()
-    host_images = images(ds, samples, hosts[: tcfg.place_hosts], cfg.compute.decode_threads)
+    host_images = (images(ds, samples, hosts[: tcfg.place_hosts], cfg.compute.decode_threads) if host_images is None
+                   else host_images[: tcfg.place_hosts])  # fmt: skip
     base = host_probability(model, normalise, host_images, c)
     carried = np.full(len(groups), -np.inf)
     for j, (k, cluster, g, place) in enumerate(groups):
