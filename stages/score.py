@@ -17,7 +17,7 @@ import pandas as pd
 from unhans.pipeline.core import layout
 from unhans.pipeline.core.runner import Context, stage
 from unhans.pipeline.core.store import Store
-from unhans.pipeline.method.probes import stored_place, stored_screening, stored_transfers
+from unhans.pipeline.method.probes import probed_in_full, stored_place, stored_screening, stored_transfers
 from unhans.pipeline.method.statistics import class_clusters, class_findings, flag_classes, transfer_score
 
 ScoreItem = tuple[int, str, str]
@@ -35,9 +35,12 @@ def score_one(cfg, url: str, item: ScoreItem) -> tuple[dict, pd.DataFrame]:
         stored_place(store, c),
     )  # fmt: skip
     screening = stored_screening(store, c)
-    row["screening_score"] = (
-        float("nan") if screening is None else transfer_score(W, labels, list(ks), screening, cfg.score).score
-    )
+    if screening is None:  # not a screened run
+        row["screening_score"] = float("nan")
+    elif probed_in_full(store, c):  # a candidate: its score on the screening's transfers
+        row["screening_score"] = transfer_score(W, labels, list(ks), screening, cfg.score).score
+    else:  # scored on its screening transfers already
+        row["screening_score"] = row["clever_hans_score"]
     return {"class_id": c, "class_key": key, "class_name": name} | row, samples
 
 
