@@ -27,6 +27,7 @@ on the validation specs (benchmarks/transfer_budget.py; docs/methods.md, "Cost")
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -192,10 +193,19 @@ class Transfers(NamedTuple):
     confidence: np.ndarray  # (n,) p(label | member), from the attribute stage
 
 
+def chunks(ds, samples: pd.DataFrame, idx: np.ndarray, decode_threads: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, images (b, C, S, S)) of the given samples, DONOR_CHUNK at a time, in order; with decode threads
+    the next two chunks decode while the caller probes this one (on a GPU worker the decoding hides behind
+    the forward passes), so at most three chunks are held."""
+    starts = range(0, len(idx), DONOR_CHUNK)
+    batches = [idx[s : s + DONOR_CHUNK] for s in starts]
+    for s, (_, x, _, _) in zip(starts, iter_batches(ds, samples, batches, decode_threads), strict=True):
+        yield s, x
+
+
 def images(ds, samples: pd.DataFrame, idx: np.ndarray, decode_threads: int = 0) -> torch.Tensor:
     """Images (len(idx), C, S, S) of the given samples, loaded DONOR_CHUNK at a time."""
-    batches = [idx[s : s + DONOR_CHUNK] for s in range(0, len(idx), DONOR_CHUNK)]
-    parts = [x for _, x, _, _ in iter_batches(ds, samples, batches, decode_threads)]
+    parts = [x for _, x in chunks(ds, samples, idx, decode_threads)]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
@@ -225,9 +235,8 @@ def class_transfer(
     partial, partial_g = k < len(hosts), k_g < n_global
     t = np.zeros((len(members), k) if partial else len(members))
     g = np.zeros((len(members), k_g) if partial_g else len(members))
-    for start in range(0, len(members), DONOR_CHUNK):
+    for start, donors in chunks(ds, samples, members, threads):
         part, at = members[start : start + DONOR_CHUNK], slice(start, start + DONOR_CHUNK)
-        donors = images(ds, samples, part, threads)
         if host_images is not None and assign is not None:  # without images of another class, nothing carries c
             masks = evidence_masks(torch.as_tensor(store.relevance(part)), tcfg.top, cfg.dataset.image_size)
             t[at] = transfer(model, normalise, donors, host_images, c, masks, base, assign[at], per_host=partial)
@@ -353,14 +362,14 @@ def class_place(
                    else host_images[: tcfg.place_hosts])  # fmt: skip
     base = host_probability(model, normalise, host_images, c)
     carried = np.full(len(groups), -np.inf)
-    for j, (k, cluster, g, place) in enumerate(groups):
-        inside, rest = np.flatnonzero(g), np.flatnonzero(~g)
-        donors = np.concatenate([rng.choice(inside, min(tcfg.place_donors, len(inside)), replace=False),
-                                 rng.choice(rest, min(tcfg.place_donors, len(rest)), replace=False)])  # fmt: skip
-        out[j, donors] = _place_transfer(
-            cfg, ds, samples, model, normalise, members[donors], host_images, c, place, base
-        )
-        if len(rest):
+    drawn = [np.concatenate([rng.choice(np.flatnonzero(g), min(tcfg.place_donors, int(g.sum())), replace=False),
+                             rng.choice(np.flatnonzero(~g), min(tcfg.place_donors, int((~g).sum())), replace=False)])
+             for _, _, g, _ in groups]  # fmt: skip
+    # a group's donors decode while the previous group's are probed
+    decoded = iter_batches(ds, samples, [members[d] for d in drawn], cfg.compute.decode_threads)
+    for j, ((k, cluster, g, place), donors, (_, x, _, _)) in enumerate(zip(groups, drawn, decoded, strict=True)):
+        out[j, donors] = _place_transfer(cfg, model, normalise, x, host_images, c, place, base)
+        if (~g).any():
             carried[j] = np.nanmean(out[j, g]) - np.nanmean(out[j, ~g])
         meta.append([int(k), int(cluster), int(place.sum())])
     j = int(np.argmax(carried))
@@ -368,19 +377,18 @@ def class_place(
         return PlaceProbe(out, meta, none.reach, -1, [], none.reach_usage)
     reach = edge_reach(groups[j][3])
     row = np.concatenate([
-        _place_transfer(cfg, ds, samples, model, normalise, members[s : s + DONOR_CHUNK], host_images, c, reach, base)
-        for s in range(0, n, DONOR_CHUNK)
+        _place_transfer(cfg, model, normalise, x, host_images, c, reach, base)
+        for _, x in chunks(ds, samples, members, cfg.compute.decode_threads)
     ])  # fmt: skip
     cells = torch.flatten(reach).nonzero().ravel().tolist()
     return PlaceProbe(out, meta, row, j, cells, relevance_usage(maps.numpy(), cells))
 
 
-def _place_transfer(cfg, ds, samples, model, normalise, donors: np.ndarray, host_images, c: int, place, base):
-    """Transfer to c of the donors' (sample indices) own pixels at a place (r, r) bool into every host."""
+def _place_transfer(cfg, model, normalise, x: torch.Tensor, host_images, c: int, place, base):
+    """Transfer to c of the donors' (images x) own pixels at a place (r, r) bool into every host."""
     side = cfg.dataset.image_size
     pixels = F.interpolate(place[None, None].float(), size=(side, side), mode="nearest")
-    x = images(ds, samples, donors, cfg.compute.decode_threads)
-    return transfer(model, normalise, x, host_images, c, pixels.expand(len(donors), 1, side, side), base)
+    return transfer(model, normalise, x, host_images, c, pixels.expand(len(x), 1, side, side), base)
 
 
 def stored_transfers(store, c: int) -> Transfers:
