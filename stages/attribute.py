@@ -7,8 +7,11 @@ A chunk is `attribute.chunk_size` rows, computed in batches of `attribute.batch_
 are written first and its `done` flag last, so a killed run resumes at the first chunk not
 marked done and the result equals an uninterrupted run.
 The explained pass also gives each sample's p(label), its self-confidence for the score stage.
+It also stores each image's thumbnail (attribute.thumbnail px, RGB), the report's member tiles: the images
+are decoded here anyway, so the report decodes only its prototypes.
 Cost: one forward and one modified backward pass per sample (about 3 forward passes of FLOPs with
-the z+ rule: pipeline/method/lrp.py); O(N r^2) storage.
+the z+ rule: pipeline/method/lrp.py), the thumbnails in threads beside it; O(N (r^2 + 3 t^2))
+storage (at 64 px 12 KiB an RGB image before compression, 2 KiB its map).
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ from unhans.pipeline.data import build_dataset, iter_batches
 from unhans.pipeline.data.models import model_for_run, model_spec, penultimate_layer, trained_by_run
 from unhans.pipeline.method.attribution import LRP, sum_pool
 from unhans.pipeline.method.training import chance, quality_warnings
+from unhans.pipeline.report.render import image_rgb, thumbs
 
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
 # the per-sample arrays, chunked by attribute.chunk_size rows (their dtypes and fills: pipeline/core/layout.py)
 ROWS = {"relevance": layout.RELEVANCE, "relevance_scale": layout.RELEVANCE_SCALE, "logit": layout.LOGIT,
         "label_probability": layout.LABEL_PROBABILITY, "relevance_sum": layout.RELEVANCE_SUM,
         "prediction": layout.PREDICTION, "target": layout.TARGET, "status": layout.STATUS,
-        "features": layout.FEATURES}  # fmt: skip
+        "features": layout.FEATURES, "thumbnails": layout.THUMBNAILS}  # fmt: skip
+GREY = 128  # the thumbnail of an image not attributed (skipped at index, or failed to decode)
 
 
 @stage("attribute", sections=["model", "attribute"], inputs=["index", "train"])
@@ -108,17 +113,21 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
         "done": store.array(layout.DONE())
     }
 
-    def write_chunk(c: int, rows: dict, failures: list) -> None:
-        """Rows first, the chunk's done flag last: a chunk is either complete or redone."""
+    def write_chunk(c: int, rows: dict, failures: list, thumbnailing: list | None = None) -> None:
+        """Rows first (its thumbnails finished), the chunk's done flag last: a chunk is either complete or redone."""
+        for job in thumbnailing or ():
+            job.result()
         for name, values in rows.items():
             arrays[name][c * cs : c * cs + len(values)] = values
         if failures:
             store.write_json(f"{layout.FAILURE_CHUNKS()}/{c:08d}.json", failures)
         arrays["done"][c] = True
 
-    # one writer thread overlaps compression and I/O with the next chunk's LRP; all queued
-    # writes finish even if the run is stopped, so every chunk flagged done is complete
+    # one writer thread overlaps compression and I/O with the next chunk's LRP, the thumbnails are drawn in
+    # threads of their own (about 1 ms an image at 224 px: more than one thread's worth beside a GPU); all
+    # queued writes finish even if the run is stopped, so every chunk flagged done is complete
     writer, pending = ThreadPoolExecutor(1), []
+    thumbnailer = ThreadPoolExecutor(max(1, cfg.compute.decode_threads))
     try:
         with LRP(model, spec, acfg.composite, ds.channels, device, acfg.features, acfg.precision,
                  acfg.channels_last) as lrp:  # fmt: skip
@@ -130,9 +139,10 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
                 if not remaining[c]:
                     pending.append(writer.submit(write_chunk, c, _new_rows(c, n, cs, res, store), []))
             for (c, _), (idx, x, ok, reasons) in zip(batches, bar):
-                rows, failures = chunk_rows.setdefault(c, (_new_rows(c, n, cs, res, store), []))
+                rows, failures, thumbnailing = chunk_rows.setdefault(c, (_new_rows(c, n, cs, res, store), [], []))
                 out = lrp(x, labels[idx] if acfg.target == "label" else None)
                 _fill_rows(rows, idx - c * cs, ok, out, res, labels[idx])
+                thumbnailing.append(thumbnailer.submit(_fill_thumbnails, rows["thumbnails"], idx - c * cs, x, ok))
                 failures += [
                     {"index": int(i), "source": samples["source"].iat[i], "reason": r}
                     for i, r, o in zip(idx, reasons, ok)
@@ -147,6 +157,7 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
         for f in pending:
             f.result()
         writer.shutdown()
+        thumbnailer.shutdown()
     return len(chunks)
 
 
@@ -165,6 +176,8 @@ def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) 
     store.create_array(layout.RELEVANCE(), (n, res, res), (cs, res, res), attrs)
     for name in ("relevance_scale", "logit", "label_probability", "relevance_sum", "prediction", "target", "status"):
         store.create_array(ROWS[name](), (n,), (cs,))
+    t = min(cfg.attribute.thumbnail, cfg.dataset.image_size)
+    store.create_array(layout.THUMBNAILS(), (n, t, t, 3), (cs, t, t, 3), {"side": t})
     if cfg.attribute.features:
         dim = penultimate_layer(model).in_features
         store.create_array(layout.FEATURES(), (n, dim), (cs, dim))
@@ -198,10 +211,18 @@ def _fill_rows(
         rows["features"][local] = out["features"].float().cpu().numpy() * ok[:, None]
 
 
+def _fill_thumbnails(thumbnails: np.ndarray, local: np.ndarray, x: torch.Tensor, ok: np.ndarray) -> None:
+    """One batch's thumbnails (images x as loaded, in [0, 1]), area-averaged as the report draws them."""
+    rgb = image_rgb(x.numpy())
+    rgb[~np.asarray(ok, bool)] = GREY
+    thumbnails[local] = thumbs(rgb, thumbnails.shape[1])
+
+
 def _new_rows(c: int, n: int, cs: int, res: int, store: Store) -> dict[str, np.ndarray]:
     """Rows of chunk c before any batch is filled in: every sample marked skipped."""
     rows = _empty_rows(min(n, (c + 1) * cs) - c * cs, res, store)
     rows["status"][:] = SKIPPED
+    rows["thumbnails"][:] = GREY
     return rows
 
 
@@ -218,4 +239,6 @@ def _empty_rows(m: int, res: int, store: Store) -> dict[str, np.ndarray]:
     }
     if store.has_array(layout.FEATURES()):
         rows["features"] = np.zeros((m, store.array(layout.FEATURES()).shape[1]), np.float16)
+    t = store.array(layout.THUMBNAILS()).shape[1]
+    rows["thumbnails"] = np.zeros((m, t, t, 3), np.uint8)
     return rows

@@ -1,8 +1,9 @@
 """report: static HTML for curators under reports/<run>/ (the pages: pipeline/report/pages.py).
 
-Cost: one pass over every analysed sample (decode, thumbnail, PNG), O(N) in time and disk
-(about 2 x thumb_size^2 x 3 bytes per sample before PNG compression); classes are mapped over
-Dask workers like the other per-class stages (the report folder must then be shared).
+Cost: one pass over every analysed sample (its stored thumbnail and heatmap into a PNG sprite sheet), O(N) in
+time and disk (about 2 x attribute.thumbnail^2 x 3 bytes per sample before PNG compression); images are
+decoded only for the prototypes and the group's strip (a few dozen a class); classes are mapped over Dask
+workers like the other per-class stages (the report folder must then be shared).
 """
 
 from __future__ import annotations

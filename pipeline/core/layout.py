@@ -116,6 +116,12 @@ STATUS = array(
     "attribution/status", "attribute", "(N,)", "uint8", MISSING_STATUS,
     "0 attributed, 1 skipped at index, 2 decoding failed",
 )  # fmt: skip
+THUMBNAILS = array(
+    "attribution/thumbnails", "attribute", "(N, t, t, 3)", "uint8", 0,
+    "each image as the model saw it, RGB, area-averaged to t = min(image size, attribute.thumbnail) px (grey "
+    "where not attributed): the tiles of the report's member grid, so the report decodes no image but its "
+    "prototypes",
+)  # fmt: skip
 FEATURES = array(
     "attribution/features", "attribute", "(N, D)", "float16", NAN,
     "input of the model's last Linear layer (attribute.features)",

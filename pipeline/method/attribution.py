@@ -36,6 +36,10 @@ class AttributeConfig(Section):
         "float32", description="dtype of the LRP pass (errors against float32: benchmarks/precision.py)"
     )
     channels_last: bool = Field(False, description="NHWC activations (faster convolutions on GPUs)")
+    thumbnail: int = Field(
+        64, ge=16, le=256, description="side of the image thumbnails stored for the report's member grid, pixels "
+        "(at most the image size)",
+    )  # fmt: skip
 
     @field_validator("resolution")
     @classmethod

@@ -13,7 +13,8 @@ Layout of a report folder (open index.html from disk; no server, no network, van
                          and decide per image)
     class-<id>/s<j>.png  sprite sheets of the members' thumbnails: row i of sheet j is member
                          j * page_size + i in order of falling sample score, [image | signed heatmap],
-                         stored at min(thumb_size, image_size) px a tile and enlarged by the browser
+                         the attribute stage's thumbnails (min(attribute.thumbnail, image_size) px a
+                         tile, enlarged by the browser to thumb_size)
     class-<id>/group.png the overview's strip: images above heatmaps of the group's central members
     class-<id>/prototypes.png  a row per block: its mean relevance map, then image and heatmap of each
                          prototype (the page cuts the cells with CSS; overlays are blended by CSS)
@@ -55,7 +56,6 @@ from unhans.pipeline.report.render import (
     svg_histogram,
     svg_spectrum,
     thumb,
-    thumbs,
 )
 
 UNREADABLE_SHOWN = 200  # unreadable files listed on the overview (all are in the manifest)
@@ -114,7 +114,10 @@ class ReportConfig(Section):
 
     top_classes: int | None = Field(None, ge=1, description="class pages for the top-ranked only")
     prototypes: int = Field(8, ge=1, description="most central members shown large per cluster")
-    thumb_size: int = Field(64, ge=16, le=256, description="side of the member thumbnails on class pages, pixels")
+    thumb_size: int = Field(
+        64, ge=16, le=256, description="side the member thumbnails are shown at on class pages, pixels (they are "
+        "stored at attribute.thumbnail)",
+    )  # fmt: skip
     page_size: int = Field(48, ge=1, le=1000, description="members per page of a class's grid, and per sprite sheet")
 
 
@@ -311,10 +314,12 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     # shown needs one sheet, and every other page or sort loads only the sheets its tiles are on
     order = np.argsort(-score, kind="stable")
 
-    # pixels are stored at the image's own size where that is smaller than the display size (the browser
-    # enlarges them, crisp): a 32-px image costs a quarter of a 64-px tile to draw and to encode
+    # the member tiles are the attribute stage's thumbnails (min(image size, attribute.thumbnail) px, enlarged
+    # by the browser to report.thumb_size, crisp): only the prototypes and the group's strip are decoded here
     S = cfg.dataset.image_size
-    view, res, tile = min(max(96, S), 192), min(S, 192), min(S, T)
+    view, res = min(max(96, S), 192), min(S, 192)
+    tiles = np.asarray(store.array(layout.THUMBNAILS()).get_orthogonal_selection((members,)))
+    tile = tiles.shape[1]
     strip = central(np.flatnonzero(group))[:GROUP_STRIP] if group.any() else np.zeros(0, int)
     strip_set = {int(i) for i in strip}
     need_full = {int(i) for _, _, loc in blocks for i in loc[:n_proto]}
@@ -322,9 +327,9 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     small: dict[int, list[np.ndarray]] = {}
     folder = out / f"class-{c}"
     folder.mkdir(parents=True, exist_ok=True)
-    batches = [order[s : s + P] for s in range(0, len(order), P)]
-    stream = iter_batches(_dataset(cfg), sub, batches, cfg.compute.decode_threads)
-    for s, (idx, x, ok, _) in enumerate(stream):
+    shown = np.array(sorted(need_full | strip_set), int)
+    for idx, x, ok, _ in iter_batches(_dataset(cfg), sub, [shown[s : s + P] for s in range(0, len(shown), P)],
+                                      cfg.compute.decode_threads):  # fmt: skip
         imgs = image_rgb(x.numpy())
         imgs[~np.asarray(ok, bool)] = 128  # unreadable: a grey tile
         for b, i in enumerate(idx):
@@ -332,8 +337,10 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
                 full[int(i)] = thumb(imgs[b], res)
             if int(i) in strip_set:
                 small[int(i)] = [thumb(imgs[b], STRIP_THUMB), heatmap_rgb(relevance[i], STRIP_THUMB)]
-        pairs = np.concatenate([thumbs(imgs, tile), heatmap_rgb(relevance[idx], tile)], axis=2)  # (b, t, 2t, 3)
-        (folder / f"s{s}.png").write_bytes(png_bytes(pairs.reshape(-1, 2 * tile, 3)))
+    for s in range(0, n, P):  # sprite sheets in the grid's default order
+        idx = order[s : s + P]
+        pairs = np.concatenate([tiles[idx], heatmap_rgb(relevance[idx], tile)], axis=2)  # (b, t, 2t, 3)
+        (folder / f"s{s // P}.png").write_bytes(png_bytes(pairs.reshape(-1, 2 * tile, 3)))
     if len(strip):  # image row above heatmap row
         pairs = [small[int(i)] for i in strip]
         (folder / "group.png").write_bytes(png_bytes(sprite([[p[0] for p in pairs], [p[1] for p in pairs]])))
@@ -443,7 +450,7 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     body = style + head + "".join(sections) + _members_section(k, group.any())
     html = page(f"{row['class_name']} · unhans", body, data)
     (out / f"class-{c}.html").write_text(html, encoding="utf-8")
-    return n, len(batches), bool(len(strip))
+    return n, -(-n // P), bool(len(strip))
 
 
 def _place_figure(store, c: int, row: dict, all_labels, ks: list, relevance, res: int, view: int, folder) -> str:

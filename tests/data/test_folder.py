@@ -83,6 +83,10 @@ def test_bad_files_are_recorded_and_the_rest_attributed(tmp_path):
     by_name = dict(zip(names, status))
     assert by_name["truncated.jpg"] == 2 and by_name["empty.jpg"] == 1 and by_name["good.jpg"] == 0
     assert by_name["cmyk.jpg"] == by_name["sixteen.png"] == by_name["tiny.png"] == by_name["huge.jpg"] == 0
+    # the report's tiles: grey for what was not attributed (failed to decode, skipped at index), the image else
+    thumbnails = dict(zip(names, r.store.array("attribution/thumbnails")[:]))
+    assert (thumbnails["truncated.jpg"] == 128).all() and (thumbnails["empty.jpg"] == 128).all()
+    assert thumbnails["good.jpg"].shape == (32, 32, 3) and thumbnails["good.jpg"].std() > 0
     failures = r.store.read_table("attribute_failures")
     assert list(failures["source"].str.rsplit("/", n=1).str[1]) == ["truncated.jpg"]
     classes = r.store.read_table("classes")

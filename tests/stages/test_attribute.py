@@ -14,6 +14,7 @@ ARRAYS = [
     "target",
     "status",
     "features",
+    "thumbnails",
     "done",
 ]
 

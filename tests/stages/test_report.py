@@ -160,3 +160,48 @@ def test_a_class_ranked_by_its_place_shows_that_place_on_its_page(tmp_path):
 
     assert np.array_equal(rgb[:-4], plain[:-4]) and (greener(rgb[-4:]) - greener(plain[-4:]) > 30).all()
     assert _place_figure(store, 0, {"sample_probe": "transfer"}, labels, [2], relevance, 16, 96, tmp_path) == ""
+
+
+def test_the_member_tiles_are_the_stored_thumbnails_and_only_prototypes_are_decoded(demo_run, tmp_path, copy_of,
+                                                                                    monkeypatch):  # fmt: skip
+    import unhans.pipeline.report.pages as pages
+
+    run = copy_of(demo_run.store.url, tmp_path / "run")
+    r = runner(load_config("demo", FAST_DEMO + [f"run_dir={run}", f"report_dir={tmp_path / 'report'}"]))
+    loaded: list[str] = []
+    real = pages._dataset
+
+    def counting(cfg):
+        ds = real(cfg)  # one object per process: wrapped once
+        if not hasattr(ds, "counted"):
+            load = ds.load
+            monkeypatch.setattr(ds, "load", lambda sources: (loaded.extend(sources), load(sources))[1])
+            monkeypatch.setattr(ds, "counted", True, raising=False)
+        return ds
+
+    monkeypatch.setattr(pages, "_dataset", counting)
+    r.run("report", force=True)
+    out, P = tmp_path / "report", r.cfg.report.page_size
+    thumbnails = r.store.array("attribution/thumbnails")
+    assert thumbnails.shape[1:] == (32, 32, 3)  # the demo's 32-px images at their own size
+    bound = 0
+    for c in range(10):
+        data = page_data(out / f"class-{c}.html")
+        order = [m[data["fields"].index("index")] for m in data["members"]]
+        sheet = np.asarray(Image.open(out / f"class-{c}" / "s0.png").convert("RGB"))
+        tile = data["tile"]
+        first = order[:P]
+        assert np.array_equal(sheet[:, :tile].reshape(len(first), tile, tile, 3), thumbnails[sorted(first)][
+            np.argsort(np.argsort(first))])  # fmt: skip
+        bound += len(data["blocks"]) * r.cfg.report.prototypes + pages.GROUP_STRIP
+    # images are decoded for the prototypes and the group's strip only, never for the member grid
+    assert 0 < len(loaded) <= bound < len(r.store.read_table("samples"))
+    # equal to a tile drawn from the decoded image, as the report drew them before
+    ds = pages.build_dataset(r.cfg.dataset)
+    from unhans.pipeline.data import iter_batches
+    from unhans.pipeline.report.render import image_rgb, thumbs
+
+    samples = r.store.read_table("samples")
+    idx = np.arange(0, len(samples), 97)
+    ((_, x, _, _),) = iter_batches(ds, samples, [idx])
+    assert np.array_equal(thumbs(image_rgb(x.numpy()), 32), thumbnails[idx])
