@@ -11,8 +11,11 @@ threads and the load average while each part ran):
          dispatched: zennit's modified forward passes inside its backward hooks included).
  stages  the whole chain on Fashion-MNIST (small CNN trained 1 epoch by the train stage, the default
          invariant Wasserstein distances) at three N (n = N/10 per class), one torch/BLAS/faiss
-         thread: process CPU time (self + children) and wall time of every stage; and once more at
-         --report-n images a class, where the report's fixed cost per class is read.
+         thread: process CPU time (self + children) and wall time of every stage (the transfer stage's
+         also without its model's forward passes, timed inside it); the kNN graph of each chain's largest
+         class once more with its torch traffic counted (matmul FLOPs, element-wise bytes, kernels, host
+         seconds: what its GPU path would run); and the chain once more at --report-n images a class,
+         where the report's fixed cost per class is read.
  decode  pipeline/data/folder.py FolderDataset.decode (PIL draft decoding, resize to 256, centre
          crop to 224) of ImageNet-sized JPEGs (500 x 375, quality 90, crops of the photos shipped in
          installed packages) and the index stage's header probe: CPU seconds per image on one core.
@@ -20,19 +23,31 @@ threads and the load average while each part ran):
 Cost model (ImageNet-1k: N = 1,281,167 images, K = 1,000 classes of n = N/K on average; the model's
 weights are given, so no train stage). One worker = one GPU with C CPU cores (--cores-per-gpu).
 
-    attribute  max(N F_lrp / R,  N (t_dec + t_att) / C)       decoding runs in compute.decode_threads threads
-                                                             beside the GPU
-    distances  K a_d n^b_d / C                               per-class fits t(n) = a n^b over the
-    cluster    K a_c n^b_c / C                               three Fashion-MNIST sizes (32 x 32 maps
+    attribute  max(N F_lrp / R,  N (t_dec + t_th + t_att) / C)  decoding runs in compute.decode_threads
+                                                             threads beside the GPU, the thumbnails
+                                                             (t_th) in the stage's writer thread
+    distances  K (F_d / R64 + B_d / BW + O_d L) + K h_d / C   on a GPU worker; CPU only: K a_d n^b_d / C
+                   F_d, B_d, O_d, h_d: per class, the float64 matmul FLOPs, element-wise bytes, kernel count
+                   (at the GPU's batch) and host-side CPU seconds (canonical forms, faiss, numpy
+                   bookkeeping, timed) of the kNN graph (distance_traffic, on each chain's largest class,
+                   fitted as a n^b); R64, BW, L: ASSUMED GPU float64 throughput, bandwidth, launch cost
+    cluster    K a_c n^b_c / C                               per-class fits t(n) = a n^b over the
+                                                             three Fashion-MNIST sizes (32 x 32 maps
                                                              at both scales, so they carry over)
-    transfer   N (h + h_p) F_fwd / R  +  ((N + m K) t_dec + K a_t n^b_t) / C
+    transfer   max(N (h + h_p) F_fwd / R,  D t_dec / C)  +  (m K t_dec + K a_t n^b_t) / C
                    h: forward passes per sample of the evidence and global probes, configs/imagenet.yaml's
                    (a screening of 2 + 1 probes, then the 10 candidate classes on all 16 + 4 hosts:
                    2 + 1 + 10 / K x 20 = 3.2); h_p: the place probe's bound per sample, place_groups x 2
                    place_donors x place_hosts x K / N (1.2 on its 8 hosts; a confirmed place's reach adds
-                   place_hosts per member of its class, not counted); m = 16 hosts a class, decoded once
+                   place_hosts per member of its class, not counted); D: the donors decoded (every sample,
+                   the candidates' again, the place probe's), beside the GPU's passes (the next chunk decodes
+                   while one is probed); m = 16 hosts a class, decoded before its probes; a_t n^b_t: the
+                   stage's CPU time less its model's forward passes (timed in the stage), which on a GPU
+                   worker are the GPU's
     score      K a_s n^b_s / C                               statistics on the stored transfers
-    report     (N t_dec + K a_r n^b_r) / C
+    report     K (d t_dec + a_r n^b_r) / C                 d: images decoded a class (prototypes of every
+                                                             block, the group's strip); the member tiles are
+                                                             the attribute stage's thumbnails
     index      N (t_probe + t_idx)            in the driver, one core
     clean      N t_clean                      in the driver, one core
 
@@ -69,6 +84,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -77,12 +94,14 @@ from unhans.pipeline.data.folder import FolderDataset, imagenet_classes, probe  
 from unhans.pipeline.data.models import MODELS  # noqa: E402
 from unhans.pipeline.data.photos import natural_photos  # noqa: E402
 from unhans.pipeline.method.attribution import LRP, sum_pool  # noqa: E402
+from unhans.pipeline.report.pages import GROUP_STRIP  # noqa: E402
+from unhans.pipeline.report.render import image_rgb, thumbs  # noqa: E402
 from unhans.stages import load_config, runner  # noqa: E402
 from unhans.stages.transfer import screened  # noqa: E402
 
 IMAGENET_N, IMAGENET_K = 1_281_167, 1000
 ARCHS = ("vgg16", "resnet50")
-PER_CLASS = ("distances", "cluster", "transfer", "score", "report")
+PER_CLASS = ("distances", "cluster", "transfer", "transfer_rest", "score", "report")  # transfer_rest: less its model
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -264,6 +283,111 @@ def print_lrp(rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------- 2. stages on Fashion-MNIST
 
 
+class _TimedModel(torch.nn.Module):
+    """The model with the CPU seconds of its forward passes counted (this thread's: one torch thread)."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner, self.cpu = inner, 0.0
+
+    def forward(self, x):
+        c0 = time.thread_time()
+        out = self.inner(x)
+        self.cpu += time.thread_time() - c0
+        return out
+
+
+@contextlib.contextmanager
+def timed_transfer_model():
+    """Inside the block the transfer stage (in this process) probes through a _TimedModel; yields the list of
+    them, whose .cpu is the stage's forward passes (on a GPU worker those are the GPU's, counted apart)."""
+    from unhans.stages import transfer as stage
+
+    original, timed = stage._model_and_data, {}
+
+    def patched(cfg, url):
+        model, ds, normalise = original(cfg, url)
+        return timed.setdefault(id(model), _TimedModel(model)), ds, normalise
+
+    stage._model_and_data = patched
+    try:
+        yield timed
+    finally:
+        stage._model_and_data = original
+
+
+class _Traffic(TorchDispatchMode):
+    """Counts what the torch ops inside it would cost a GPU: matmul FLOPs, and for every other op its count and
+    the bytes of its tensor inputs and outputs (element-wise ops are bound by memory bandwidth there)."""
+
+    MM = {torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default}
+
+    def __init__(self):
+        super().__init__()
+        self.flops, self.bytes, self.ops = 0.0, 0.0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in self.MM:
+            a, b = args[-2], args[-1]
+            self.flops += 2.0 * a.numel() * b.shape[-1]
+        else:
+            tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+            self.ops += 1
+            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+        return out
+
+
+def distance_traffic(store) -> dict:
+    """The invariant kNN graph of the run's largest class again (one thread, CPU, the GPU's Sinkhorn batch), counted
+    by _Traffic (what its GPU path would run: matmul FLOPs, element-wise bytes, kernels), with the CPU seconds of
+    its host-side work, which stays on the CPU of a GPU worker, timed: canonical forms, the faiss search (on the
+    CPU here; faiss-gpu would take it) and the pair bookkeeping in numpy."""
+    from unhans.pipeline.core import layout
+    from unhans.pipeline.method.metrics import wasserstein
+
+    ids = list(store.group["classes"].attrs["ids"])
+    members = max((store.read(layout.MEMBERS(c=c)) for c in ids), key=len)
+    maps = store.relevance(members)
+    host = [0.0]
+
+    def timed(fn):
+        def call(*a, **k):
+            c0 = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                host[0] += time.thread_time() - c0
+
+        return call
+
+    class TimedIndex:
+        def __init__(self, index) -> None:
+            self.add, self.search = timed(index.add), timed(index.search)
+
+    init, saved = wasserstein._Grid.__init__, {}
+
+    def gpu_batch_grid(self, *a, **k) -> None:
+        init(self, *a, **k)
+        self.batch = wasserstein.GPU_BATCH
+
+    patches = {name: timed(getattr(wasserstein, name)) for name in ("canonicalise", "_pair_orientation", "_top_pairs",
+                                                                     "_assemble")}  # fmt: skip
+    patches["flat_index"] = lambda dim, real=wasserstein.flat_index: TimedIndex(real(dim))
+    for name, fn in patches.items():
+        saved[name] = getattr(wasserstein, name)
+        setattr(wasserstein, name, fn)
+    wasserstein._Grid.__init__ = gpu_batch_grid
+    try:
+        with _Traffic() as t:
+            wasserstein.knn_wasserstein(maps, 10, wasserstein.WassersteinParams(), seed=0, device="cpu")
+    finally:
+        wasserstein._Grid.__init__ = init
+        for name, fn in saved.items():
+            setattr(wasserstein, name, fn)
+    return {"n": len(members), "flops": t.flops, "bytes": t.bytes, "ops": t.ops, "host_cpu": host[0]}
+
+
 def _chain(N: int, args, tmp: str, repeats: int) -> dict:
     """Every stage of the chain on Fashion-MNIST at N samples (N / 10 a class), CPU and wall seconds each, then
     the report again of every class and of the top class alone (dataset and imports warm), best of `repeats`
@@ -283,10 +407,14 @@ def _chain(N: int, args, tmp: str, repeats: int) -> dict:
     with threads(args.threads):
         for name in r.stages:
             c0, w0 = cpu_seconds(), time.perf_counter()
-            rec = r.run(name)
+            with timed_transfer_model() as timed:
+                rec = r.run(name)
             if rec is None:
                 continue
             stages[name] = {"cpu": cpu_seconds() - c0, "wall": time.perf_counter() - w0}
+            if name == "transfer":  # its model's forward passes, and the rest (the per-class term on a GPU worker)
+                stages[name]["model_cpu"] = sum(m.cpu for m in timed.values())
+                stages["transfer_rest"] = {"cpu": stages[name]["cpu"] - stages[name]["model_cpu"], "wall": np.nan}
             print(f"    {name}: {stages[name]['cpu']:.1f} s CPU", file=sys.stderr, flush=True)
         one = runner(load_config("fashion-mnist", overrides + ["report.top_classes=1"]))
         best = {"report_all": float("inf"), "report_one": float("inf")}
@@ -298,8 +426,11 @@ def _chain(N: int, args, tmp: str, repeats: int) -> dict:
         stages.update({k: {"cpu": v} for k, v in best.items()})
     samples = r.store.read_table("samples")
     n_classes = int(samples["label"].nunique())
+    with threads(1):
+        traffic = distance_traffic(r.store)  # after the timed stages: counting slows the ops it counts
     return {"N": len(samples), "classes": n_classes, "n": len(samples) / n_classes, "stages": stages,
-            "threads": args.threads, "epochs": args.epochs, "load": os.getloadavg()[0]}  # fmt: skip
+            "threads": args.threads, "epochs": args.epochs, "load": os.getloadavg()[0],
+            "distance_traffic": traffic}  # fmt: skip
 
 
 def measure_stages(sizes: list[int], args) -> list[dict]:
@@ -406,17 +537,27 @@ def measure_decode(args) -> dict:
         with threads(1):
             dec_cpu, dec_wall = best(ds.decode)
             probe_cpu, _ = best(probe)
+            # the attribute stage's thumbnail of a decoded image (writer thread), at attribute.thumbnail
+            side = load_config("imagenet").attribute.thumbnail
+            x = torch.stack([ds.decode(p) for p in paths[:32]])  # (b, 3, S, S) in [0, 1], as the stage gets them
+            c0 = time.process_time()
+            for _ in range(args.repeats):
+                thumbs(image_rgb(x.numpy()), side)
+            thumb_cpu = (time.process_time() - c0) / (args.repeats * len(x))
     return {"width": W, "height": H, "kib": kib, "images": len(paths), "out_shape": list(out.shape),
-            "resize": ds.resize, "decode_s": dec_cpu, "decode_wall_s": dec_wall, "probe_s": probe_cpu}  # fmt: skip
+            "resize": ds.resize, "decode_s": dec_cpu, "decode_wall_s": dec_wall, "probe_s": probe_cpu,
+            "thumb_s": thumb_cpu, "thumb_side": side}  # fmt: skip
 
 
 def print_decode(d: dict) -> None:
     print(f"\n### JPEG decoding (FolderDataset.decode: draft, resize to {d['resize']}, crop to {d['out_shape'][-1]}; "
           f"one core, best of passes over {d['images']} files in the page cache)\n")  # fmt: skip
-    print("| JPEG | mean size | decode CPU ms/img | decode wall ms/img | images/s per core | header probe ms/file |")
-    print("|---|---|---|---|---|---|")
+    print("| JPEG | mean size | decode CPU ms/img | decode wall ms/img | images/s per core | header probe ms/file | "
+          "thumbnail CPU ms/img |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     print(f"| {d['width']} x {d['height']}, quality 90 | {d['kib']:.0f} KiB | {d['decode_s'] * 1e3:.2f} | "
-          f"{d['decode_wall_s'] * 1e3:.2f} | {1 / d['decode_s']:.0f} | {d['probe_s'] * 1e3:.3f} |")  # fmt: skip
+          f"{d['decode_wall_s'] * 1e3:.2f} | {1 / d['decode_s']:.0f} | {d['probe_s'] * 1e3:.3f} | "
+          f"{d.get('thumb_s', 0.0) * 1e3:.2f} ({d.get('thumb_side', '-')} px) |")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- cost model
@@ -438,6 +579,11 @@ def cost_model(m: dict, args) -> None:
     h = args.passes if args.passes is not None else transfer_passes(cfg, K)
     h_p = tr.place_groups * 2 * tr.place_donors * min(tr.place_hosts, tr.hosts) * K / N  # the place probe's bound
     n = N / K
+    # images the transfer stage decodes: every sample, the candidates' samples again, the place probe's donors
+    # (at most place_groups x 2 place_donors a class) and each class's hosts
+    cand = min(tr.candidates, K) / K if screened(cfg) else 0.0
+    n_donors = N * (1 + cand) + K * tr.place_groups * 2 * tr.place_donors
+    n_dec = n_donors + K * tr.hosts
     R = args.gpu_tflops * 1e12
     st, dec = m["stages"], m["decode"]
     # per-sample stages: the marginal cost c1 of t = c0 + c1 N (c0: reading Fashion-MNIST's files and the like)
@@ -445,10 +591,27 @@ def cost_model(m: dict, args) -> None:
                   for s in ("index", "attribute", "clean")}  # fmt: skip
     fits = {}
     for s in PER_CLASS:
+        if s not in st[0]["stages"]:  # measurements from before transfer_rest was measured: the whole stage
+            fits[s] = fits["transfer"]
+            continue
         fits[s] = fit_power([r["n"] for r in st], [r["stages"][s]["cpu"] / r["classes"] for r in st])
     t_class = {s: a * n**b for s, (a, b) in fits.items()}
-    t_dec, t_probe = dec["decode_s"], dec["probe_s"]
+    t_dec, t_probe, t_thumb = dec["decode_s"], dec["probe_s"], dec.get("thumb_s", 0.0)
+    # images the report decodes a class: its blocks' prototypes (at most k_max clusters and the group) and the strip
+    d_report = cfg.report.prototypes * (cfg.cluster.k_max + 1) + GROUP_STRIP
     gpu_measured = m["lrp"][0]["device"] != "cpu"
+    # the distances on a GPU worker: each term of the counted traffic fitted as a n^b over the runs' largest classes
+    dist_gpu, dist_what = None, ""
+    if all("distance_traffic" in r for r in st):
+        tr_rows = [r["distance_traffic"] for r in st]
+        ns = [t["n"] for t in tr_rows]
+        at = {key: fit_power(ns, [t[key] for t in tr_rows]) for key in ("flops", "bytes", "ops", "host_cpu")}
+        per = {key: a * n**b for key, (a, b) in at.items()}
+        R64, BW, L = args.gpu_fp64_tflops * 1e12, args.gpu_bandwidth * 1e12, args.launch_us * 1e-6
+        gpu_class = per["flops"] / R64 + per["bytes"] / BW + per["ops"] * L
+        dist_gpu = K * gpu_class + K * per["host_cpu"] / C
+        dist_what = (f"{per['flops'] / 1e9:.0f} GFLOP / R64 + {per['bytes'] / 1e9:.1f} GB / BW + {per['ops']:,.0f} "
+                     f"ops x {args.launch_us:g} us) + K x {per['host_cpu']:.2f} s / C")  # fmt: skip
 
     print(f"\n### Cost model: ImageNet-1k ({N:,} images, {K:,} classes of n = {n:,.0f} on average), no train stage\n")
     if gpu_measured:
@@ -462,9 +625,22 @@ def cost_model(m: dict, args) -> None:
           "index and clean run in the driver. Per-class CPU stages use t(n) = a n^b fitted on Fashion-MNIST "
           "(n = " + ", ".join(f"{r['n']:,.0f}" for r in st) + "): "
           + ", ".join(f"{s} b = {fits[s][1]:.2f}" for s in PER_CLASS) + ".")  # fmt: skip
-    print("Per-sample CPU terms (t_att, t_idx, t_clean) are marginal costs (slope of t = c0 + c1 N). Wasserstein "
-          "distances run in torch on the worker's GPU when it has one; the CPU projection is an upper bound "
-          "for them.\n")  # fmt: skip
+    print("Per-sample CPU terms (t_att, t_idx, t_clean) are marginal costs (slope of t = c0 + c1 N).")
+    if dist_gpu is not None:
+        a, b = fits["distances"]
+        print(f"Wasserstein distances run in torch on the worker's GPU when it has one: per class of n = {n:,.0f} "
+              f"the counted torch traffic of the kNN graph (fitted over the chains' largest classes, n = "
+              + ", ".join(f"{x:,.0f}" for x in ns) + f"): {per['flops'] / 1e9:.0f} GFLOP of float64 matmuls at an "
+              f"ASSUMED R64 = {args.gpu_fp64_tflops:g} TFLOP/s (--gpu-fp64-tflops), {per['bytes'] / 1e9:.1f} GB of "
+              f"element-wise traffic at an ASSUMED BW = {args.gpu_bandwidth:g} TB/s (--gpu-bandwidth), "
+              f"{per['ops']:,.0f} kernel launches at an ASSUMED {args.launch_us:g} us (--launch-us): "
+              f"{gpu_class:.2f} s of GPU a class; the host-side work (canonical forms, pairs, the faiss search on "
+              f"the CPU) {per['host_cpu']:.2f} CPU s a class. On the CPU alone the stage takes "
+              f"{a * n**b:.1f} CPU s a class (measured, the table's CPU-only columns: "
+              f"{hours(K * a * n**b / C)} on {C} cores).\n")  # fmt: skip
+    else:
+        print("Wasserstein distances run in torch on the worker's GPU when it has one; the CPU projection is an "
+              "upper bound for them (these measurements have no counted distance traffic).\n")  # fmt: skip
 
     for r in m["lrp"]:
         arch = r["arch"]
@@ -477,12 +653,12 @@ def cost_model(m: dict, args) -> None:
             (N * r["lrp_cpu_s"], N * (h + h_p) * r["fwd_cpu_s"]) if not gpu_measured else (np.nan, np.nan)
         )
         cpu = {
-            "attribute": N * (t_dec + per_sample["attribute"]),
+            "attribute": N * (t_dec + t_thumb + per_sample["attribute"]),
             "distances": K * t_class["distances"],
             "cluster": K * t_class["cluster"],
-            "transfer": (N + tr.hosts * K) * t_dec + K * t_class["transfer"],
+            "transfer": n_dec * t_dec + K * t_class["transfer_rest"],
             "score": K * t_class["score"],
-            "report": N * t_dec + K * t_class["report"],
+            "report": K * d_report * t_dec + K * t_class["report"],
         }
         driver = {"index": N * (t_probe + per_sample["index"]), "clean": N * per_sample["clean"]}
         rows = []  # stage, what, 1 GPU, G GPUs, CPU-only C cores, CPU-only G x C cores
@@ -491,20 +667,32 @@ def cost_model(m: dict, args) -> None:
         one = max(g_att, cpu["attribute"] / C)
         cpu_only = (c_att + cpu["attribute"]) / C
         rows.append(("attribute", f"max(N x {r['lrp_flops'] / 1e9:.0f} GFLOP / R, N x ({t_dec * 1e3:.1f} ms decode + "
-                     f"{per_sample['attribute'] * 1e3:.2f} ms) / C); CPU only: N x {r['lrp_cpu_s']:.2f} s / C",
+                     f"{t_thumb * 1e3:.2f} ms thumbnail + {per_sample['attribute'] * 1e3:.2f} ms) / C); CPU only: "
+                     f"N x {r['lrp_cpu_s']:.2f} s / C",
                      one, one / G, cpu_only, cpu_only / G))  # fmt: skip
-        for s in ("distances", "cluster"):
-            a, b = fits[s]
-            rows.append((s, f"K x {a:.3g} n^{b:.2f} s / C", cpu[s] / C, cpu[s] / C / G, cpu[s] / C, cpu[s] / C / G))
-        one = g_transfer + cpu["transfer"] / C
+        if dist_gpu is not None:  # on a GPU worker its torch part runs on the GPU (assumed throughputs), the rest here
+            a, b = fits["distances"]
+            rows.append(("distances", f"K x ({dist_what}); CPU only: K x {a:.3g} n^{b:.2f} s / C", dist_gpu,
+                         dist_gpu / G, cpu["distances"] / C, cpu["distances"] / C / G))  # fmt: skip
+        else:
+            a, b = fits["distances"]
+            rows.append(("distances", f"K x {a:.3g} n^{b:.2f} s / C", cpu["distances"] / C, cpu["distances"] / C / G,
+                         cpu["distances"] / C, cpu["distances"] / C / G))  # fmt: skip
+        a, b = fits["cluster"]
+        rows.append(("cluster", f"K x {a:.3g} n^{b:.2f} s / C", cpu["cluster"] / C, cpu["cluster"] / C / G,
+                     cpu["cluster"] / C, cpu["cluster"] / C / G))  # fmt: skip
+        # the donors decode while the previous chunk's probes run (pipeline/method/probes.py, chunks): the larger of
+        # the GPU's passes and the donors' decoding, then a class's hosts (decoded before its probes) and the rest
+        one = max(g_transfer, n_donors * t_dec / C) + (tr.hosts * K * t_dec + K * t_class["transfer_rest"]) / C
         cpu_only = (c_transfer + cpu["transfer"]) / C
         hh = f"({h:.2f} + {h_p:.2f})"
-        rows.append(("transfer", f"N x {hh} x {r['fwd_flops'] / 1e9:.1f} GFLOP / R + ((N + {tr.hosts}K) x decode + "
-                     f"K x {t_class['transfer']:.2f} s) / C; CPU only: N x {hh} x {r['fwd_cpu_s']:.3f} s / C",
-                     one, one / G, cpu_only, cpu_only / G))  # fmt: skip
+        rows.append(("transfer", f"max(N x {hh} x {r['fwd_flops'] / 1e9:.1f} GFLOP / R, {n_donors / N:.2f}N x decode "
+                     f"/ C) + ({tr.hosts}K x decode + K x {t_class['transfer_rest']:.2f} s) / C; CPU only: N x {hh} x "
+                     f"{r['fwd_cpu_s']:.3f} s / C + ({n_dec / N:.2f}N x decode + K x {t_class['transfer_rest']:.2f} s) "
+                     "/ C", one, one / G, cpu_only, cpu_only / G))  # fmt: skip
         rows.append(("score", f"K x {t_class['score']:.2f} s / C", cpu["score"] / C, cpu["score"] / C / G,
                      cpu["score"] / C, cpu["score"] / C / G))  # fmt: skip
-        rows.append(("report", f"(N x decode + K x {t_class['report']:.2f} s) / C", cpu["report"] / C,
+        rows.append(("report", f"K x ({d_report} x decode + {t_class['report']:.2f} s) / C", cpu["report"] / C,
                      cpu["report"] / C / G, cpu["report"] / C, cpu["report"] / C / G))  # fmt: skip
         rows.append(("clean", f"N x {per_sample['clean'] * 1e3:.3f} ms, driver", driver["clean"], driver["clean"],
                      driver["clean"], driver["clean"]))  # fmt: skip
@@ -517,9 +705,11 @@ def cost_model(m: dict, args) -> None:
             print(f"| {name} | {what} | " + " | ".join(hours(t) for t in ts) + " |")
         tot = [sum(row[i] for row in rows) for i in range(2, 6)]
         print("| **total** | | " + " | ".join(f"**{hours(t)}**" for t in tot) + " |")
-        print(f"\nTransfer on 1 GPU: {hours(g_transfer)} of forward passes on the GPU, {hours(cpu['transfer'] / C)} "
-              f"on the CPU (decoding {hours((N + tr.hosts * K) * t_dec / C)}, the per-class term "
-              f"{hours(K * t_class['transfer'] / C)}).")  # fmt: skip
+        print(f"\nTransfer on 1 GPU: {hours(g_transfer)} of forward passes on the GPU; on the CPU, decoding the "
+              f"donors {hours(n_donors * t_dec / C)} (beside the GPU), the hosts {hours(tr.hosts * K * t_dec / C)} and "
+              f"the per-class term less the model's passes {hours(K * t_class['transfer_rest'] / C)} (with them: "
+              f"{hours(K * t_class['transfer'] / C)}; fitted on Fashion-MNIST at 20 passes a sample, an upper "
+              "bound at fewer).")  # fmt: skip
         ips_att = 1 / r["lrp_wall_s"] if gpu_measured else R / r["lrp_flops"]
         ips_transfer = 1 / ((h + h_p) * r["fwd_wall_s"]) if gpu_measured else R / ((h + h_p) * r["fwd_flops"])
         print(f"\nDecoding to keep one GPU busy: attribute {ips_att:,.0f} img/s x {t_dec * 1e3:.1f} ms = "
@@ -559,6 +749,13 @@ def main() -> None:
                          "training sustains there, less for zennit's hooks)")  # fmt: skip
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--cores-per-gpu", type=int, default=8)
+    ap.add_argument("--gpu-fp64-tflops", type=float, default=10.0,
+                    help="ASSUMED sustained float64 TFLOP/s of the distances' small batched matmuls on the GPU "
+                         "(an H100 peaks at 67 on float64 tensor cores; 32 x 32 matrices reach less)")  # fmt: skip
+    ap.add_argument("--gpu-bandwidth", type=float, default=1.5,
+                    help="ASSUMED sustained memory bandwidth of the GPU's element-wise kernels, TB/s (H100: 2-3.35 "
+                         "peak)")  # fmt: skip
+    ap.add_argument("--launch-us", type=float, default=10.0, help="ASSUMED microseconds a GPU kernel launch costs")
     ap.add_argument("--passes", type=float, default=None,
                     help="forward passes per sample of the transfer stage's evidence and global probes (default: "
                          "configs/imagenet.yaml's, transfer_passes; the self-confidence comes from the attribute "

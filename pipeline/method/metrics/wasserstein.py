@@ -72,6 +72,7 @@ LOT_ITERS = 50
 RERANK_ITERS = 30
 OVERRELAX = 1.5
 PCA_DIM = 64
+CPU_BATCH, GPU_BATCH = 128, 8192  # grids per Sinkhorn batch: small on CPU (it stays in cache), large on a GPU
 _TINY = 1e-300
 FLOOR = 1e-9
 
@@ -230,8 +231,7 @@ class _Grid:
         self.rho = rho / rho.sum()
         self.cells = np.stack(np.meshgrid(c, c, indexing="ij"), -1).reshape(-1, 2)
         self._perms: dict[bytes, torch.Tensor] = {}
-        # grids per Sinkhorn batch: small on CPU (the batch stays in cache), large on a GPU
-        self.batch = 128 if device.type == "cpu" else 8192
+        self.batch = CPU_BATCH if device.type == "cpu" else GPU_BATCH
 
     def perm(self, g: np.ndarray) -> torch.Tensor:
         """Flat index p with H_g = H.flatten()[p] the histogram of the points g z (g a square symmetry)."""
