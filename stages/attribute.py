@@ -41,6 +41,7 @@ ROWS = {"relevance": layout.RELEVANCE, "relevance_scale": layout.RELEVANCE_SCALE
         "prediction": layout.PREDICTION, "target": layout.TARGET, "status": layout.STATUS,
         "features": layout.FEATURES, "thumbnails": layout.THUMBNAILS}  # fmt: skip
 GREY = 128  # the thumbnail of an image not attributed (skipped at index, or failed to decode)
+THUMBNAIL_ROWS = 64  # at most this many thumbnails a zarr chunk
 
 
 @stage("attribute", sections=["model", "attribute"], inputs=["index", "train"])
@@ -177,7 +178,11 @@ def _create_arrays(ctx: Context, n: int, n_chunks: int, model: torch.nn.Module) 
     for name in ("relevance_scale", "logit", "label_probability", "relevance_sum", "prediction", "target", "status"):
         store.create_array(ROWS[name](), (n,), (cs,))
     t = min(cfg.attribute.thumbnail, cfg.dataset.image_size)
-    store.create_array(layout.THUMBNAILS(), (n, t, t, 3), (cs, t, t, 3), {"side": t})
+    # rows a zarr chunk of thumbnails: the largest divisor of the chunk size up to 64, so a class of a few images
+    # reads (decompresses) 64 of them, not a chunk's 1,024 (12 KiB each at 64 px), and each zarr chunk still
+    # lies in one attribute chunk, written by one writer
+    rows = max(d for d in range(1, min(cs, THUMBNAIL_ROWS) + 1) if cs % d == 0)
+    store.create_array(layout.THUMBNAILS(), (n, t, t, 3), (rows, t, t, 3), {"side": t})
     if cfg.attribute.features:
         dim = penultimate_layer(model).in_features
         store.create_array(layout.FEATURES(), (n, dim), (cs, dim))
