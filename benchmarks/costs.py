@@ -25,7 +25,7 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
 
     attribute  max(N F_lrp / R,  N (t_dec + t_th + t_att) / C)  decoding runs in compute.decode_threads
                                                              threads beside the GPU, the thumbnails
-                                                             (t_th) in the stage's writer thread
+                                                             (t_th) in threads of their own
     distances  K (F_d / R64 + B_d / BW + O_d L) + K h_d / C   on a GPU worker; CPU only: K a_d n^b_d / C
                    F_d, B_d, O_d, h_d: per class, the float64 matmul FLOPs, element-wise bytes, kernel count
                    (at the GPU's batch) and host-side CPU seconds (canonical forms, faiss, numpy
@@ -299,8 +299,8 @@ class _TimedModel(torch.nn.Module):
 
 @contextlib.contextmanager
 def timed_transfer_model():
-    """Inside the block the transfer stage (in this process) probes through a _TimedModel; yields the list of
-    them, whose .cpu is the stage's forward passes (on a GPU worker those are the GPU's, counted apart)."""
+    """Inside the block the transfer stage (in this process) probes through a _TimedModel; yields them (a dict by
+    the wrapped model's id), whose .cpu is the stage's forward passes (on a GPU worker the GPU's, counted apart)."""
     from unhans.stages import transfer as stage
 
     original, timed = stage._model_and_data, {}
@@ -537,7 +537,7 @@ def measure_decode(args) -> dict:
         with threads(1):
             dec_cpu, dec_wall = best(ds.decode)
             probe_cpu, _ = best(probe)
-            # the attribute stage's thumbnail of a decoded image (writer thread), at attribute.thumbnail
+            # the attribute stage's thumbnail of a decoded image (in its thumbnail threads), at attribute.thumbnail
             side = load_config("imagenet").attribute.thumbnail
             x = torch.stack([ds.decode(p) for p in paths[:32]])  # (b, 3, S, S) in [0, 1], as the stage gets them
             c0 = time.process_time()
@@ -670,14 +670,12 @@ def cost_model(m: dict, args) -> None:
                      f"{t_thumb * 1e3:.2f} ms thumbnail + {per_sample['attribute'] * 1e3:.2f} ms) / C); CPU only: "
                      f"N x {r['lrp_cpu_s']:.2f} s / C",
                      one, one / G, cpu_only, cpu_only / G))  # fmt: skip
-        if dist_gpu is not None:  # on a GPU worker its torch part runs on the GPU (assumed throughputs), the rest here
-            a, b = fits["distances"]
-            rows.append(("distances", f"K x ({dist_what}); CPU only: K x {a:.3g} n^{b:.2f} s / C", dist_gpu,
-                         dist_gpu / G, cpu["distances"] / C, cpu["distances"] / C / G))  # fmt: skip
-        else:
-            a, b = fits["distances"]
-            rows.append(("distances", f"K x {a:.3g} n^{b:.2f} s / C", cpu["distances"] / C, cpu["distances"] / C / G,
-                         cpu["distances"] / C, cpu["distances"] / C / G))  # fmt: skip
+        # on a GPU worker the distances' torch part runs on the GPU (assumed throughputs), the rest on its cores
+        a, b = fits["distances"]
+        on_cpu = cpu["distances"] / C
+        one = dist_gpu if dist_gpu is not None else on_cpu
+        what = f"K x ({dist_what}; CPU only: " if dist_gpu is not None else ""
+        rows.append(("distances", f"{what}K x {a:.3g} n^{b:.2f} s / C", one, one / G, on_cpu, on_cpu / G))
         a, b = fits["cluster"]
         rows.append(("cluster", f"K x {a:.3g} n^{b:.2f} s / C", cpu["cluster"] / C, cpu["cluster"] / C / G,
                      cpu["cluster"] / C, cpu["cluster"] / C / G))  # fmt: skip

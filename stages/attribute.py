@@ -32,7 +32,7 @@ from unhans.pipeline.data import build_dataset, iter_batches
 from unhans.pipeline.data.models import model_for_run, model_spec, penultimate_layer, trained_by_run
 from unhans.pipeline.method.attribution import LRP, sum_pool
 from unhans.pipeline.method.training import chance, quality_warnings
-from unhans.pipeline.report.render import image_rgb, thumbs
+from unhans.pipeline.report.render import GREY, loaded_rgb, thumbs
 
 OK, SKIPPED, FAILED = 0, 1, 2  # attribution/status codes
 # the per-sample arrays, chunked by attribute.chunk_size rows (their dtypes and fills: pipeline/core/layout.py)
@@ -40,7 +40,6 @@ ROWS = {"relevance": layout.RELEVANCE, "relevance_scale": layout.RELEVANCE_SCALE
         "label_probability": layout.LABEL_PROBABILITY, "relevance_sum": layout.RELEVANCE_SUM,
         "prediction": layout.PREDICTION, "target": layout.TARGET, "status": layout.STATUS,
         "features": layout.FEATURES, "thumbnails": layout.THUMBNAILS}  # fmt: skip
-GREY = 128  # the thumbnail of an image not attributed (skipped at index, or failed to decode)
 THUMBNAIL_ROWS = 64  # at most this many thumbnails a zarr chunk
 
 
@@ -218,9 +217,7 @@ def _fill_rows(
 
 def _fill_thumbnails(thumbnails: np.ndarray, local: np.ndarray, x: torch.Tensor, ok: np.ndarray) -> None:
     """One batch's thumbnails (images x as loaded, in [0, 1]), area-averaged as the report draws them."""
-    rgb = image_rgb(x.numpy())
-    rgb[~np.asarray(ok, bool)] = GREY
-    thumbnails[local] = thumbs(rgb, thumbnails.shape[1])
+    thumbnails[local] = thumbs(loaded_rgb(x.numpy(), ok), thumbnails.shape[1])
 
 
 def _new_rows(c: int, n: int, cs: int, res: int, store: Store) -> dict[str, np.ndarray]:

@@ -49,7 +49,7 @@ from unhans.pipeline.report.render import (
     PALETTE,
     esc,
     heatmap_rgb,
-    image_rgb,
+    loaded_rgb,
     png_bytes,
     safe_json,
     sprite,
@@ -330,8 +330,7 @@ def render_class(cfg, url: str, common: dict, item: tuple) -> tuple[int, int, bo
     shown = np.array(sorted(need_full | strip_set), int)
     for idx, x, ok, _ in iter_batches(_dataset(cfg), sub, [shown[s : s + P] for s in range(0, len(shown), P)],
                                       cfg.compute.decode_threads):  # fmt: skip
-        imgs = image_rgb(x.numpy())
-        imgs[~np.asarray(ok, bool)] = 128  # unreadable: a grey tile
+        imgs = loaded_rgb(x.numpy(), ok)
         for b, i in enumerate(idx):
             if int(i) in need_full:
                 full[int(i)] = thumb(imgs[b], res)

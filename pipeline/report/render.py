@@ -68,6 +68,16 @@ def image_rgb(x: np.ndarray) -> np.ndarray:
     return (np.moveaxis(a, -3, -1) * 255).round().astype(np.uint8)
 
 
+GREY = 128  # the tile of an image that could not be read or was not attributed
+
+
+def loaded_rgb(x: np.ndarray, ok) -> np.ndarray:
+    """A loaded batch (b, C, S, S) in [0, 1] -> (b, S, S, 3) uint8, grey where `ok` is false (unreadable)."""
+    rgb = image_rgb(x)
+    rgb[~np.asarray(ok, bool)] = GREY
+    return rgb
+
+
 def upscale(rgb: np.ndarray, size: int) -> np.ndarray:
     """Nearest-neighbour resize of an (h, w, 3) uint8 image to (size, size, 3)."""
     if rgb.shape[0] == size:
