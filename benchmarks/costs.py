@@ -38,7 +38,8 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
                    h: forward passes per sample of the evidence and global probes, configs/imagenet.yaml's
                    (a screening of 2 + 1 probes, then the 10 candidate classes on all 16 + 4 hosts:
                    2 + 1 + 10 / K x 20 = 3.2); h_p: the place probe's bound per sample, place_groups x 2
-                   place_donors x place_hosts x K / N (1.2 on its 8 hosts; a confirmed place's reach adds
+                   place_donors x place_hosts x K_p / N, K_p the classes whose place is probed (screened: the
+                   candidates and place_reference more, 50; 0.06 on its 8 hosts; a confirmed place's reach adds
                    place_hosts per member of its class, not counted); D: the donors decoded (every sample,
                    the candidates' again, the place probe's), beside the GPU's passes (the next chunk decodes
                    while one is probed); m = 16 hosts a class, decoded before its probes; a_t n^b_t: the
@@ -577,12 +578,14 @@ def cost_model(m: dict, args) -> None:
     cfg = load_config("imagenet")
     tr = cfg.transfer
     h = args.passes if args.passes is not None else transfer_passes(cfg, K)
-    h_p = tr.place_groups * 2 * tr.place_donors * min(tr.place_hosts, tr.hosts) * K / N  # the place probe's bound
+    # the place probe's bound: every class's place, or a screened run's candidates' and its random reference's
+    K_p = min(tr.candidates + tr.place_reference, K) if screened(cfg) else K
+    h_p = tr.place_groups * 2 * tr.place_donors * min(tr.place_hosts, tr.hosts) * K_p / N
     n = N / K
     # images the transfer stage decodes: every sample, the candidates' samples again, the place probe's donors
     # (at most place_groups x 2 place_donors a class) and each class's hosts
     cand = min(tr.candidates, K) / K if screened(cfg) else 0.0
-    n_donors = N * (1 + cand) + K * tr.place_groups * 2 * tr.place_donors
+    n_donors = N * (1 + cand) + K_p * tr.place_groups * 2 * tr.place_donors
     n_dec = n_donors + K * tr.hosts
     R = args.gpu_tflops * 1e12
     st, dec = m["stages"], m["decode"]

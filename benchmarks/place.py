@@ -69,7 +69,7 @@ def place_findings(probes: list[tuple], classes: np.ndarray, target: int | None,
     for c, (args, place) in zip(map(int, classes), probes):
         row, rows = class_findings(*args, params, place)
         out.append((row["place_score"], row["place_foreign"], row["place_usage"]))
-        reached += len(args[0]) if place.reach_group >= 0 else 0
+        reached += len(args[0]) if place is not None and place.reach_group >= 0 else 0
         if c == target:
             found = (row, rows, class_findings(*args, params)[1])
     score, foreign, usage = (np.asarray(x) for x in zip(*out))

@@ -16,6 +16,9 @@ class is scored on it with the score stage's statistics (so the `score` section 
 fingerprint), and the K classes with the highest scores have every member probed again on every host
 (classes/<c>/transfer then holds the full probe, `in_full`), the others keep their screening transfers.
 The score stage takes the flags' p-values on every class's screening score, one fidelity for all.
+The place probe of a screened run runs on the candidates (with their full probes) and on
+`transfer.place_reference` classes drawn at random before any score (with their screening), whose place
+scores are the place way's null with the candidates'; the other classes' places are stored as not probed.
 """
 
 from __future__ import annotations
@@ -46,42 +49,60 @@ def _model_and_data(cfg, url: str):
     return _CACHE[key]
 
 
-def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> dict:
-    """One class (id, host sample indices): its members' transfers at the configured probes and its place
-    probe, stored (screened: classes/<c>/transfer_screen last, else classes/<c>/transfer); returns its member
-    count and forward passes."""
-    c, hosts = item
+def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray, bool]) -> dict:
+    """One class (id, host sample indices, whether to probe its place): its members' transfers at the
+    configured probes and, where asked, its place probe, stored (screened: classes/<c>/transfer_screen last, else
+    classes/<c>/transfer); returns its member count and forward passes."""
+    c, hosts, with_place = item
     store = Store(url)
     samples = store.read_table(layout.SAMPLES.name)
     members = store.read(layout.MEMBERS(c=c))
     model, ds, normalise = _model_and_data(cfg, url)
     host_images = images(ds, samples, hosts, cfg.compute.decode_threads) if len(hosts) else None  # once, for both
     t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images=host_images)
-    place = class_place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images)
+    passes = _place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images, with_place)
     store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
     store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
-    store.write_array(layout.PLACE(c=c), place.transfers, {"groups": place.groups})
-    store.write_array(layout.PLACE_REACH(c=c), place.reach, {"group": place.reach_group, "cells": place.reach_cells})
     last = layout.TRANSFER_SCREEN if screened(cfg) else layout.TRANSFER
     store.write_array(last(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": False})  # last: marks done
-    probed = int(np.isfinite(place.transfers).sum() + np.isfinite(place.reach).sum()) + (1 if place.groups else 0)
-    at_place = min(cfg.transfer.place_hosts, len(hosts))
-    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), False) + at_place * probed}
+    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), False) + passes}
 
 
-def full_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray]) -> dict:
+def full_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray, bool]) -> dict:
     """One candidate class of a screened run: every member probed on every host, stored over its screening
-    transfers (classes/<c>/transfer_screen stays); returns its member count and forward passes."""
-    c, hosts = item
+    transfers (classes/<c>/transfer_screen stays), and its place probed unless the screening did (a reference
+    class); returns its member count and forward passes."""
+    c, hosts, with_place = item
     store = Store(url)
     samples = store.read_table(layout.SAMPLES.name)
     members = store.read(layout.MEMBERS(c=c))
     model, ds, normalise = _model_and_data(cfg, url)
-    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, full=True)
+    host_images = images(ds, samples, hosts, cfg.compute.decode_threads) if len(hosts) else None  # once, for both
+    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, full=True,
+                          host_images=host_images)  # fmt: skip
+    passes = 0
+    if with_place:  # not a reference class, whose place the screening probed
+        passes = _place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images, True)
     store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
     store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
     store.write_array(layout.TRANSFER(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": True})
-    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), True)}
+    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), True) + passes}
+
+
+def _place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images, probe: bool) -> int:
+    """Class c's place probe, stored (classes/<c>/place, classes/<c>/place_reach; without `probe` stored as not
+    probed: attribute `probed` false, the score stage gives the class no place score); returns its forward
+    passes."""
+    if not probe:
+        n = len(members)
+        store.write_array(layout.PLACE(c=c), np.zeros((0, n)), {"groups": [], "probed": False})
+        store.write_array(layout.PLACE_REACH(c=c), np.full(n, np.nan), {"group": -1, "cells": []})
+        return 0
+    place = class_place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images)
+    store.write_array(layout.PLACE(c=c), place.transfers, {"groups": place.groups, "probed": True})
+    store.write_array(layout.PLACE_REACH(c=c), place.reach, {"group": place.reach_group, "cells": place.reach_cells})
+    probed = int(np.isfinite(place.transfers).sum() + np.isfinite(place.reach).sum()) + (1 if place.groups else 0)
+    return min(cfg.transfer.place_hosts, len(hosts)) * probed
 
 
 def _passes(cfg, n: int, m: int, full: bool) -> int:
@@ -107,6 +128,16 @@ def screening_score(cfg, url: str, c: int) -> float:
     return transfer_score(W, labels, list(ks), store.read(layout.TRANSFER_SCREEN(c=c)), cfg.score).score
 
 
+def place_reference(cfg, ids: list[int]) -> set[int]:
+    """The classes whose place the screening probes: all of them unless the run screens; then
+    `transfer.place_reference` classes drawn at random (seeded, blind to any score), the place way's null with
+    the candidates', whose places are probed with their full probes."""
+    if not screened(cfg):
+        return set(ids)
+    rng = np.random.default_rng([cfg.seed, 3])
+    return {int(c) for c in rng.choice(ids, min(cfg.transfer.place_reference, len(ids)), replace=False)}
+
+
 def candidates(cfg, scores: dict[int, float]) -> list[int]:
     """The `transfer.candidates` classes with the highest screening scores (ties: the lower class id)."""
     return sorted(scores, key=lambda c: (-scores[c], c))[: cfg.transfer.candidates]
@@ -125,7 +156,8 @@ def run(ctx: Context) -> dict:
     for c in ids:
         if not len(hosts[c]):
             ctx.warn(f"class {c} has no image of another class to paste its evidence into: its transfer is 0")
-    todo = [(c, hosts[c]) for c in ids if c not in done]
+    reference = place_reference(ctx.cfg, ids)
+    todo = [(c, hosts[c], c in reference) for c in ids if c not in done]
     parts = ctx.tasks.map(transfer_one, todo, "transfer", ctx.cfg, ctx.url, ctx.fingerprint)
     counts = {"classes": len(ids), "samples": sum(p["samples"] for p in parts), "classes_resumed": len(done)}
     passes = sum(p["passes"] for p in parts)
@@ -137,8 +169,8 @@ def run(ctx: Context) -> dict:
         scores = dict(zip(ids, ctx.tasks.map(screening_score, ids, "screening", ctx.cfg, ctx.url), strict=True))
         chosen = candidates(ctx.cfg, scores)
         finished = ctx.finished_classes(chosen, layout.TRANSFER)
-        full = ctx.tasks.map(full_one, [(c, hosts[c]) for c in chosen if c not in finished], "candidates",
-                             ctx.cfg, ctx.url, ctx.fingerprint)  # fmt: skip
+        todo = [(c, hosts[c], c not in reference) for c in chosen if c not in finished]
+        full = ctx.tasks.map(full_one, todo, "candidates", ctx.cfg, ctx.url, ctx.fingerprint)
         passes += sum(p["passes"] for p in full)
         for c in ids:
             if c not in chosen:  # a screened class is scored on its screening transfers

@@ -77,6 +77,13 @@ class TransferConfig(Section):
         ge=1,
         description="of the hosts, how many (the first) the place probe and its reach paste into (at most hosts)",
     )
+    place_reference: int = Field(
+        40,
+        ge=0,
+        description="in a screened run (candidates): the place probe runs on the candidates and on this many other "
+        "classes drawn at random (seeded), whose place scores are the place way's null with the candidates' (the "
+        "rest are not probed there); unscreened runs probe every class's place",
+    )
     place_agree: float = Field(
         0.5, gt=0, le=1, description="share of a group's evidence masks a pixel must lie in to be part of its place"
     )
@@ -415,10 +422,13 @@ def probed_in_full(store, c: int) -> bool:
     return bool(store.array(layout.TRANSFER(c=c)).attrs.get("in_full", False))
 
 
-def stored_place(store, c: int) -> PlaceProbe:
+def stored_place(store, c: int) -> PlaceProbe | None:
     """Class c's place probe as the transfer stage wrote it, with its members' relevance along the reach
-    (reach_usage, from their relevance maps, where a place was confirmed)."""
+    (reach_usage, from their relevance maps, where a place was confirmed); None where the stage did not probe
+    the class's place (a screened run's class neither candidate nor reference, stages/transfer.py)."""
     transfers, attrs = store.read_with_attrs(layout.PLACE(c=c))
+    if not attrs.get("probed", True):
+        return None
     reach, at = store.read_with_attrs(layout.PLACE_REACH(c=c))
     cells = list(at["cells"])
     usage = (relevance_usage(store.relevance(store.read(layout.MEMBERS(c=c))), cells) if int(at["group"]) >= 0

@@ -333,6 +333,8 @@ def class_findings(
     s = transfer_score(W, labels, ks, t, params)
     probed, groups = (place.transfers, place.groups) if place is not None else (np.zeros((0, len(members))), [])
     at_place = place_score(probed, groups, W, labels, ks, params.min_spread)
+    if place is None:  # not probed: no place score (0 would be a probed class whose groups have no place)
+        at_place["place_score"] = float("nan")
     usage, by_reach, carried = float("nan"), np.full(len(members), np.nan), np.zeros(len(members), bool)
     if place is not None and place.reach_group >= 0:
         # every member's pixels along the confirmed group's place (probes.class_place), relative like the
@@ -413,7 +415,8 @@ def flag_classes(
     (class_findings' place_foreign) a third way: a foreign place whose score is strong in the first way's
     sense against all the run's place scores. `reference` (K,): the scores the p- and q-values are taken on
     instead of `scores` (a screened transfer's screening scores, of one fidelity for every class, where
-    `scores` holds the candidates' full ones); the thresholds stay on `scores`."""
+    `scores` holds the candidates' full ones); the thresholds stay on `scores`. A NaN place score: a class whose
+    place was not probed; the place way's p-values are taken among the probed classes."""
     s = np.asarray(scores, np.float64)
     p = class_p_values(s if reference is None else np.asarray(reference, np.float64), seed)
     q = benjamini_hochberg(p) if len(s) >= MIN_CLASSES else p.copy()
@@ -424,6 +427,11 @@ def flag_classes(
         at = np.asarray(place, np.float64)
         if foreign is None:
             raise ValueError("flag_classes: place scores need their places' foreign flags")
-        strong_place = (at >= params.flag_threshold) & ~(class_p_values(at, seed) * len(at) > 1)
+        # against the probed classes' place scores (a screened run probes the candidates' and a random
+        # reference's places only; the others' are NaN and not flagged this way)
+        probed = np.isfinite(at)
+        p_place = np.full(len(at), np.nan)
+        p_place[probed] = class_p_values(at[probed], seed)
+        strong_place = probed & (at >= params.flag_threshold) & ~(p_place * probed.sum() > 1)
         flagged |= np.asarray(foreign, bool) & strong_place
     return p, q, flagged

@@ -72,7 +72,8 @@ COLUMNS = [
      "classes' p-values); shown only where the score is high enough for it to decide", False),
     ("place_score", "place score", "for a group whose evidence sits at one place of the image (a stamp, a frame): "
      "how much more the class is carried by the group's pixels there than by the rest's, in spreads of the rest's; "
-     "a strong one flags the class too where the place is foreign to the class", False),
+     "a strong one flags the class too where the place is foreign to the class; empty: not probed (a screened "
+     "run probes the places of its candidate classes and of a random reference of classes)", False),
     ("n_samples", "images", "images of the class that were audited", False),
     ("group_size", "group", "images in the class's most isolated group", False),
     ("group_fraction", "share", "the group's share of the class", False),

@@ -512,3 +512,24 @@ def test_a_strong_place_score_flags_its_class_unless_the_run_s_place_scores_are_
     assert not flag_classes(np.full(10, 0.5), DEFAULTS, place=busy, foreign=np.ones(10, bool))[2][-2]  # usual here
     with pytest.raises(ValueError, match="foreign"):
         flag_classes(scores, DEFAULTS, place=strong)
+
+
+def test_the_place_way_of_a_screened_run_is_taken_among_the_classes_whose_place_was_probed():
+    """NaN place scores (classes a screened run did not probe there) are neither flagged by place nor part of
+    its null: the flags are those of the probed classes alone; zeros in their stead would be a null that
+    any probed class beats."""
+    from unhans.pipeline.method.statistics import flag_classes
+
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.3, 0.8, 40)  # no class stands out in T
+    place = np.full(40, np.nan)
+    probed = rng.choice(40, 12, replace=False)
+    place[probed] = np.r_[np.linspace(1.0, 2.0, 11), 2.1]  # a busy run of places: 2.1 is usual among them
+    foreign = np.ones(40, bool)
+    flags = flag_classes(scores, DEFAULTS, place=place, foreign=foreign)[2]
+    alone = flag_classes(scores[probed], DEFAULTS, place=place[probed], foreign=foreign[probed])[2]
+    assert not flags.any() and not alone.any()
+    assert flag_classes(scores, DEFAULTS, place=np.nan_to_num(place), foreign=foreign)[2][probed[-1]]  # zeros: flagged
+    place[probed[-1]] = 9.0  # far beyond the probed classes' law: flagged, and only it
+    flags = flag_classes(scores, DEFAULTS, place=place, foreign=foreign)[2]
+    assert np.flatnonzero(flags).tolist() == [probed[-1]]

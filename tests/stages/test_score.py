@@ -213,7 +213,7 @@ def test_a_screened_run_probes_its_candidates_on_every_host_and_takes_p_values_o
     full = at()
     full.run("transfer")
     everywhere = transfers(full)
-    r = at(*budget, "transfer.candidates=2")
+    r = at(*budget, "transfer.candidates=2", "transfer.place_reference=3")
     assert r.state("transfer") == "stale"
     real = stage.class_transfer
 
@@ -238,6 +238,19 @@ def test_a_screened_run_probes_its_candidates_on_every_host_and_takes_p_values_o
         assert np.array_equal(got[c], want), c
         assert r.store.array(f"classes/{c}/transfer").attrs["in_full"] == (c in chosen)
     scores = r.store.read_table("class_scores")
+    # the place probe: on the candidates and on 3 classes drawn before any score, as a run probing every class's
+    # place probes them; the others' stored as not probed, with no place score
+    reference = stage.place_reference(r.cfg, list(range(10)))
+    assert len(reference) == 3
+    place_scores = scores.set_index("class_id")["place_score"]
+    for c in range(10):
+        probed = c in chosen or c in reference
+        assert r.store.array(f"classes/{c}/place").attrs["probed"] == probed, c
+        assert np.isfinite(place_scores[c]) == probed, c
+        if probed:
+            for a in ("place", "place_reach"):
+                want = full.store.array(f"classes/{c}/{a}")[:]
+                assert np.array_equal(r.store.array(f"classes/{c}/{a}")[:], want, equal_nan=True), (c, a)
     assert np.allclose(scores["screening_score"], cheap_scores.loc[scores["class_id"], "clever_hans_score"])
     rest = ~scores["class_id"].isin(chosen)
     assert np.allclose(scores.loc[rest, "screening_score"], scores.loc[rest, "clever_hans_score"])
@@ -251,7 +264,7 @@ def test_a_screened_run_probes_its_candidates_on_every_host_and_takes_p_values_o
     again = reaudit(r.cfg, r.store, model_for_run(r.cfg, r.store, 10, 1), [chosen[0], other], torch.device("cpu"))
     for c, v in again.items():
         assert v == pytest.approx(scores.set_index("class_id").at[c, "clever_hans_score"], rel=1e-6, abs=1e-9), c
-    other_score = at(*budget, "transfer.candidates=2", "score.min_spread=0.5")
+    other_score = at(*budget, "transfer.candidates=2", "transfer.place_reference=3", "score.min_spread=0.5")
     assert other_score.fingerprint("transfer") != r.fingerprint("transfer")
     assert at(*budget, "score.min_spread=0.5").fingerprint("transfer") == cheap.fingerprint("transfer")
     assert cheap_scores["screening_score"].isna().all()  # not screened: no screening score
