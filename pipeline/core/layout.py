@@ -163,7 +163,8 @@ TRANSFER_GLOBAL = array(
 PLACE = array(
     "classes/{c}/place", "transfer", "(P, n)", "float64", NAN,
     "place probe: each probed group's transfer of the drawn members' pixels at its place, NaN for the others "
-    "(attrs.groups: [k, cluster, cells] per group)",
+    "(attrs.groups: [k, cluster, cells] per group; attrs.probed: false where a screened run did not probe the "
+    "class's place, stages/transfer.py)",
 )  # fmt: skip
 PLACE_REACH = array(
     "classes/{c}/place_reach", "transfer", "(n,)", "float64", NAN,
