@@ -37,13 +37,13 @@ def test_stage_commands_and_status(tmp_path):
 
 
 def test_audit_from_the_console_script_writes_report_and_manifest(tmp_path):
-    """`unhans audit` end to end on the demo (fewer epochs), as a subprocess."""
+    """`unhans audit` end to end on the demo (fewer epochs, 100 images a class), as a subprocess."""
     exe = Path(sys.executable).with_name("unhans")
     # one torch thread: on a machine busy with other jobs, the Sinkhorn loops' many small parallel regions
     # wait for descheduled threads and the distances stage slows 10-20x (docs/measurements.md)
     cmd = [str(exe), "audit", "-c", "demo", "--run-dir", str(tmp_path / "run"),
            "--set", f"report_dir={tmp_path / 'report'}", "--set", "train.epochs=3",
-           "--set", "compute.threads=1"]  # fmt: skip
+           "--set", "dataset.limit_per_class=100", "--set", "compute.threads=1"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "report" / "index.html").exists()
