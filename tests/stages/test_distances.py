@@ -51,7 +51,7 @@ def test_interrupted_distances_resume_by_class_to_the_same_store(tmp_path, monke
 def test_sigkilled_distances_run_resumes_to_the_same_store(tmp_path):
     """SIGKILL the CLI mid-distances (no cleanup runs), rerun: finished classes are kept, the rest
     recomputed, and the store equals an uninterrupted run's."""
-    sets = ["train.epochs=1", "compute.threads=1"]
+    sets = ["train.epochs=1", "compute.threads=1", "dataset.limit_per_class=100"]
     exe = str(Path(sys.executable).with_name("unhans"))
     run = tmp_path / "k" / "run"
     cmd = [exe, "audit", "-c", "demo", "--until", "distances", "--run-dir", str(run)]
