@@ -433,5 +433,7 @@ def flag_classes(
         p_place = np.full(len(at), np.nan)
         p_place[probed] = class_p_values(at[probed], seed)
         strong_place = probed & (at >= params.flag_threshold) & ~(p_place * probed.sum() > 1)
+        if probed.sum() < MIN_CLASSES <= len(at):  # too few probed classes for a law: no flag this way
+            strong_place[:] = False
         flagged |= np.asarray(foreign, bool) & strong_place
     return p, q, flagged

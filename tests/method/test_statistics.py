@@ -533,3 +533,6 @@ def test_the_place_way_of_a_screened_run_is_taken_among_the_classes_whose_place_
     place[probed[-1]] = 9.0  # far beyond the probed classes' law: flagged, and only it
     flags = flag_classes(scores, DEFAULTS, place=place, foreign=foreign)[2]
     assert np.flatnonzero(flags).tolist() == [probed[-1]]
+    two = np.full(40, np.nan)
+    two[probed[:2]] = [0.2, 9.0]  # two probed classes of forty: no law to judge by, no flag this way
+    assert not flag_classes(scores, DEFAULTS, place=two, foreign=foreign)[2].any()
