@@ -150,8 +150,11 @@ def export(drv) -> dict:
     drv.find_element(By.ID, "export").click()
     path = drv.downloads / "decisions-demo.json"
     deadline = time.monotonic() + 10
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while time.monotonic() < deadline:  # Chromium may show the file before its bytes: wait for a whole document
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            time.sleep(0.1)
     assert path.exists(), drv.find_element(By.ID, "message").text
     return json.loads(path.read_text())
 
