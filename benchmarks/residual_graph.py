@@ -12,12 +12,17 @@ can then bring stamped samples together, which the Euclidean distance cannot whe
 Reads finished `unhans validate` runs (their maps and stored transfers; nothing is written there) and, for every
 class of each run, rebuilds the graph under each metric (euclidean, wasserstein with the run's settings) on the
 maps and on the residual maps, reclusters it (`spectral.cluster`) and rescores the class with the score stage's
-`statistics.class_findings` on the run's own transfers. Prints per run the target's per-sample AUROC and rank
-under each variant (the stored run's first, as a check: the same variant rebuilt must give the stored figure),
-then the medians over the runs whose model follows the artifact (flip rate >= 0.2, from the run's
-validation.csv) and over the randomised scenarios among them.
+`statistics.class_findings` on the run's own transfers. Prints per run the target's per-sample AUROC without
+any graph (the relative transfer alone) and its AUROC and rank under each variant (the stored run's first, as
+a check: the same variant rebuilt must give the stored figure), then the medians over the runs whose model
+follows the artifact (flip rate >= 0.2, from the run's validation.csv) and over the randomised scenarios among
+them.
+
+With --no-rebuild only the stored graph's AUROC and that of the relative transfer alone (`score.smoothing` 0,
+no graph), in seconds.
 
     python benchmarks/residual_graph.py --spec demo --root runs/validate/demo
+    python benchmarks/residual_graph.py --spec fashion-mnist --no-rebuild
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from unhans.pipeline.method.metrics.euclidean import EuclideanParams  # noqa: E4
 from unhans.pipeline.method.metrics.wasserstein import WassersteinParams  # noqa: E402
 from unhans.pipeline.method.probes import stored_place, stored_transfers  # noqa: E402
 from unhans.pipeline.method.spectral import cluster, knn_affinity  # noqa: E402
-from unhans.pipeline.method.statistics import class_findings  # noqa: E402
+from unhans.pipeline.method.statistics import class_clusters, class_findings  # noqa: E402
 
 FOLLOWED = 0.2
 
@@ -67,11 +72,25 @@ def variant_scores(cfg, store: Store, c: int, params, on_residual: bool) -> tupl
     return float(row["clever_hans_score"]), samples["clever_hans_score"].to_numpy()
 
 
+def unspread_auroc(cfg, store: Store, c: int, truth: np.ndarray) -> float:
+    """The per-sample AUROC of class c's relative transfer alone (`score.smoothing` 0: no graph)."""
+    members, W, labels, ks, k = class_clusters(store, c)
+    lam = store.read(layout.EIGENVALUES(c=c))
+    predicted = store.array(layout.PREDICTION()).get_orthogonal_selection((members,))
+    params = cfg.score.model_copy(update={"smoothing": 0.0})
+    _, samples = class_findings(members, W, labels, list(ks), k, lam, stored_transfers(store, c), predicted, c,
+                                params, stored_place(store, c))  # fmt: skip
+    inside = truth[members]
+    score = samples["clever_hans_score"].to_numpy()
+    return float(roc_auc_score(inside, score)) if 0 < inside.sum() < len(inside) else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", default="demo")
     ap.add_argument("--root", default=None, help="folder of the scenario runs (default runs/validate/<spec>)")
     ap.add_argument("--scenario", action="append", default=[], help="only these scenarios (repeatable)")
+    ap.add_argument("--no-rebuild", action="store_true", help="only the stored graph with and without spreading")
     args = ap.parse_args()
     spec = load_spec(args.spec)
     root = Path(args.root or f"runs/validate/{spec.name}")
@@ -92,7 +111,8 @@ def main() -> None:
         row = {"scenario": sc.name, "seed": seed, "flip_rate": float(ours["flip_rate"]),
                "randomised": bool(poison.position == "random" or poison.size_jitter > 0),
                "stored AUROC": float(ours["auroc"]), "stored rank": int(ours["rank"])}  # fmt: skip
-        for name, params in metrics.items():
+        row["no spreading AUROC"] = unspread_auroc(cfg, store, poison.target, truth)
+        for name, params in {} if args.no_rebuild else metrics.items():
             for on_residual in (False, True):
                 label = f"{name}{' residual' if on_residual else ''}"
                 found = {c: variant_scores(cfg, store, c, params, on_residual) for c in ids}
