@@ -58,31 +58,35 @@ def residual(maps: np.ndarray) -> np.ndarray:
     return np.maximum(share - share.mean(0), 0.0).astype(np.float32)
 
 
+def rescored(store: Store, c: int, members, W, labels, ks, k: int, lam, params) -> tuple[float, np.ndarray]:
+    """Class c's class score and per-sample scores on a given graph and clustering, with the run's stored
+    transfers and place probe (the score stage's statistics.class_findings under score settings `params`)."""
+    predicted = store.array(layout.PREDICTION()).get_orthogonal_selection((members,))
+    transfers, place = stored_transfers(store, c), stored_place(store, c)
+    row, samples = class_findings(members, W, labels, list(ks), k, lam, transfers, predicted, c, params, place)
+    return float(row["clever_hans_score"]), samples["clever_hans_score"].to_numpy()
+
+
 def variant_scores(cfg, store: Store, c: int, params, on_residual: bool) -> tuple[float, np.ndarray]:
-    """Class c's class score and per-sample scores with its graph rebuilt under `params` on its maps (or their
-    residuals), reclustered, on the run's stored transfers and place probe."""
+    """Class c's scores with its graph rebuilt under `params` on its maps (or their residuals), reclustered."""
     members = store.read(layout.MEMBERS(c=c))
     maps = store.relevance(members)
     idx, dist, _ = knn_graph(residual(maps) if on_residual else maps, params, cfg.seed, None)
     lam, _, labels, ks, k, _ = cluster(idx, dist, cfg.cluster, cfg.seed)
-    predicted = store.array(layout.PREDICTION()).get_orthogonal_selection((members,))
-    W = knn_affinity(idx, dist)
-    transfers, place = stored_transfers(store, c), stored_place(store, c)
-    row, samples = class_findings(members, W, labels, list(ks), k, lam, transfers, predicted, c, cfg.score, place)
-    return float(row["clever_hans_score"]), samples["clever_hans_score"].to_numpy()
+    return rescored(store, c, members, knn_affinity(idx, dist), labels, ks, k, lam, cfg.score)
+
+
+def auroc(inside: np.ndarray, score: np.ndarray) -> float:
+    """Per-sample AUROC of the planted samples (inside) by score; NaN where the class has none or only them."""
+    return float(roc_auc_score(inside, score)) if 0 < inside.sum() < len(inside) else float("nan")
 
 
 def unspread_auroc(cfg, store: Store, c: int, truth: np.ndarray) -> float:
     """The per-sample AUROC of class c's relative transfer alone (`score.smoothing` 0: no graph)."""
     members, W, labels, ks, k = class_clusters(store, c)
-    lam = store.read(layout.EIGENVALUES(c=c))
-    predicted = store.array(layout.PREDICTION()).get_orthogonal_selection((members,))
     params = cfg.score.model_copy(update={"smoothing": 0.0})
-    _, samples = class_findings(members, W, labels, list(ks), k, lam, stored_transfers(store, c), predicted, c,
-                                params, stored_place(store, c))  # fmt: skip
-    inside = truth[members]
-    score = samples["clever_hans_score"].to_numpy()
-    return float(roc_auc_score(inside, score)) if 0 < inside.sum() < len(inside) else float("nan")
+    _, score = rescored(store, c, members, W, labels, ks, k, store.read(layout.EIGENVALUES(c=c)), params)
+    return auroc(truth[members], score)
 
 
 def main() -> None:
@@ -119,8 +123,7 @@ def main() -> None:
                 scores = pd.Series({c: s for c, (s, _) in found.items()})
                 row[f"{label} rank"] = int((scores > scores[poison.target]).sum() + 1)
                 inside = truth[store.read(layout.MEMBERS(c=poison.target))]
-                row[f"{label} AUROC"] = (float(roc_auc_score(inside, found[poison.target][1]))
-                                         if 0 < inside.sum() < len(inside) else float("nan"))  # fmt: skip
+                row[f"{label} AUROC"] = auroc(inside, found[poison.target][1])
         rows.append(row)
         print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()), flush=True)
     df = pd.DataFrame(rows)

@@ -50,43 +50,38 @@ def _model_and_data(cfg, url: str):
 
 
 def transfer_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray, bool]) -> dict:
-    """One class (id, host sample indices, whether to probe its place): its members' transfers at the
-    configured probes and, where asked, its place probe, stored (screened: classes/<c>/transfer_screen last, else
-    classes/<c>/transfer); returns its member count and forward passes."""
-    c, hosts, with_place = item
-    store = Store(url)
-    samples = store.read_table(layout.SAMPLES.name)
-    members = store.read(layout.MEMBERS(c=c))
-    model, ds, normalise = _model_and_data(cfg, url)
-    host_images = images(ds, samples, hosts, cfg.compute.decode_threads) if len(hosts) else None  # once, for both
-    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images=host_images)
-    passes = _place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images, with_place)
-    store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
-    store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
-    last = layout.TRANSFER_SCREEN if screened(cfg) else layout.TRANSFER
-    store.write_array(last(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": False})  # last: marks done
-    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), False) + passes}
+    """One class (id, host sample indices, whether to probe its place) at the configured probes, with its place
+    probe where asked (stored as not probed elsewhere); screened: classes/<c>/transfer_screen last, else
+    classes/<c>/transfer. Returns its member count and forward passes."""
+    return _probe(cfg, url, fingerprint, item, full=False)
 
 
 def full_one(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray, bool]) -> dict:
     """One candidate class of a screened run: every member probed on every host, stored over its screening
     transfers (classes/<c>/transfer_screen stays), and its place probed unless the screening did (a reference
     class); returns its member count and forward passes."""
+    return _probe(cfg, url, fingerprint, item, full=True)
+
+
+def _probe(cfg, url: str, fingerprint: str, item: tuple[int, np.ndarray, bool], full: bool) -> dict:
+    """A class's evidence and global probes (full: on every host), its place probe, and the stored arrays, the
+    class's transfer last (it marks the class done)."""
     c, hosts, with_place = item
     store = Store(url)
     samples = store.read_table(layout.SAMPLES.name)
     members = store.read(layout.MEMBERS(c=c))
     model, ds, normalise = _model_and_data(cfg, url)
     host_images = images(ds, samples, hosts, cfg.compute.decode_threads) if len(hosts) else None  # once, for both
-    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, full=True,
+    t, g = class_transfer(cfg, store, samples, model, normalise, ds, c, members, hosts, full=full,
                           host_images=host_images)  # fmt: skip
     passes = 0
-    if with_place:  # not a reference class, whose place the screening probed
-        passes = _place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images, True)
+    if with_place or not full:  # the screening stores every class's place, probed or not; a candidate its own
+        passes = _place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images, with_place)
     store.write_array(layout.TRANSFER_EVIDENCE(c=c), t)
     store.write_array(layout.TRANSFER_GLOBAL(c=c), g)
-    store.write_array(layout.TRANSFER(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": True})
-    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), True) + passes}
+    last = layout.TRANSFER_SCREEN if screened(cfg) and not full else layout.TRANSFER
+    store.write_array(last(c=c), combined(t, g), {"fingerprint": fingerprint, "in_full": full})  # last: marks done
+    return {"samples": len(members), "passes": _passes(cfg, len(members), len(hosts), full) + passes}
 
 
 def _place(cfg, store, samples, model, normalise, ds, c, members, hosts, host_images, probe: bool) -> int:
