@@ -36,10 +36,10 @@ weights are given, so no train stage). One worker = one GPU with C CPU cores (--
                                                              at both scales, so they carry over)
     transfer   max(N (h + h_p) F_fwd / R,  D t_dec / C)  +  (m K t_dec + K a_t n^b_t) / C
                    h: forward passes per sample of the evidence and global probes, configs/imagenet.yaml's
-                   (a screening of 2 + 1 probes, then the 10 candidate classes on all 16 + 4 hosts:
-                   2 + 1 + 10 / K x 20 = 3.2); h_p: the place probe's bound per sample, place_groups x 2
+                   (a screening of 1 + 1 probes, then the 40 candidate classes on all 16 + 4 hosts:
+                   1 + 1 + 40 / K x 20 = 2.8); h_p: the place probe's bound per sample, place_groups x 2
                    place_donors x place_hosts x K_p / N, K_p the classes whose place is probed (screened: the
-                   candidates and place_reference more, 50; 0.06 on its 8 hosts; a confirmed place's reach adds
+                   candidates and place_reference more, 80; 0.1 on its 8 hosts; a confirmed place's reach adds
                    place_hosts per member of its class, not counted); D: the donors decoded (every sample,
                    the candidates' again, the place probe's), beside the GPU's passes (the next chunk decodes
                    while one is probed); m = 16 hosts a class, decoded before its probes; a_t n^b_t: the

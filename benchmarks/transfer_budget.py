@@ -12,13 +12,15 @@ also scores each class on its transfers spread over the class graph with weight 
 Prints per scenario, over its runs and draws: the target's rank, its score and the highest other class's
 score, whether it is flagged, flags in other classes, and the target's per-sample AUROC; then, over the runs
 whose model follows the artifact (flip rate >= 0.2), the share ranked first and in the top two, the share
-flagged, the median AUROC, the share whose screening score would be among the 10 best of 1,000 classes
-(projected: 1 + 999 x the share above it of the Gumbel law fitted to the other classes' screening scores,
-the law the p-values assume), and the flags in other classes per run of every scenario.
+flagged, the median AUROC, the share whose screening score would be among the K best of 1,000 classes
+(`--of-1000`, default 10: a screened run's candidates at ImageNet; projected: 1 + 999 x the share above
+it of the Gumbel law fitted to the other classes' screening scores, the law the p-values assume), and the
+flags in other classes per run of every scenario.
 
     python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 1/1 --smooth 0 0.75 --confirm 0 32
     python benchmarks/transfer_budget.py --spec fashion-mnist --draws 2 --budgets 16/4 2/1 1/1 --smooth 0 0.75
     python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 16/4 2/1 --candidates 1 2 --null mixed screen
+    python benchmarks/transfer_budget.py --spec demo --draws 3 --budgets 2/1 1/1 2/0 --smooth 0 0.75 --of-1000 10 20 40
 """
 
 from __future__ import annotations
@@ -199,6 +201,9 @@ def main() -> None:
     ap.add_argument("--null", nargs="+", choices=["mixed", "screen"], default=["screen"],
                     help="with --candidates: the flags' p-values on the scores as ranked (mixed), or on every "
                     "class's screening score (screen, as the stage)")  # fmt: skip
+    ap.add_argument("--of-1000", nargs="+", type=int, default=[10], metavar="K",
+                    help="report the share of followed runs whose screening score would rank in the top K of 1,000 "
+                    "classes (projected), for each K (a screened run's candidates at ImageNet)")  # fmt: skip
     ap.add_argument("--raw", action="store_true", help="keep the hosts' effects (the stage before it removed them)")
     ap.add_argument("--smooth", nargs="+", type=float, default=[0.0],
                     help="class scores also on transfers spread over the class graph with these weights")  # fmt: skip
@@ -266,12 +271,13 @@ def main() -> None:
     summary = followed.groupby("budget", sort=False).agg(
         passes=("passes", "mean"), runs=("rank", "size"), first=("rank", lambda r: (r == 1).mean()),
         top2=("rank", lambda r: (r <= 2).mean()), flagged=("flagged", "mean"), auroc=("auroc", "median"),
-        top_other=("top_other", "median"), top10_of_1000=("rank_1000", lambda r: (r <= 10).mean()),
+        top_other=("top_other", "median"),
+        **{f"top{k}_of_1000": ("rank_1000", lambda r, k=k: (r <= k).mean()) for k in args.of_1000},
     )  # fmt: skip
     alarms = df.groupby("budget", sort=False)["other_flags"].agg(["sum", "size"])
     summary["false_flags_per_run"] = alarms["sum"] / alarms["size"]
     print("\nfollowed runs (flip rate >= 0.2; runs x draws; top_other: the median highest score of another class;"
-          " top10_of_1000: the share whose screening score would rank in the top 10 of 1,000 classes, projected"
+          " topK_of_1000: the share whose screening score would rank in the top K of 1,000 classes, projected"
           " from the Gumbel law of the other classes' screening scores), and flags in other classes per run of"
           " every scenario:")  # fmt: skip
     print(summary.round(3).to_string())
