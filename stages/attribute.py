@@ -139,7 +139,9 @@ def attribute_chunks(cfg, url: str, chunks: list[int], device: torch.device | No
                 if not remaining[c]:
                     pending.append(writer.submit(write_chunk, c, _new_rows(c, n, cs, res, store), []))
             for (c, _), (idx, x, ok, reasons) in zip(batches, bar):
-                rows, failures, thumbnailing = chunk_rows.setdefault(c, (_new_rows(c, n, cs, res, store), [], []))
+                if c not in chunk_rows:  # a chunk's rows are made at its first batch, not at every batch
+                    chunk_rows[c] = (_new_rows(c, n, cs, res, store), [], [])
+                rows, failures, thumbnailing = chunk_rows[c]
                 out = lrp(x, labels[idx] if acfg.target == "label" else None)
                 _fill_rows(rows, idx - c * cs, ok, out, res, labels[idx])
                 thumbnailing.append(thumbnailer.submit(_fill_thumbnails, rows["thumbnails"], idx - c * cs, x, ok))
