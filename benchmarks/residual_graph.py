@@ -116,13 +116,13 @@ def main() -> None:
                "randomised": bool(poison.position == "random" or poison.size_jitter > 0),
                "stored AUROC": float(ours["auroc"]), "stored rank": int(ours["rank"])}  # fmt: skip
         row["no spreading AUROC"] = unspread_auroc(cfg, store, poison.target, truth)
+        inside = truth[store.read(layout.MEMBERS(c=poison.target))]
         for name, params in {} if args.no_rebuild else metrics.items():
             for on_residual in (False, True):
                 label = f"{name}{' residual' if on_residual else ''}"
                 found = {c: variant_scores(cfg, store, c, params, on_residual) for c in ids}
                 scores = pd.Series({c: s for c, (s, _) in found.items()})
                 row[f"{label} rank"] = int((scores > scores[poison.target]).sum() + 1)
-                inside = truth[store.read(layout.MEMBERS(c=poison.target))]
                 row[f"{label} AUROC"] = auroc(inside, found[poison.target][1])
         rows.append(row)
         print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()), flush=True)
